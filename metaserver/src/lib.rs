@@ -1,0 +1,4 @@
+//! Raft-replicated namespace and chunk map.
+//!
+//! This crate is laid out in the workspace; its capability lands with its own issue
+//! (see `docs/ARCHITECTURE.md`).

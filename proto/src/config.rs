@@ -1,0 +1,192 @@
+//! Daemon configuration: a TOML file, then `--set key=value` overrides.
+//!
+//! Every field of every daemon's configuration can be overridden from the
+//! command line by its dotted path (`--set transport.connections_per_peer=4`),
+//! so flags can never drift out of step with the file format. Unknown keys
+//! are errors: a typo must not silently fall back to a default.
+
+use crate::error::{Error, ErrorCode};
+use serde::de::DeserializeOwned;
+use std::path::Path;
+
+fn invalid(message: String) -> Error {
+    Error::new(ErrorCode::InvalidArgument, message)
+}
+
+/// Loads `T` from an optional TOML file with overrides applied in order.
+pub fn load<T: DeserializeOwned>(path: Option<&Path>, overrides: &[String]) -> Result<T, Error> {
+    let mut table = match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|err| Error::io(&format!("read config {}", path.display()), &err))?;
+            text.parse::<toml::Table>()
+                .map_err(|err| invalid(format!("parse config {}: {err}", path.display())))?
+        }
+        None => toml::Table::new(),
+    };
+    for item in overrides {
+        apply_override(&mut table, item)?;
+    }
+    T::deserialize(toml::Value::Table(table)).map_err(|err| {
+        let source = path
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "flags".to_string());
+        invalid(format!("config from {source}: {err}"))
+    })
+}
+
+/// Applies one `dotted.key=value` override. The value is read as TOML (so
+/// numbers, booleans, arrays and quoted strings work) and as a bare string
+/// when it is not valid TOML.
+pub fn apply_override(table: &mut toml::Table, item: &str) -> Result<(), Error> {
+    let Some((key, raw)) = item.split_once('=') else {
+        return Err(invalid(format!(
+            "override {item:?} must look like key=value"
+        )));
+    };
+    let path: Vec<&str> = key.trim().split('.').collect();
+    if path.iter().any(|segment| segment.is_empty()) {
+        return Err(invalid(format!(
+            "override key {key:?} has an empty segment"
+        )));
+    }
+    let value = format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let (last, parents) = path
+        .split_last()
+        .ok_or_else(|| invalid("empty override key".to_string()))?;
+    let mut current = table;
+    for segment in parents {
+        let entry = current
+            .entry(segment.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = entry
+            .as_table_mut()
+            .ok_or_else(|| invalid(format!("override {key:?}: {segment} is not a table")))?;
+    }
+    current.insert(last.to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Deserialize, Debug, PartialEq, Default)]
+    #[serde(default, deny_unknown_fields)]
+    struct Inner {
+        port: u16,
+        names: Vec<String>,
+    }
+
+    #[derive(Deserialize, Debug, PartialEq, Default)]
+    #[serde(default, deny_unknown_fields)]
+    struct Sample {
+        listen: String,
+        verbose: bool,
+        inner: Inner,
+    }
+
+    #[test]
+    fn file_then_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "listen = \"a\"\n[inner]\nport = 1\n").unwrap();
+        let loaded: Sample = load(
+            Some(&path),
+            &[
+                "inner.port=7".to_string(),
+                "listen=127.0.0.1:9000".to_string(),
+                "verbose=true".to_string(),
+                "inner.names=[\"x\", \"y\"]".to_string(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            loaded,
+            Sample {
+                listen: "127.0.0.1:9000".into(),
+                verbose: true,
+                inner: Inner {
+                    port: 7,
+                    names: vec!["x".into(), "y".into()]
+                },
+            }
+        );
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let err = load::<Sample>(None, &["nope=1".to_string()]).unwrap_err();
+        assert!(err.message.contains("nope"), "{err}");
+        let err = load::<Sample>(None, &["inner.port=x".to_string()]).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidArgument);
+        let err = load::<Sample>(None, &["novalue".to_string()]).unwrap_err();
+        assert!(err.message.contains("key=value"), "{err}");
+        let err =
+            load::<Sample>(None, &["listen.x=1".to_string(), "listen=1".to_string()]).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidArgument);
+        let err = load::<Sample>(Some(Path::new("/nonexistent/c.toml")), &[]).unwrap_err();
+        assert!(err.message.contains("/nonexistent/c.toml"), "{err}");
+    }
+}
+
+/// Where a daemon finds its certificate, key and the cluster CA.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub ca: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+impl TlsFiles {
+    pub fn load(&self) -> Result<crate::tls::Identity, Error> {
+        crate::tls::Identity::load(&self.ca, &self.cert, &self.key)
+    }
+}
+
+/// Logging settings; flags override them.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A level or a RUST_LOG-style filter; `RUST_LOG`, then `info`, when unset.
+    pub level: Option<String>,
+    /// One JSON object per line instead of human-readable lines.
+    pub json: bool,
+}
+
+/// The part every daemon's configuration shares, flattened into it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The node's name, as on its certificate.
+    pub name: String,
+    /// QUIC listen address.
+    pub listen: std::net::SocketAddr,
+    /// Prometheus endpoint (`/metrics`); none when unset.
+    #[serde(default)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    pub tls: TlsFiles,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub transport: crate::rpc::TransportOptions,
+}
+
+#[cfg(test)]
+mod node_config_tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/node.example.toml");
+        let config: NodeConfig = load(Some(&path), &["transport.connections_per_peer=2".into()]).unwrap();
+        assert_eq!(config.transport.connections_per_peer, 2);
+        config.transport.validate().unwrap();
+    }
+}
