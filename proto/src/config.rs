@@ -185,7 +185,8 @@ mod node_config_tests {
     #[test]
     fn the_documented_example_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/node.example.toml");
-        let config: NodeConfig = load(Some(&path), &["transport.connections_per_peer=2".into()]).unwrap();
+        let config: NodeConfig =
+            load(Some(&path), &["transport.connections_per_peer=2".into()]).unwrap();
         assert_eq!(config.transport.connections_per_peer, 2);
         config.transport.validate().unwrap();
     }
