@@ -344,7 +344,7 @@ async fn bench(args: Args) {
     println!(
         "settings: mtu_upper_bound={} gso={} stream_window={} MiB conn_window={} MiB send_window={} MiB connections_per_peer={} size={} GiB",
         o.mtu_upper_bound_bytes,
-        o.segmentation_offload,
+        o.effective_segmentation_offload(),
         o.stream_window_bytes / MIB,
         o.connection_window_bytes / MIB,
         o.send_window_bytes / MIB,

@@ -16,7 +16,7 @@ pub use bulk::{BulkReader, BulkWriter};
 pub use client::{CallOptions, OutgoingCall, Peer, Response, RpcClient};
 pub use metrics::RpcMetrics;
 pub use server::{Call, PeerInfo, RpcServer, Service};
-pub use transport::TransportOptions;
+pub use transport::{GSO_MTU_MAX_BYTES, TransportOptions};
 
 use crate::error::{Error, ErrorCode};
 

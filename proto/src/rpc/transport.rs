@@ -28,7 +28,9 @@ pub struct TransportOptions {
     /// Largest UDP payload this endpoint accepts and MTU discovery may reach.
     /// 1,452 fits Ethernet; loopback and jumbo-frame networks allow more.
     pub mtu_upper_bound_bytes: u16,
-    /// Let the kernel split large sends into packets (GSO).
+    /// Let the kernel split large sends into packets (GSO). Left off
+    /// whatever this says when `mtu_upper_bound_bytes` exceeds
+    /// [`GSO_MTU_MAX_BYTES`].
     pub segmentation_offload: bool,
     /// QUIC connections a client keeps to each peer; calls are spread over
     /// them round-robin.
@@ -55,7 +57,28 @@ impl Default for TransportOptions {
     }
 }
 
+/// Largest MTU bound that keeps UDP segmentation offload usable. quinn 0.11
+/// puts up to 10 packets in one GSO batch and the kernel refuses a batch over
+/// 64 KiB, so with larger packets every batch fails, MTU probes are lost and
+/// quinn falls back to 1,200-byte packets (measured: see
+/// `docs/benchmarks.md`). Above this bound GSO is left off.
+pub const GSO_MTU_MAX_BYTES: u16 = 6_500;
+
 impl TransportOptions {
+    /// Settings for networks where every hop is loopback: 64 KiB packets,
+    /// which cut per-packet costs (the bound on loopback) by a factor of 40.
+    pub fn loopback() -> TransportOptions {
+        TransportOptions {
+            mtu_upper_bound_bytes: 65_527,
+            ..TransportOptions::default()
+        }
+    }
+
+    /// Whether GSO is actually used: asked for, and safe at this MTU bound.
+    pub fn effective_segmentation_offload(&self) -> bool {
+        self.segmentation_offload && self.mtu_upper_bound_bytes <= GSO_MTU_MAX_BYTES
+    }
+
     pub fn validate(&self) -> Result<(), Error> {
         let invalid = |what: &str| {
             Err(Error::new(
@@ -104,7 +127,7 @@ impl TransportOptions {
                 "connection_window_bytes",
             )?)
             .send_window(self.send_window_bytes)
-            .enable_segmentation_offload(self.segmentation_offload)
+            .enable_segmentation_offload(self.effective_segmentation_offload())
             .keep_alive_interval(Some(Duration::from_millis(self.keep_alive_ms)))
             .max_idle_timeout(Some(
                 quinn::IdleTimeout::try_from(Duration::from_millis(self.idle_timeout_ms)).map_err(
@@ -152,6 +175,9 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_bad_values_refused() {
         TransportOptions::default().transport_config().unwrap();
+        TransportOptions::loopback().transport_config().unwrap();
+        assert!(TransportOptions::default().effective_segmentation_offload());
+        assert!(!TransportOptions::loopback().effective_segmentation_offload());
         let bad = [
             TransportOptions {
                 streams_per_connection: 0,
