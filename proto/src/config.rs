@@ -6,6 +6,7 @@
 //! are errors: a typo must not silently fall back to a default.
 
 use crate::error::{Error, ErrorCode};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::path::Path;
 
@@ -14,7 +15,15 @@ fn invalid(message: String) -> Error {
 }
 
 /// Loads `T` from an optional TOML file with overrides applied in order.
-pub fn load<T: DeserializeOwned>(path: Option<&Path>, overrides: &[String]) -> Result<T, Error> {
+///
+/// Keys that `T` does not use are refused. This is checked by serializing the
+/// result back and comparing key sets, rather than with serde's
+/// `deny_unknown_fields`, because daemon configurations flatten the shared
+/// [`NodeConfig`] into their own and serde cannot combine the two.
+pub fn load<T: DeserializeOwned + Serialize>(
+    path: Option<&Path>,
+    overrides: &[String],
+) -> Result<T, Error> {
     let mut table = match path {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -27,12 +36,48 @@ pub fn load<T: DeserializeOwned>(path: Option<&Path>, overrides: &[String]) -> R
     for item in overrides {
         apply_override(&mut table, item)?;
     }
-    T::deserialize(toml::Value::Table(table)).map_err(|err| {
-        let source = path
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "flags".to_string());
-        invalid(format!("config from {source}: {err}"))
-    })
+    let source = path
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "flags".to_string());
+    let config = T::deserialize(toml::Value::Table(table.clone()))
+        .map_err(|err| invalid(format!("config from {source}: {err}")))?;
+    let used = toml::Value::try_from(&config)
+        .map_err(|err| Error::internal(format!("re-encode config: {err}")))?;
+    if let Some(unknown) = first_unknown_key(&toml::Value::Table(table), &used, "") {
+        return Err(invalid(format!(
+            "config from {source}: unknown key {unknown:?}; see deploy/ for the documented keys"
+        )));
+    }
+    Ok(config)
+}
+
+fn first_unknown_key(given: &toml::Value, used: &toml::Value, prefix: &str) -> Option<String> {
+    match (given, used) {
+        (toml::Value::Table(given), toml::Value::Table(used)) => {
+            for (key, value) in given {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                match used.get(key) {
+                    None => return Some(path),
+                    Some(inner) => {
+                        if let Some(found) = first_unknown_key(value, inner, &path) {
+                            return Some(found);
+                        }
+                    }
+                }
+            }
+            None
+        }
+        (toml::Value::Array(given), toml::Value::Array(used)) => given
+            .iter()
+            .zip(used)
+            .enumerate()
+            .find_map(|(i, (g, u))| first_unknown_key(g, u, &format!("{prefix}[{i}]"))),
+        _ => None,
+    }
 }
 
 /// Applies one `dotted.key=value` override. The value is read as TOML (so
@@ -76,19 +121,37 @@ mod tests {
     use super::*;
     use serde::Deserialize;
 
-    #[derive(Deserialize, Debug, PartialEq, Default)]
-    #[serde(default, deny_unknown_fields)]
+    #[derive(Deserialize, serde::Serialize, Debug, PartialEq, Default)]
+    #[serde(default)]
     struct Inner {
         port: u16,
         names: Vec<String>,
     }
 
-    #[derive(Deserialize, Debug, PartialEq, Default)]
-    #[serde(default, deny_unknown_fields)]
+    #[derive(Deserialize, serde::Serialize, Debug, PartialEq, Default)]
+    #[serde(default)]
     struct Sample {
         listen: String,
         verbose: bool,
         inner: Inner,
+    }
+
+    #[derive(Deserialize, serde::Serialize, Debug, PartialEq, Default)]
+    struct Flattened {
+        #[serde(flatten)]
+        sample: Sample,
+        #[serde(default)]
+        extra: u32,
+    }
+
+    #[test]
+    fn unknown_keys_are_caught_through_flatten() {
+        let ok: Flattened = load(None, &["extra=3".into(), "inner.port=2".into()]).unwrap();
+        assert_eq!((ok.extra, ok.sample.inner.port), (3, 2));
+        let err = load::<Flattened>(None, &["inner.prot=2".into()]).unwrap_err();
+        assert!(err.message.contains("inner.prot"), "{err}");
+        let err = load::<Flattened>(None, &["extar=2".into()]).unwrap_err();
+        assert!(err.message.contains("extar"), "{err}");
     }
 
     #[test]
@@ -162,7 +225,6 @@ pub struct LogConfig {
 
 /// The part every daemon's configuration shares, flattened into it.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// The node's name, as on its certificate.
     pub name: String,

@@ -7,6 +7,8 @@
 //! See `docs/protocol.md` for the wire format and `docs/ARCHITECTURE.md` for
 //! where this crate sits.
 
+pub mod checksum;
+pub mod chunk;
 pub mod config;
 pub mod error;
 pub mod ids;

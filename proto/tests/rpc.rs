@@ -90,6 +90,16 @@ impl Method for FlakyMutation {
     type Response = u32;
 }
 
+/// Starts a 1 MiB response, then fails halfway through it.
+#[derive(Serialize, Deserialize)]
+struct FailMidway;
+impl Method for FailMidway {
+    const ID: u16 = 1006;
+    const NAME: &'static str = "fail_midway";
+    const IDEMPOTENT: bool = true;
+    type Response = ();
+}
+
 struct TestService {
     key: TokenKey,
     flaky_calls: AtomicU32,
@@ -140,6 +150,14 @@ impl Service for TestService {
                     return Err(Error::new(ErrorCode::Unavailable, "not yet"));
                 }
                 call.respond(&n, 0).await
+            }
+            FailMidway::ID => {
+                call.respond(&(), 1 << 20).await?;
+                call.response_bulk()?.write(&[0u8; 1 << 19]).await?;
+                Err(Error::new(
+                    ErrorCode::Corrupt,
+                    "block 8 failed its checksum",
+                ))
             }
             other => Err(Error::new(
                 ErrorCode::UnknownMethod,
@@ -613,4 +631,21 @@ async fn peers_without_a_common_protocol_version_are_refused() {
         .await
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::VersionMismatch, "{err}");
+}
+
+#[tokio::test]
+async fn a_failure_mid_response_reaches_the_reader_typed() {
+    let cluster = cluster().await;
+    let client = cluster.client("client-1");
+    let err = client
+        .call_bulk(
+            cluster.peer(),
+            &FailMidway,
+            Bytes::new(),
+            1 << 20,
+            short_timeout(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::Corrupt, "{err}");
 }

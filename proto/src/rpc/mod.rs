@@ -26,10 +26,13 @@ use crate::error::{Error, ErrorCode};
 pub(crate) mod reset_code {
     /// The caller cancelled (dropped) the call.
     pub const CANCELLED: u32 = 1;
-    /// The handler failed after it had started sending the response bulk.
-    pub const HANDLER_FAILED: u32 = 2;
     /// The receiver does not want more bytes (an error response follows).
     pub const STOP: u32 = 3;
+    /// A handler that fails after its response header went out resets the
+    /// stream with this base plus its error code, so the reader still gets a
+    /// typed error (a corrupt block found mid-read is `Corrupt`, not a bare
+    /// reset).
+    pub const ERROR_BASE: u32 = 1_000_000;
 }
 
 /// Whether a QUIC transport error code is a TLS alert (RFC 9001 4.8: 0x100 to
@@ -77,10 +80,22 @@ pub(crate) fn connection_error(peer: &str, err: &quinn::ConnectionError) -> Erro
 pub(crate) fn read_error(peer: &str, err: &quinn::ReadError) -> Error {
     use quinn::ReadError as E;
     match err {
-        E::Reset(code) => Error::new(
-            ErrorCode::Cancelled,
-            format!("{peer} reset the stream (code {code})"),
-        ),
+        E::Reset(code) => {
+            let typed = u64::from(*code)
+                .checked_sub(reset_code::ERROR_BASE.into())
+                .and_then(|n| u16::try_from(n).ok())
+                .and_then(ErrorCode::from_u16);
+            match typed {
+                Some(code) => Error::new(
+                    code,
+                    format!("{peer} failed mid-transfer: {}", code.describe()),
+                ),
+                None => Error::new(
+                    ErrorCode::Cancelled,
+                    format!("{peer} reset the stream (code {code})"),
+                ),
+            }
+        }
         E::ConnectionLost(lost) => connection_error(peer, lost),
         other => Error::internal(format!("read from {peer}: {other}")),
     }

@@ -408,7 +408,7 @@ async fn serve_stream<S: Service>(
             Some(send) => send_error(send, &err).await,
             None => {
                 if let Some(writer) = call.response_bulk.as_mut() {
-                    writer.reset(reset_code::HANDLER_FAILED);
+                    writer.reset(reset_code::ERROR_BASE + u32::from(err.code as u16));
                 }
             }
         }

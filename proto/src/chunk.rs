@@ -1,0 +1,278 @@
+//! Messages of the chunkserver's data service (methods 100-199) and of the
+//! chunkserver-to-metaserver contract: registration, heartbeats, inventory
+//! reports and the commands a heartbeat reply carries (methods 200-219).
+
+use crate::ids::{NodeId, PieceId};
+use crate::token::Token;
+use crate::wire::Method;
+use serde::{Deserialize, Serialize};
+
+/// Writes a new piece; the request bulk is its bytes. Refused if the piece is
+/// already sealed. Needs a token with `WRITE` on the chunk.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WritePiece {
+    pub piece: PieceId,
+    pub length: u64,
+    /// [`crate::checksum`] piece checksum the bytes must have.
+    pub checksum: [u8; 32],
+    pub token: Token,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WritePieceReply {
+    pub length: u64,
+}
+
+impl Method for WritePiece {
+    const ID: u16 = 100;
+    const NAME: &'static str = "write_piece";
+    const IDEMPOTENT: bool = false;
+    type Response = WritePieceReply;
+}
+
+/// Reads `length` bytes at `offset` of a sealed piece; the response bulk is
+/// the bytes, every block verified before it is sent. Needs `READ`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReadPiece {
+    pub piece: PieceId,
+    pub offset: u64,
+    pub length: u64,
+    pub token: Token,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReadPieceReply {
+    /// The whole piece's length, so readers can tell where it ends.
+    pub piece_length: u64,
+}
+
+impl Method for ReadPiece {
+    const ID: u16 = 101;
+    const NAME: &'static str = "read_piece";
+    const IDEMPOTENT: bool = true;
+    type Response = ReadPieceReply;
+}
+
+/// Deletes pieces. Only a metaserver may call it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeletePieces {
+    pub pieces: Vec<PieceId>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeletePiecesReply {
+    pub deleted: u32,
+    pub missing: u32,
+}
+
+impl Method for DeletePieces {
+    const ID: u16 = 102;
+    const NAME: &'static str = "delete_pieces";
+    const IDEMPOTENT: bool = true;
+    type Response = DeletePiecesReply;
+}
+
+/// A sealed piece as the inventory lists it.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PieceInfo {
+    pub piece: PieceId,
+    pub length: u64,
+    pub checksum: [u8; 32],
+}
+
+/// Largest inventory page: about 50 bytes an entry keeps a page far below the
+/// header cap.
+pub const INVENTORY_PAGE_MAX: u32 = 512;
+
+/// Lists sealed pieces in id order, after `after`. Metaserver only.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ListPieces {
+    pub after: Option<PieceId>,
+    pub limit: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ListPiecesReply {
+    pub pieces: Vec<PieceInfo>,
+    /// Whether pieces remain after this page.
+    pub more: bool,
+}
+
+impl Method for ListPieces {
+    const ID: u16 = 103;
+    const NAME: &'static str = "list_pieces";
+    const IDEMPOTENT: bool = true;
+    type Response = ListPiecesReply;
+}
+
+/// Fetches a piece from another chunkserver and stores it here (repair).
+/// Metaserver only; `source_token` grants `READ` on the source.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CopyPiece {
+    pub piece: PieceId,
+    pub source: String,
+    pub source_token: Token,
+    pub length: u64,
+    pub checksum: [u8; 32],
+}
+
+impl Method for CopyPiece {
+    const ID: u16 = 104;
+    const NAME: &'static str = "copy_piece";
+    const IDEMPOTENT: bool = true;
+    type Response = WritePieceReply;
+}
+
+/// Failure-domain labels of a chunkserver.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Labels {
+    pub rack: String,
+    pub zone: String,
+}
+
+/// Space of one data directory.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DiskReport {
+    pub path: String,
+    pub capacity_bytes: u64,
+    pub free_bytes: u64,
+    pub reserve_bytes: u64,
+    pub pieces: u64,
+}
+
+/// Load a placement decision can weigh.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LoadReport {
+    pub reads_in_flight: u32,
+    pub writes_in_flight: u32,
+}
+
+/// A chunkserver introduces itself; sent at start and whenever the
+/// metaserver asks for it (after a leader change or a missed lease).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RegisterChunkserver {
+    pub name: String,
+    pub address: String,
+    pub labels: Labels,
+    pub disks: Vec<DiskReport>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RegisterReply {
+    pub node: NodeId,
+    pub heartbeat_interval_ms: u64,
+}
+
+impl Method for RegisterChunkserver {
+    const ID: u16 = 200;
+    const NAME: &'static str = "register_chunkserver";
+    const IDEMPOTENT: bool = true;
+    type Response = RegisterReply;
+}
+
+/// Periodic liveness and space report.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub node: NodeId,
+    pub disks: Vec<DiskReport>,
+    pub load: LoadReport,
+    /// Pieces found corrupt (and quarantined) since the last heartbeat.
+    pub corrupt: Vec<PieceId>,
+}
+
+/// What the metaserver tells a chunkserver to do.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ChunkCommand {
+    Delete(Vec<PieceId>),
+    Copy(CopyPiece),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HeartbeatReply {
+    pub commands: Vec<ChunkCommand>,
+    /// The metaserver no longer knows this node: register again and send a
+    /// full inventory.
+    pub register_again: bool,
+}
+
+impl Method for Heartbeat {
+    const ID: u16 = 201;
+    const NAME: &'static str = "heartbeat";
+    const IDEMPOTENT: bool = true;
+    type Response = HeartbeatReply;
+}
+
+/// One page of a full inventory report, sent after (re)registration.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InventoryReport {
+    pub node: NodeId,
+    /// Pages of one report share this id so the metaserver can tell a new
+    /// report from the rest of an old one.
+    pub report: u64,
+    pub pieces: Vec<PieceInfo>,
+    pub last: bool,
+}
+
+impl Method for InventoryReport {
+    const ID: u16 = 202;
+    const NAME: &'static str = "inventory_report";
+    const IDEMPOTENT: bool = true;
+    type Response = ();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::ChunkId;
+    use crate::limits::HEADER_MAX_BYTES;
+    use crate::token::{Capability, Rights};
+
+    #[test]
+    fn a_full_inventory_page_fits_in_a_header() {
+        let info = PieceInfo {
+            piece: PieceId {
+                chunk: ChunkId(u64::MAX),
+                index: 255,
+            },
+            length: u64::MAX,
+            checksum: [0xff; 32],
+        };
+        let page = ListPiecesReply {
+            pieces: vec![info; INVENTORY_PAGE_MAX as usize],
+            more: true,
+        };
+        let frame = crate::wire::encode_response(&page, 0).unwrap();
+        assert!(frame.len() < HEADER_MAX_BYTES, "{} bytes", frame.len());
+        let report = InventoryReport {
+            node: NodeId(u64::MAX),
+            report: u64::MAX,
+            pieces: page.pieces,
+            last: true,
+        };
+        crate::wire::encode_request(crate::ids::RequestId(1), 1, 0, &report).unwrap();
+    }
+
+    #[test]
+    fn method_numbers_are_distinct() {
+        let ids = [
+            WritePiece::ID,
+            ReadPiece::ID,
+            DeletePieces::ID,
+            ListPieces::ID,
+            CopyPiece::ID,
+            RegisterChunkserver::ID,
+            Heartbeat::ID,
+            InventoryReport::ID,
+        ];
+        let unique: std::collections::BTreeSet<_> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len());
+        let _ = Token {
+            capability: Capability {
+                chunk: ChunkId(1),
+                rights: Rights::READ,
+                expires_at_ms: 0,
+            },
+            mac: [0; 32],
+        };
+    }
+}
