@@ -26,6 +26,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a chunkserver: keep pieces on local disks and serve them.
+    Chunk {
+        /// The chunkserver's TOML configuration (see deploy/chunk.example.toml).
+        #[arg(long, env = "TESSERA_CHUNK_CONFIG")]
+        config: PathBuf,
+        /// Override any configuration key: --set listen=127.0.0.1:7401
+        /// --set scrub.rate_mb_per_s=10 (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
     /// Manage the cluster certificate authority and node certificates.
     Ca {
         #[command(subcommand)]
@@ -53,9 +63,61 @@ enum CaCommand {
     },
 }
 
+/// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")
+}
+
+fn run_chunk(
+    config: PathBuf,
+    overrides: Vec<String>,
+    cli_log: Option<&str>,
+    cli_json: bool,
+) -> Result<()> {
+    let config: tessera_chunk::ChunkConfig = tessera_proto::config::load(Some(&config), &overrides)
+        .with_context(|| format!("load chunkserver config {}", config.display()))?;
+    let level = cli_log
+        .map(str::to_string)
+        .or(config.node.log.level.clone());
+    tessera_proto::obs::init_tracing(level.as_deref(), cli_json || config.node.log.json)?;
+    runtime()?.block_on(async {
+        let registry = prometheus::Registry::new();
+        let server = tessera_chunk::ChunkServer::start(config, &registry)
+            .await
+            .context("start the chunkserver")?;
+        println!("chunkserver listening on {}", server.addr());
+        stop_signal().await;
+        tracing::info!("stop requested; shutting down");
+        server.shutdown().await;
+        Ok(())
+    })
+}
+
 fn run(cli: Cli) -> Result<()> {
+    if let Command::Chunk { config, overrides } = cli.command {
+        return run_chunk(config, overrides, cli.log_level.as_deref(), cli.log_json);
+    }
     tessera_proto::obs::init_tracing(cli.log_level.as_deref(), cli.log_json)?;
     match cli.command {
+        Command::Chunk { .. } => unreachable!("handled above"),
         Command::Ca { command } => match command {
             CaCommand::Init { dir } => {
                 tls::ca_init(&dir).context("create the cluster CA")?;

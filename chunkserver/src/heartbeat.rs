@@ -1,0 +1,272 @@
+//! Registration, heartbeats and inventory reports to the metaserver, and the
+//! commands its replies carry.
+//!
+//! The loop: register (trying each configured metaserver, following
+//! `NotLeader` redirects), send the full inventory in pages, then heartbeat
+//! every interval with space, load and newly corrupt pieces. A reply may ask
+//! the node to register again (the metaserver lost track of it, for example
+//! after a leader change); repeated failures also start over from
+//! registration. While no metaserver answers, the node keeps serving reads and
+//! writes for tokens already issued.
+
+use crate::service::ChunkService;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tessera_proto::chunk::{
+    ChunkCommand, Heartbeat, HeartbeatReply, INVENTORY_PAGE_MAX, InventoryReport, Labels,
+    LoadReport, RegisterChunkserver,
+};
+use tessera_proto::error::{Error, ErrorCode};
+use tessera_proto::ids::NodeId;
+use tessera_proto::rpc::{CallOptions, Peer, RpcClient};
+use tessera_proto::tls::Role;
+use tessera_proto::wire::Method;
+use tokio::sync::watch;
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+const RETRY_MIN: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(10);
+/// Consecutive heartbeat failures before the node registers again.
+const HEARTBEAT_FAILURES_MAX: u32 = 3;
+
+pub struct HeartbeatConfig {
+    pub name: String,
+    pub address: String,
+    pub labels: Labels,
+    pub meta: Vec<String>,
+    pub interval: Duration,
+}
+
+struct Session {
+    leader: SocketAddr,
+    node: NodeId,
+    interval: Duration,
+}
+
+async fn resolve(addresses: &[String]) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for address in addresses {
+        if let Ok(found) = tokio::net::lookup_host(address).await {
+            out.extend(found);
+        }
+    }
+    out
+}
+
+/// Calls `message` on the leader, starting at `first` and following
+/// redirects a few times.
+async fn call_leader<M: Method>(
+    client: &RpcClient,
+    first: SocketAddr,
+    message: &M,
+) -> Result<(SocketAddr, M::Response), Error> {
+    let mut target = first;
+    for _ in 0..4 {
+        match client
+            .call(
+                Peer::new(target, Role::Meta),
+                message,
+                CallOptions::with_timeout(CALL_TIMEOUT),
+            )
+            .await
+        {
+            Ok(reply) => return Ok((target, reply)),
+            Err(err) if err.code == ErrorCode::NotLeader => {
+                let next = err.redirect.as_deref().and_then(|r| r.parse().ok());
+                match next {
+                    Some(next) => target = next,
+                    None => return Err(err),
+                }
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Err(Error::new(
+        ErrorCode::Unavailable,
+        "metaservers kept redirecting; no leader settled",
+    ))
+}
+
+async fn register(
+    client: &RpcClient,
+    service: &ChunkService,
+    config: &HeartbeatConfig,
+) -> Result<Session, Error> {
+    let message = RegisterChunkserver {
+        name: config.name.clone(),
+        address: config.address.clone(),
+        labels: config.labels.clone(),
+        disks: service.store().disk_reports(),
+    };
+    let candidates = resolve(&config.meta).await;
+    let mut last_error = Error::new(
+        ErrorCode::Unavailable,
+        format!("no metaserver address resolves among {:?}", config.meta),
+    );
+    for candidate in candidates {
+        match call_leader(client, candidate, &message).await {
+            Ok((leader, reply)) => {
+                let interval = if reply.heartbeat_interval_ms > 0 {
+                    Duration::from_millis(reply.heartbeat_interval_ms)
+                } else {
+                    config.interval
+                };
+                return Ok(Session {
+                    leader,
+                    node: reply.node,
+                    interval,
+                });
+            }
+            Err(err) => last_error = err,
+        }
+    }
+    Err(last_error)
+}
+
+async fn send_inventory(
+    client: &RpcClient,
+    service: &ChunkService,
+    session: &Session,
+) -> Result<(), Error> {
+    let report: u64 = rand::random();
+    let mut after = None;
+    loop {
+        let (pieces, more) = service.store().list(after, INVENTORY_PAGE_MAX as usize);
+        after = pieces.last().map(|p| p.piece);
+        let page = InventoryReport {
+            node: session.node,
+            report,
+            pieces,
+            last: !more,
+        };
+        client
+            .call(
+                Peer::new(session.leader, Role::Meta),
+                &page,
+                CallOptions::with_timeout(CALL_TIMEOUT),
+            )
+            .await?;
+        if !more {
+            return Ok(());
+        }
+    }
+}
+
+fn execute(service: &Arc<ChunkService>, reply: HeartbeatReply) {
+    for command in reply.commands {
+        let service = service.clone();
+        tokio::spawn(async move {
+            match command {
+                ChunkCommand::Delete(pieces) => {
+                    let count = pieces.len();
+                    match service.delete(pieces).await {
+                        Ok(done) => tracing::debug!(
+                            count,
+                            deleted = done.deleted,
+                            "deleted pieces on the metaserver's word"
+                        ),
+                        Err(err) => tracing::warn!(count, error = %err, "could not delete pieces"),
+                    }
+                }
+                ChunkCommand::Copy(copy) => match service.copy(&copy).await {
+                    Ok(_) => {
+                        tracing::info!(piece = %copy.piece, source = %copy.source, "repaired piece by copy")
+                    }
+                    Err(err) => {
+                        tracing::warn!(piece = %copy.piece, source = %copy.source, error = %err, "repair copy failed")
+                    }
+                },
+            }
+        });
+    }
+}
+
+/// Runs until `shutdown` turns true.
+pub async fn run(
+    client: RpcClient,
+    service: Arc<ChunkService>,
+    config: HeartbeatConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    if config.meta.is_empty() {
+        tracing::warn!(
+            "no metaserver configured (meta = [...]); this chunkserver will not register"
+        );
+        return;
+    }
+    let mut backoff = RETRY_MIN;
+    let mut warned = false;
+    loop {
+        let session = match register(&client, &service, &config).await {
+            Ok(session) => session,
+            Err(err) => {
+                if warned {
+                    tracing::debug!(error = %err, "metaserver still unreachable");
+                } else {
+                    tracing::warn!(meta = ?config.meta, error = %err, "cannot register with a metaserver; retrying in the background");
+                    warned = true;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => return,
+                }
+                backoff = (backoff * 2).min(RETRY_MAX);
+                continue;
+            }
+        };
+        backoff = RETRY_MIN;
+        warned = false;
+        tracing::info!(node = %session.node, leader = %session.leader, "registered with the metaserver");
+        if let Err(err) = send_inventory(&client, &service, &session).await {
+            tracing::warn!(error = %err, "inventory report failed; registering again");
+            continue;
+        }
+        let mut failures = 0;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(session.interval) => {}
+                _ = shutdown.changed() => return,
+            }
+            let metrics = service.store().metrics();
+            let corrupt = service.store().take_corrupt();
+            let beat = Heartbeat {
+                node: session.node,
+                disks: service.store().disk_reports(),
+                load: LoadReport {
+                    reads_in_flight: metrics.reads_in_flight.get().max(0) as u32,
+                    writes_in_flight: metrics.writes_in_flight.get().max(0) as u32,
+                },
+                corrupt: corrupt.clone(),
+            };
+            service.store().refresh_gauges();
+            match client
+                .call(
+                    Peer::new(session.leader, Role::Meta),
+                    &beat,
+                    CallOptions::with_timeout(CALL_TIMEOUT),
+                )
+                .await
+            {
+                Ok(reply) => {
+                    failures = 0;
+                    let again = reply.register_again;
+                    execute(&service, reply);
+                    if again {
+                        break;
+                    }
+                }
+                Err(err) => {
+                    // Keep the corrupt list for the next attempt.
+                    service.store().return_corrupt(corrupt);
+                    failures += 1;
+                    tracing::debug!(error = %err, failures, "heartbeat failed");
+                    if failures >= HEARTBEAT_FAILURES_MAX || err.code == ErrorCode::NotLeader {
+                        tracing::warn!(error = %err, "lost the metaserver; registering again");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
