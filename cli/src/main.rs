@@ -36,10 +36,70 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
     },
+    /// Run a metaserver; `tessera meta init` bootstraps a new group first.
+    Meta {
+        #[command(subcommand)]
+        action: Option<MetaAction>,
+        /// The metaserver's TOML configuration (see deploy/meta.example.toml).
+        #[arg(long, env = "TESSERA_META_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        /// Override any configuration key (repeatable): --set raft.heartbeat_ms=100
+        #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
+        overrides: Vec<String>,
+    },
+    /// Cluster administration.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// Manage the cluster certificate authority and node certificates.
     Ca {
         #[command(subcommand)]
         command: CaCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum MetaAction {
+    /// Start this member as the first voter of a new group, then keep running.
+    Init,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Members, leader, term and commit index, live chunkservers with free space.
+    Status {
+        /// Client configuration (client.toml) naming the metaservers.
+        #[arg(long, env = "TESSERA_CONFIG")]
+        config: PathBuf,
+    },
+    /// Metaserver group membership (needs a metaserver certificate).
+    Member {
+        #[command(subcommand)]
+        command: MemberCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum MemberCommand {
+    /// Add a metaserver: it joins as a learner, catches up (from a snapshot if
+    /// needed), then becomes a voter unless --learner.
+    Add {
+        #[arg(long, env = "TESSERA_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        node: u64,
+        #[arg(long)]
+        address: String,
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Remove a metaserver from the group.
+    Remove {
+        #[arg(long, env = "TESSERA_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        node: u64,
     },
 }
 
@@ -111,13 +171,171 @@ fn run_chunk(
     })
 }
 
+fn run_meta(
+    config: PathBuf,
+    overrides: Vec<String>,
+    bootstrap: bool,
+    cli_log: Option<&str>,
+    cli_json: bool,
+) -> Result<()> {
+    let config: tessera_meta::MetaConfig =
+        tessera_proto::config::load(Some(&config), &overrides)
+            .with_context(|| format!("load metaserver config {}", config.display()))?;
+    let level = cli_log
+        .map(str::to_string)
+        .or(config.node.log.level.clone());
+    tessera_proto::obs::init_tracing(level.as_deref(), cli_json || config.node.log.json)?;
+    runtime()?.block_on(async {
+        let registry = prometheus::Registry::new();
+        let server = tessera_meta::MetaServer::start(config, &registry, bootstrap)
+            .await
+            .context("start the metaserver")?;
+        println!("metaserver listening on {}", server.addr());
+        stop_signal().await;
+        tracing::info!("stop requested; shutting down");
+        server.shutdown().await;
+        Ok(())
+    })
+}
+
+fn load_client_config(path: &std::path::Path) -> Result<tessera_proto::config::ClientConfig> {
+    tessera_proto::config::load(Some(path), &[])
+        .with_context(|| format!("load client config {}", path.display()))
+}
+
+fn run_admin(command: AdminCommand) -> Result<()> {
+    runtime()?.block_on(async {
+        match command {
+            AdminCommand::Status { config } => {
+                let client =
+                    tessera_client::MetaClient::from_config(&load_client_config(&config)?).await?;
+                let status = client
+                    .any_call(&tessera_proto::meta::Status)
+                    .await
+                    .context(
+                        "ask the metaservers for status (are they running? is client.toml right?)",
+                    )?;
+                print_status(&status);
+            }
+            AdminCommand::Member { command } => match command {
+                MemberCommand::Add {
+                    config,
+                    node,
+                    address,
+                    learner,
+                } => {
+                    let client =
+                        tessera_client::MetaClient::from_config(&load_client_config(&config)?)
+                            .await?;
+                    let message = tessera_proto::meta::AddMember {
+                        node: tessera_proto::NodeId(node),
+                        address: address.clone(),
+                        voter: !learner,
+                    };
+                    client
+                        .leader_call(&message)
+                        .await
+                        .context("add the member")?;
+                    println!(
+                        "added metaserver {node} at {address} as a {}",
+                        if learner { "learner" } else { "voter" }
+                    );
+                }
+                MemberCommand::Remove { config, node } => {
+                    let client =
+                        tessera_client::MetaClient::from_config(&load_client_config(&config)?)
+                            .await?;
+                    let message = tessera_proto::meta::RemoveMember {
+                        node: tessera_proto::NodeId(node),
+                    };
+                    client
+                        .leader_call(&message)
+                        .await
+                        .context("remove the member")?;
+                    println!("removed metaserver {node}");
+                }
+            },
+        }
+        Ok(())
+    })
+}
+
+fn print_status(status: &tessera_proto::meta::StatusReply) {
+    let leader = status
+        .leader
+        .map(|l| l.0.to_string())
+        .unwrap_or_else(|| "none".into());
+    println!(
+        "metaservers (answered by {}, leader {leader}, term {}, commit index {}, applied {})",
+        status.answered_by.0,
+        status.term,
+        status
+            .commit_index
+            .map(|i| i.to_string())
+            .unwrap_or_else(|| "-".into()),
+        status
+            .applied_index
+            .map(|i| i.to_string())
+            .unwrap_or_else(|| "-".into()),
+    );
+    for member in &status.members {
+        println!(
+            "  {:>4}  {:<22} {:<9} matched {}",
+            member.node.0,
+            member.address,
+            member.role,
+            member
+                .matched_index
+                .map(|i| i.to_string())
+                .unwrap_or_else(|| "-".into())
+        );
+    }
+    println!(
+        "chunkservers ({} chunks under-replicated)",
+        status.chunks_under_replicated
+    );
+    for cs in &status.chunkservers {
+        println!(
+            "  {:>4}  {:<12} {:<22} {:<5} free {:>8} MiB of {:>8} MiB  pieces {:>6}  rack {:?}",
+            cs.node.0,
+            cs.name,
+            cs.address,
+            if cs.alive { "up" } else { "DOWN" },
+            cs.free_bytes >> 20,
+            cs.capacity_bytes >> 20,
+            cs.pieces,
+            cs.rack
+        );
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
-    if let Command::Chunk { config, overrides } = cli.command {
-        return run_chunk(config, overrides, cli.log_level.as_deref(), cli.log_json);
+    match cli.command {
+        Command::Chunk { config, overrides } => {
+            return run_chunk(config, overrides, cli.log_level.as_deref(), cli.log_json);
+        }
+        Command::Meta {
+            action,
+            config,
+            overrides,
+        } => {
+            let config =
+                config.context("--config FILE is required (see deploy/meta.example.toml)")?;
+            let bootstrap = matches!(action, Some(MetaAction::Init));
+            return run_meta(
+                config,
+                overrides,
+                bootstrap,
+                cli.log_level.as_deref(),
+                cli.log_json,
+            );
+        }
+        _ => {}
     }
     tessera_proto::obs::init_tracing(cli.log_level.as_deref(), cli.log_json)?;
     match cli.command {
-        Command::Chunk { .. } => unreachable!("handled above"),
+        Command::Chunk { .. } | Command::Meta { .. } => unreachable!("handled above"),
+        Command::Admin { command } => run_admin(command)?,
         Command::Ca { command } => match command {
             CaCommand::Init { dir } => {
                 tls::ca_init(&dir).context("create the cluster CA")?;

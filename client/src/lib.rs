@@ -1,4 +1,8 @@
 //! The library every front end uses to reach a cluster.
 //!
-//! This crate is laid out in the workspace; its capability lands with its own issue
-//! (see `docs/ARCHITECTURE.md`).
+//! - `meta`: metadata calls that find the leader, follow redirects, remember
+//!   the leader, and retry with the same request id across a leader change.
+
+pub mod meta;
+
+pub use meta::MetaClient;

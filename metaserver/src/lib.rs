@@ -1,4 +1,29 @@
-//! Raft-replicated namespace and chunk map.
+//! The metaserver: the namespace and the chunk map, replicated with Raft
+//! (openraft) and stored in RocksDB.
 //!
-//! This crate is laid out in the workspace; its capability lands with its own issue
-//! (see `docs/ARCHITECTURE.md`).
+//! - `namespace`: the pure POSIX namespace core (inodes, entries, xattrs,
+//!   extents and chunk references).
+//! - `state`: the replicated state around it: chunk map, chunkserver list,
+//!   recent request ids; applies [`types::Command`]s deterministically.
+//! - `log_store`, `sm_store`: Raft log and state machine in RocksDB.
+//! - `network`: Raft traffic over the RPC layer.
+//! - `batcher`: many commands per Raft entry.
+//! - `registry`: leader-side liveness, space, inventories and placement.
+//! - `service`: the RPC service; `server`: configuration and start-up.
+//!
+//! Invariant: the metaserver is never in the data path; it hands out chunk
+//! ids, placements and tokens, and bytes go between clients and chunkservers.
+
+pub mod batcher;
+pub mod log_store;
+pub mod metrics;
+pub mod namespace;
+pub mod network;
+pub mod registry;
+pub mod server;
+pub mod service;
+pub mod sm_store;
+pub mod state;
+pub mod types;
+
+pub use server::{MetaConfig, MetaServer};

@@ -253,3 +253,14 @@ mod node_config_tests {
         config.transport.validate().unwrap();
     }
 }
+
+/// What a client (the CLI, a mount, the gateway) needs to reach a cluster;
+/// `tessera dev` and `deploy/local-cluster.sh` write it as `client.toml`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ClientConfig {
+    /// Metaserver addresses (host:port); any member will do.
+    pub meta: Vec<String>,
+    pub tls: TlsFiles,
+    #[serde(default)]
+    pub transport: crate::rpc::TransportOptions,
+}

@@ -60,8 +60,10 @@ impl RequestId {
     }
 }
 
-/// A piece of a chunk stored on one chunkserver: the whole chunk under
-/// replication (index 0), or one shard column under erasure coding.
+/// A piece of a chunk stored on one chunkserver: one replica of the whole
+/// chunk under replication, or one shard column under erasure coding. The
+/// index is the piece's position in the chunk's placement, for replicas too,
+/// so every piece of a chunk has its own id and deletions name exactly one.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct PieceId {
     pub chunk: ChunkId,

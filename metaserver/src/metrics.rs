@@ -1,0 +1,91 @@
+//! Metaserver metrics: Raft progress, operations by type with latency and
+//! result, batch sizes, live chunkservers and chunks missing pieces.
+
+use crate::types::TypeConfig;
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+
+#[derive(Clone)]
+pub struct MetaMetrics {
+    pub term: IntGauge,
+    pub is_leader: IntGauge,
+    pub last_log_index: IntGauge,
+    pub applied_index: IntGauge,
+    pub ops: IntCounterVec,
+    pub op_seconds: HistogramVec,
+    pub batch_commands: Histogram,
+    pub live_chunkservers: IntGauge,
+    pub under_replicated: IntGauge,
+}
+
+impl MetaMetrics {
+    pub fn new(registry: &Registry, server: &str) -> Result<MetaMetrics, prometheus::Error> {
+        let opts = |name: &str, help: &str| Opts::new(name, help).const_label("server", server);
+        let metrics = MetaMetrics {
+            term: IntGauge::with_opts(opts("tessera_meta_raft_term", "Current Raft term"))?,
+            is_leader: IntGauge::with_opts(opts(
+                "tessera_meta_raft_leader",
+                "1 while this member leads",
+            ))?,
+            last_log_index: IntGauge::with_opts(opts(
+                "tessera_meta_raft_last_log_index",
+                "Index of the last log entry",
+            ))?,
+            applied_index: IntGauge::with_opts(opts(
+                "tessera_meta_raft_applied_index",
+                "Index of the last applied entry",
+            ))?,
+            ops: IntCounterVec::new(
+                opts(
+                    "tessera_meta_ops_total",
+                    "Client operations by type and result",
+                ),
+                &["op", "result"],
+            )?,
+            op_seconds: HistogramVec::new(
+                HistogramOpts::new("tessera_meta_op_seconds", "Client operation latency")
+                    .const_label("server", server)
+                    .buckets(vec![
+                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                        0.25, 1.0, 5.0,
+                    ]),
+                &["op"],
+            )?,
+            batch_commands: Histogram::with_opts(
+                HistogramOpts::new("tessera_meta_batch_commands", "Commands per Raft entry")
+                    .const_label("server", server)
+                    .buckets(vec![
+                        1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+                    ]),
+            )?,
+            live_chunkservers: IntGauge::with_opts(opts(
+                "tessera_meta_live_chunkservers",
+                "Chunkservers heard from recently",
+            ))?,
+            under_replicated: IntGauge::with_opts(opts(
+                "tessera_meta_chunks_under_replicated",
+                "Committed chunks missing a piece",
+            ))?,
+        };
+        registry.register(Box::new(metrics.term.clone()))?;
+        registry.register(Box::new(metrics.is_leader.clone()))?;
+        registry.register(Box::new(metrics.last_log_index.clone()))?;
+        registry.register(Box::new(metrics.applied_index.clone()))?;
+        registry.register(Box::new(metrics.ops.clone()))?;
+        registry.register(Box::new(metrics.op_seconds.clone()))?;
+        registry.register(Box::new(metrics.batch_commands.clone()))?;
+        registry.register(Box::new(metrics.live_chunkservers.clone()))?;
+        registry.register(Box::new(metrics.under_replicated.clone()))?;
+        Ok(metrics)
+    }
+
+    pub fn observe_raft(&self, metrics: &openraft::RaftMetrics<u64, openraft::BasicNode>) {
+        let _ = std::marker::PhantomData::<TypeConfig>;
+        self.term.set(metrics.current_term as i64);
+        self.is_leader
+            .set(i64::from(metrics.current_leader == Some(metrics.id)));
+        self.last_log_index
+            .set(metrics.last_log_index.unwrap_or(0) as i64);
+        self.applied_index
+            .set(metrics.last_applied.map(|l| l.index).unwrap_or(0) as i64);
+    }
+}

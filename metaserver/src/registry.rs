@@ -1,0 +1,261 @@
+//! What the leader knows about chunkservers beyond the replicated node list:
+//! liveness, space, load and reported inventories. Rebuilt from heartbeats
+//! after a leader change (chunkservers re-register when a new leader answers
+//! `NotLeader`), so it is not replicated. Placement decisions are made here
+//! and then replicated as part of the allocation command.
+
+use crate::state::{ChunkState, State};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+use tessera_proto::chunk::{DiskReport, LoadReport, PieceInfo};
+use tessera_proto::error::{Error, ErrorCode};
+use tessera_proto::ids::{ChunkId, NodeId, PieceId};
+use tessera_proto::meta::Policy;
+
+/// A chunkserver silent for longer is dead for placement and reads.
+pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(10);
+/// An unknown piece is deleted only after this long, so a write still in
+/// flight (sealed, not yet committed) is never collected under its writer.
+pub const ORPHAN_GRACE: Duration = Duration::from_secs(120);
+
+#[derive(Clone, Debug)]
+pub struct Live {
+    pub last_seen: Instant,
+    pub disks: Vec<DiskReport>,
+    pub load: LoadReport,
+    report: Option<u64>,
+    collecting: BTreeSet<PieceId>,
+    pub inventory: Option<BTreeSet<PieceId>>,
+}
+
+impl Live {
+    pub fn free_bytes(&self) -> u64 {
+        self.disks
+            .iter()
+            .map(|d| d.free_bytes.saturating_sub(d.reserve_bytes))
+            .sum()
+    }
+    pub fn capacity_bytes(&self) -> u64 {
+        self.disks.iter().map(|d| d.capacity_bytes).sum()
+    }
+    pub fn pieces(&self) -> u64 {
+        self.disks.iter().map(|d| d.pieces).sum()
+    }
+}
+
+#[derive(Default)]
+pub struct Registry {
+    pub live: BTreeMap<NodeId, Live>,
+    /// Unknown pieces by node, with when they were first seen.
+    orphans: BTreeMap<(NodeId, PieceId), Instant>,
+    /// Committed pieces found missing, waiting for repair.
+    pub repair_queue: BTreeSet<(ChunkId, u8)>,
+}
+
+impl Registry {
+    pub fn heartbeat(
+        &mut self,
+        node: NodeId,
+        disks: Vec<DiskReport>,
+        load: LoadReport,
+        now: Instant,
+    ) {
+        let entry = self.live.entry(node).or_insert_with(|| Live {
+            last_seen: now,
+            disks: Vec::new(),
+            load: LoadReport::default(),
+            report: None,
+            collecting: BTreeSet::new(),
+            inventory: None,
+        });
+        entry.last_seen = now;
+        entry.disks = disks;
+        entry.load = load;
+    }
+
+    pub fn is_alive(&self, node: NodeId, now: Instant) -> bool {
+        self.live
+            .get(&node)
+            .is_some_and(|l| now.duration_since(l.last_seen) < LIVENESS_TIMEOUT)
+    }
+
+    /// Takes one page of an inventory report; the report replaces the last
+    /// one when its final page arrives.
+    pub fn inventory_page(
+        &mut self,
+        node: NodeId,
+        report: u64,
+        pieces: &[PieceInfo],
+        last: bool,
+        now: Instant,
+    ) {
+        self.heartbeat_touch(node, now);
+        let Some(live) = self.live.get_mut(&node) else {
+            return;
+        };
+        if live.report != Some(report) {
+            live.report = Some(report);
+            live.collecting.clear();
+        }
+        live.collecting.extend(pieces.iter().map(|p| p.piece));
+        if last {
+            live.inventory = Some(std::mem::take(&mut live.collecting));
+        }
+    }
+
+    fn heartbeat_touch(&mut self, node: NodeId, now: Instant) {
+        if !self.live.contains_key(&node) {
+            self.heartbeat(node, Vec::new(), LoadReport::default(), now);
+        }
+        if let Some(live) = self.live.get_mut(&node) {
+            live.last_seen = now;
+        }
+    }
+
+    /// Chooses `policy.width()` distinct live nodes with room for a chunk:
+    /// most free space first, lighter load breaking ties. When every live
+    /// node carries a rack label, no two pieces share a rack.
+    pub fn place(
+        &self,
+        state: &State,
+        policy: Policy,
+        chunk_bytes: u64,
+        now: Instant,
+    ) -> Result<Vec<NodeId>, Error> {
+        let width = policy.width();
+        let mut candidates: Vec<(NodeId, &Live, String)> = self
+            .live
+            .iter()
+            .filter(|(node, live)| {
+                now.duration_since(live.last_seen) < LIVENESS_TIMEOUT
+                    && state.nodes.contains_key(node)
+            })
+            .filter(|(_, live)| live.free_bytes() >= chunk_bytes)
+            .map(|(node, live)| {
+                (
+                    *node,
+                    live,
+                    state
+                        .nodes
+                        .get(node)
+                        .map(|r| r.labels.rack.clone())
+                        .unwrap_or_default(),
+                )
+            })
+            .collect();
+        candidates.sort_by(|a, b| {
+            b.1.free_bytes()
+                .cmp(&a.1.free_bytes())
+                .then(
+                    (a.1.load.writes_in_flight + a.1.load.reads_in_flight)
+                        .cmp(&(b.1.load.writes_in_flight + b.1.load.reads_in_flight)),
+                )
+                .then(a.0.cmp(&b.0))
+        });
+        let racks_known =
+            !candidates.is_empty() && candidates.iter().all(|(_, _, rack)| !rack.is_empty());
+        let mut chosen = Vec::new();
+        let mut racks_used = BTreeSet::new();
+        for (node, _, rack) in &candidates {
+            if chosen.len() == width {
+                break;
+            }
+            if racks_known && !racks_used.insert(rack.clone()) {
+                continue;
+            }
+            chosen.push(*node);
+        }
+        if chosen.len() < width {
+            let alive = self
+                .live
+                .values()
+                .filter(|l| now.duration_since(l.last_seen) < LIVENESS_TIMEOUT)
+                .count();
+            let what = if racks_known {
+                format!("{} distinct racks", racks_used.len())
+            } else {
+                format!("{} live chunkservers", candidates.len())
+            };
+            return Err(Error::new(
+                ErrorCode::NoSpace,
+                format!(
+                    "policy {policy} needs {width} chunkservers{} with {chunk_bytes} bytes free; only {what} qualify ({alive} alive). Add chunkservers or choose a narrower policy",
+                    if racks_known {
+                        " in distinct racks"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
+        Ok(chosen)
+    }
+
+    /// Compares reported inventories with the chunk map: pieces the map
+    /// expects but a live node lacks go to the repair queue; pieces the map
+    /// does not know are remembered as orphans. Returns the number of
+    /// committed chunks missing at least one piece.
+    pub fn reconcile(&mut self, state: &State, now: Instant) -> u64 {
+        let mut missing_chunks = BTreeSet::new();
+        self.repair_queue.clear();
+        for (chunk, record) in &state.chunks {
+            if !matches!(record.state, ChunkState::Committed { .. }) {
+                continue;
+            }
+            for (index, node) in record.nodes.iter().enumerate() {
+                let piece = PieceId {
+                    chunk: *chunk,
+                    index: index as u8,
+                };
+                let present = self.is_alive(*node, now)
+                    && self
+                        .live
+                        .get(node)
+                        .and_then(|l| l.inventory.as_ref())
+                        .is_none_or(|inv| inv.contains(&piece));
+                if !present {
+                    missing_chunks.insert(*chunk);
+                    self.repair_queue.insert((*chunk, index as u8));
+                }
+            }
+        }
+        for (node, live) in &self.live {
+            let Some(inventory) = &live.inventory else {
+                continue;
+            };
+            for piece in inventory {
+                let known = state
+                    .chunks
+                    .get(&piece.chunk)
+                    .is_some_and(|r| r.nodes.get(piece.index as usize) == Some(node));
+                if !known {
+                    self.orphans.entry((*node, *piece)).or_insert(now);
+                }
+            }
+        }
+        self.orphans.retain(|(node, piece), _| {
+            state
+                .chunks
+                .get(&piece.chunk)
+                .is_none_or(|r| r.nodes.get(piece.index as usize) != Some(node))
+        });
+        missing_chunks.len() as u64
+    }
+
+    /// Orphans on `node` older than the grace period, to delete now.
+    pub fn expired_orphans(&mut self, node: NodeId, now: Instant) -> Vec<PieceId> {
+        let expired: Vec<PieceId> = self
+            .orphans
+            .iter()
+            .filter(|((n, _), seen)| *n == node && now.duration_since(**seen) >= ORPHAN_GRACE)
+            .map(|((_, piece), _)| *piece)
+            .collect();
+        for piece in &expired {
+            self.orphans.remove(&(node, *piece));
+            if let Some(inventory) = self.live.get_mut(&node).and_then(|l| l.inventory.as_mut()) {
+                inventory.remove(piece);
+            }
+        }
+        expired
+    }
+}

@@ -1,0 +1,316 @@
+//! The metaserver daemon: configuration, start-up, bootstrap and shutdown.
+
+use crate::batcher::{Batcher, LeaderAddress};
+use crate::log_store::{CF_LOG, CF_RAFT, LogStore};
+use crate::metrics::MetaMetrics;
+use crate::network::Network;
+use crate::registry::Registry;
+use crate::service::{MetaService, leader_loop};
+use crate::sm_store::{CF_STATE, StateMachine};
+use crate::types::Raft;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tessera_proto::config::NodeConfig;
+use tessera_proto::error::{Error, ErrorCode};
+use tessera_proto::rpc::{RpcClient, RpcMetrics, RpcServer};
+use tessera_proto::tls::Role;
+use tessera_proto::token::TokenKey;
+use tokio::sync::watch;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftSettings {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot (and purge the log behind it) every this many entries.
+    pub snapshot_every_entries: u64,
+}
+
+impl Default for RaftSettings {
+    fn default() -> RaftSettings {
+        RaftSettings {
+            heartbeat_ms: 150,
+            election_timeout_min_ms: 750,
+            election_timeout_max_ms: 1500,
+            snapshot_every_entries: 10_000,
+        }
+    }
+}
+
+/// `tessera meta --config FILE`; documented in `deploy/meta.example.toml`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MetaConfig {
+    #[serde(flatten)]
+    pub node: NodeConfig,
+    /// This member's Raft id: unique in the group, never reused.
+    pub node_id: u64,
+    /// Where RocksDB keeps the Raft log and the state.
+    pub data_dir: PathBuf,
+    /// The cluster's capability-token key (`token.key` from `tessera ca init`).
+    pub token_key: PathBuf,
+    /// Address other members and clients reach this one at; `listen` when unset.
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// Redundancy of the root directory, inherited by everything below it
+    /// unless a directory sets its own (`tessera policy set`).
+    #[serde(default = "default_policy")]
+    pub default_policy: String,
+    /// Interval chunkservers are told to heartbeat at.
+    #[serde(default = "default_heartbeat_ms")]
+    pub chunk_heartbeat_interval_ms: u64,
+    #[serde(default)]
+    pub raft: RaftSettings,
+}
+
+fn default_policy() -> String {
+    "replicas:3".into()
+}
+
+fn default_heartbeat_ms() -> u64 {
+    2_000
+}
+
+pub struct MetaServer {
+    pub raft: Raft,
+    rpc: RpcServer,
+    addr: SocketAddr,
+    shutdown_tx: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    pub service: Arc<MetaService>,
+}
+
+fn open_db(dir: &std::path::Path) -> Result<rocksdb::DB, Error> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(&format!("create {}", dir.display()), &e))?;
+    let mut options = rocksdb::Options::default();
+    options.create_if_missing(true);
+    options.create_missing_column_families(true);
+    options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    rocksdb::DB::open_cf(&options, dir, [CF_LOG, CF_RAFT, CF_STATE]).map_err(|e| {
+        Error::new(
+            ErrorCode::Io,
+            format!(
+                "open RocksDB in {}: {e}; is another metaserver using it?",
+                dir.display()
+            ),
+        )
+    })
+}
+
+impl MetaServer {
+    /// Opens the store, starts Raft and the RPC service. With `bootstrap`, a
+    /// member whose store holds no Raft state initializes a new group with
+    /// itself as the only voter.
+    pub async fn start(
+        config: MetaConfig,
+        registry: &prometheus::Registry,
+        bootstrap: bool,
+    ) -> Result<MetaServer, Error> {
+        let identity = config.node.tls.load()?;
+        if tessera_proto::tls::role_of_certificate(&identity.chain[0]) != Some(Role::Meta) {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "{} is not a metaserver certificate; issue one with `tessera ca issue --role meta`",
+                    config.node.tls.cert.display()
+                ),
+            ));
+        }
+        let policy: tessera_proto::meta::Policy =
+            config.default_policy.parse().map_err(|e: String| {
+                Error::new(ErrorCode::InvalidArgument, format!("default_policy: {e}"))
+            })?;
+        let token_key = TokenKey::load(&config.token_key)?;
+        let metric_error =
+            |err: prometheus::Error| Error::internal(format!("register metrics: {err}"));
+        let metrics = MetaMetrics::new(registry, &config.node.name).map_err(metric_error)?;
+        let rpc_metrics = RpcMetrics::new(registry, &config.node.name).map_err(metric_error)?;
+
+        let data_dir = config.data_dir.clone();
+        let db = Arc::new(
+            tokio::task::spawn_blocking(move || open_db(&data_dir))
+                .await
+                .map_err(|e| Error::internal(format!("open store: {e}")))??,
+        );
+        let log_store =
+            LogStore::new(db.clone()).map_err(|e| Error::io("start the Raft log", &e))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0);
+        let state_machine = StateMachine::open(db.clone(), policy, now)
+            .map_err(|e| Error::new(ErrorCode::Io, format!("load state: {e}")))?;
+        let shared = state_machine.shared.clone();
+
+        let bind_any: SocketAddr = if config.node.listen.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        }
+        .parse()
+        .map_err(|_| Error::internal("parse bind address"))?;
+        let client = RpcClient::new(&identity, &config.node.transport, bind_any)?;
+        let raft_config = openraft::Config {
+            cluster_name: "tessera".into(),
+            heartbeat_interval: config.raft.heartbeat_ms,
+            election_timeout_min: config.raft.election_timeout_min_ms,
+            election_timeout_max: config.raft.election_timeout_max_ms,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
+                config.raft.snapshot_every_entries,
+            ),
+            max_in_snapshot_log_to_keep: 1_000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| Error::new(ErrorCode::InvalidArgument, format!("raft settings: {e}")))?;
+        let raft = Raft::new(
+            config.node_id,
+            Arc::new(raft_config),
+            Network { client },
+            log_store,
+            state_machine,
+        )
+        .await
+        .map_err(|e| Error::internal(format!("start Raft: {e}")))?;
+
+        // The RPC server binds before Raft bootstraps so peers can reach us.
+        let leader_raft = raft.clone();
+        let leader_address: LeaderAddress = Arc::new(move |id| {
+            leader_raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .get_node(&id)
+                .map(|n| n.addr.clone())
+        });
+        let batcher = Batcher::start(
+            raft.clone(),
+            leader_address.clone(),
+            metrics.batch_commands.clone(),
+        );
+        let service = Arc::new(MetaService {
+            raft: raft.clone(),
+            node_id: config.node_id,
+            shared,
+            batcher,
+            registry: Arc::new(Mutex::new(Registry::default())),
+            token_key,
+            metrics,
+            leader_address,
+            heartbeat_interval_ms: config.chunk_heartbeat_interval_ms,
+        });
+        let rpc = RpcServer::start(
+            &identity,
+            &config.node.transport,
+            config.node.listen,
+            service.clone(),
+            rpc_metrics,
+        )?;
+        let addr = rpc.local_addr()?;
+        let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
+
+        if bootstrap {
+            let initialized = raft
+                .is_initialized()
+                .await
+                .map_err(|e| Error::internal(format!("read Raft state: {e}")))?;
+            if initialized {
+                tracing::info!("Raft group already initialized; bootstrap skipped");
+            } else {
+                let mut members = BTreeMap::new();
+                members.insert(
+                    config.node_id,
+                    openraft::BasicNode {
+                        addr: advertise.clone(),
+                    },
+                );
+                raft.initialize(members)
+                    .await
+                    .map_err(|e| Error::internal(format!("initialize the Raft group: {e}")))?;
+                tracing::info!(node = config.node_id, %advertise, "initialized a new metaserver group");
+            }
+        }
+
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let mut tasks = vec![tokio::spawn(leader_loop(service.clone(), shutdown_rx))];
+        if let Some(metrics_addr) = config.node.metrics_listen {
+            let (bound, task) =
+                tessera_proto::obs::serve_metrics(metrics_addr, registry.clone()).await?;
+            tracing::info!(%bound, "serving metrics at /metrics");
+            tasks.push(task);
+        }
+        tracing::info!(node = config.node_id, %addr, "metaserver started");
+        Ok(MetaServer {
+            raft,
+            rpc,
+            addr,
+            shutdown_tx,
+            tasks,
+            service,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Waits until some member leads (useful right after bootstrap).
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<u64, Error> {
+        let mut metrics = self.raft.metrics();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(leader) = metrics.borrow().current_leader {
+                return Ok(leader);
+            }
+            if tokio::time::timeout_at(deadline, metrics.changed())
+                .await
+                .is_err()
+            {
+                return Err(Error::new(
+                    ErrorCode::Unavailable,
+                    "no leader was elected in time",
+                ));
+            }
+        }
+    }
+
+    pub async fn shutdown(self) {
+        let _ = self.shutdown_tx.send(true);
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.rpc.shutdown().await;
+        let _ = self.raft.shutdown().await;
+        tracing::info!(addr = %self.addr, "metaserver stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_examples_parse() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        let config: MetaConfig = tessera_proto::config::load(
+            Some(&root.join("meta.example.toml")),
+            &["raft.heartbeat_ms=100".into()],
+        )
+        .unwrap();
+        assert_eq!(config.raft.heartbeat_ms, 100);
+        assert_eq!(config.node_id, 1);
+        config
+            .default_policy
+            .parse::<tessera_proto::meta::Policy>()
+            .unwrap();
+        let client: tessera_proto::config::ClientConfig =
+            tessera_proto::config::load(Some(&root.join("client.example.toml")), &[]).unwrap();
+        assert_eq!(client.meta.len(), 3);
+    }
+}

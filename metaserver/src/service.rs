@@ -1,0 +1,622 @@
+//! The metaserver's RPC service: the client API, the chunkserver contract,
+//! the admin calls and Raft traffic between members.
+//!
+//! Writes become commands proposed through the [`Batcher`]; reads are served
+//! from the applied state after `ensure_linearizable` confirms this member
+//! still leads. Followers answer both with `NotLeader` and the leader's
+//! address, which clients follow.
+
+// openraft's error types are large by design and fixed by its traits.
+#![allow(clippy::result_large_err)]
+
+use crate::batcher::{Batcher, LeaderAddress};
+use crate::metrics::MetaMetrics;
+use crate::network::{
+    self, AppendReply, RaftAppend, RaftSnapshot, RaftVote, SnapshotReply, VoteReply,
+};
+use crate::registry::Registry;
+use crate::sm_store::Shared;
+use crate::types::{Applied, Command, Raft};
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tessera_proto::chunk::{
+    ChunkCommand, Heartbeat, HeartbeatReply, InventoryReport, RegisterChunkserver, RegisterReply,
+};
+use tessera_proto::error::{Error, ErrorCode};
+use tessera_proto::ids::{NodeId, PieceId};
+use tessera_proto::meta::{
+    AddMember, ChunkPlacement, ChunkserverStatus, MemberStatus, MetaCall, MetaOp, MetaReply,
+    RemoveMember, StatFs, Status, StatusReply,
+};
+use tessera_proto::rpc::{Call, Service};
+use tessera_proto::tls::Role;
+use tessera_proto::token::{Capability, Rights, TokenKey, unix_now_ms};
+use tessera_proto::wire::Method;
+
+/// Tokens handed to clients live this long; a writer asks again for longer
+/// work.
+pub const TOKEN_TTL_MS: u64 = 10 * 60 * 1000;
+/// Size a placement must leave room for.
+pub const CHUNK_BYTES: u64 = 64 * 1024 * 1024;
+/// Deletions sent per heartbeat reply.
+const DELETIONS_PER_HEARTBEAT: usize = 512;
+
+pub struct MetaService {
+    pub raft: Raft,
+    pub node_id: u64,
+    pub shared: Arc<Shared>,
+    pub batcher: Batcher,
+    pub registry: Arc<Mutex<Registry>>,
+    pub token_key: TokenKey,
+    pub metrics: MetaMetrics,
+    pub leader_address: LeaderAddress,
+    pub heartbeat_interval_ms: u64,
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn is_read(op: &MetaOp) -> bool {
+    matches!(
+        op,
+        MetaOp::Lookup { .. }
+            | MetaOp::GetAttr { .. }
+            | MetaOp::Readlink { .. }
+            | MetaOp::Readdir { .. }
+            | MetaOp::GetXattr { .. }
+            | MetaOp::ListXattr { .. }
+            | MetaOp::GetPolicy { .. }
+            | MetaOp::GetLayout { .. }
+            | MetaOp::StatFs
+    )
+}
+
+fn op_name(op: &MetaOp) -> &'static str {
+    match op {
+        MetaOp::Lookup { .. } => "lookup",
+        MetaOp::GetAttr { .. } => "getattr",
+        MetaOp::SetAttr { .. } => "setattr",
+        MetaOp::Create { .. } => "create",
+        MetaOp::Mkdir { .. } => "mkdir",
+        MetaOp::Symlink { .. } => "symlink",
+        MetaOp::Readlink { .. } => "readlink",
+        MetaOp::Link { .. } => "link",
+        MetaOp::Unlink { .. } => "unlink",
+        MetaOp::Rmdir { .. } => "rmdir",
+        MetaOp::Rename { .. } => "rename",
+        MetaOp::Readdir { .. } => "readdir",
+        MetaOp::GetXattr { .. } => "getxattr",
+        MetaOp::SetXattr { .. } => "setxattr",
+        MetaOp::ListXattr { .. } => "listxattr",
+        MetaOp::RemoveXattr { .. } => "removexattr",
+        MetaOp::StatFs => "statfs",
+        MetaOp::Open { .. } => "open",
+        MetaOp::Release { .. } => "release",
+        MetaOp::SetPolicy { .. } => "setpolicy",
+        MetaOp::GetPolicy { .. } => "getpolicy",
+        MetaOp::AllocateChunk { .. } => "allocate",
+        MetaOp::CommitExtents { .. } => "commit",
+        MetaOp::GetLayout { .. } => "layout",
+        MetaOp::Concat { .. } => "concat",
+    }
+}
+
+impl MetaService {
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Confirms leadership (and waits until this member applied everything
+    /// committed before the call), or redirects.
+    async fn linearize(&self) -> Result<(), Error> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(openraft::error::RaftError::APIError(
+                openraft::error::CheckIsLeaderError::ForwardToLeader(forward),
+            )) => {
+                let address = forward
+                    .leader_node
+                    .map(|n| n.addr)
+                    .or_else(|| forward.leader_id.and_then(|id| (self.leader_address)(id)));
+                Err(Error::not_leader(address))
+            }
+            Err(err) => Err(Error::new(
+                ErrorCode::Unavailable,
+                format!("no quorum: {err}"),
+            )),
+        }
+    }
+
+    /// Redirects unless this member believes it leads; cheap check for calls
+    /// that are then proposed (the proposal itself is the real check).
+    fn leader_hint(&self) -> Result<(), Error> {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.current_leader == Some(self.node_id) {
+            Ok(())
+        } else {
+            Err(Error::not_leader(
+                metrics
+                    .current_leader
+                    .and_then(|id| (self.leader_address)(id)),
+            ))
+        }
+    }
+
+    fn mint(&self, placement: &mut ChunkPlacement, rights: Rights) {
+        placement.token = self.token_key.mint(Capability {
+            chunk: placement.chunk,
+            rights,
+            expires_at_ms: unix_now_ms() + TOKEN_TTL_MS,
+        });
+    }
+
+    async fn propose(&self, command: Command) -> Result<Applied, Error> {
+        self.batcher.propose(command).await
+    }
+
+    async fn meta_call(&self, call: MetaCall) -> Result<MetaReply, Error> {
+        if is_read(&call.op) {
+            self.linearize().await?;
+            return self.read(&call.op);
+        }
+        match call.op {
+            MetaOp::AllocateChunk { ino } => {
+                self.leader_hint()?;
+                let (policy, nodes) = {
+                    let state = self.shared.read();
+                    let policy = state.ns.policy_of(ino)?;
+                    let nodes = self.registry().place(
+                        &state,
+                        policy,
+                        CHUNK_BYTES / policy_data_width(policy),
+                        Instant::now(),
+                    )?;
+                    (policy, nodes)
+                };
+                let applied = self
+                    .propose(Command::Allocate {
+                        request_id: call.request_id,
+                        ino,
+                        policy,
+                        nodes,
+                        now_ns: now_ns(),
+                    })
+                    .await?;
+                match applied {
+                    Applied::Meta(MetaReply::Chunk(mut placement)) => {
+                        self.mint(&mut placement, Rights::READ.union(Rights::WRITE));
+                        Ok(MetaReply::Chunk(placement))
+                    }
+                    other => Err(Error::internal(format!("allocation replied {other:?}"))),
+                }
+            }
+            op => match self
+                .propose(Command::Client {
+                    request_id: call.request_id,
+                    op,
+                    now_ns: now_ns(),
+                })
+                .await?
+            {
+                Applied::Meta(reply) => Ok(reply),
+                other => Err(Error::internal(format!("client call replied {other:?}"))),
+            },
+        }
+    }
+
+    fn read(&self, op: &MetaOp) -> Result<MetaReply, Error> {
+        match op {
+            MetaOp::GetLayout {
+                ino,
+                offset,
+                length,
+            } => {
+                let state = self.shared.read();
+                let (size, extents) = state.ns.layout(*ino, *offset, *length)?;
+                let chunks: BTreeSet<_> = extents.iter().map(|e| e.chunk).collect();
+                let mut placements = Vec::new();
+                for chunk in chunks {
+                    if let Some(mut placement) = state.placement(chunk) {
+                        self.mint(&mut placement, Rights::READ);
+                        placements.push(placement);
+                    }
+                }
+                Ok(MetaReply::Layout {
+                    size,
+                    extents,
+                    chunks: placements,
+                })
+            }
+            MetaOp::StatFs => {
+                let inodes = self.shared.read().ns.inode_count();
+                let registry = self.registry();
+                let now = Instant::now();
+                let (mut capacity, mut free) = (0u64, 0u64);
+                for (node, live) in &registry.live {
+                    if registry.is_alive(*node, now) {
+                        capacity += live.capacity_bytes();
+                        free += live.free_bytes();
+                    }
+                }
+                Ok(MetaReply::StatFs(StatFs {
+                    capacity_bytes: capacity,
+                    free_bytes: free,
+                    used_bytes: capacity.saturating_sub(free),
+                    inodes,
+                }))
+            }
+            other => self.shared.read().ns.read(other),
+        }
+    }
+
+    async fn register(&self, message: RegisterChunkserver) -> Result<RegisterReply, Error> {
+        self.leader_hint()?;
+        let applied = self
+            .propose(Command::Register {
+                name: message.name,
+                address: message.address,
+                labels: message.labels,
+                now_ns: now_ns(),
+            })
+            .await?;
+        let Applied::Node(node) = applied else {
+            return Err(Error::internal("register replied without a node"));
+        };
+        self.registry()
+            .heartbeat(node, message.disks, Default::default(), Instant::now());
+        Ok(RegisterReply {
+            node,
+            heartbeat_interval_ms: self.heartbeat_interval_ms,
+        })
+    }
+
+    async fn heartbeat(&self, message: Heartbeat) -> Result<HeartbeatReply, Error> {
+        self.leader_hint()?;
+        let known = self.shared.read().nodes.contains_key(&message.node);
+        if !known {
+            return Ok(HeartbeatReply {
+                commands: Vec::new(),
+                register_again: true,
+            });
+        }
+        let now = Instant::now();
+        let fresh = !self.registry().live.contains_key(&message.node);
+        self.registry()
+            .heartbeat(message.node, message.disks, message.load, now);
+        if !message.corrupt.is_empty() {
+            tracing::warn!(node = %message.node, pieces = ?message.corrupt, "chunkserver quarantined corrupt pieces");
+            let mut registry = self.registry();
+            for piece in &message.corrupt {
+                registry.repair_queue.insert((piece.chunk, piece.index));
+            }
+        }
+        let deletions = self
+            .shared
+            .read()
+            .deletions_for(message.node, DELETIONS_PER_HEARTBEAT);
+        let orphans = self.registry().expired_orphans(message.node, now);
+        let mut pieces: Vec<PieceId> = deletions
+            .iter()
+            .map(|(chunk, index)| PieceId {
+                chunk: *chunk,
+                index: *index,
+            })
+            .collect();
+        pieces.extend(orphans);
+        let mut commands = Vec::new();
+        if !pieces.is_empty() {
+            commands.push(ChunkCommand::Delete(pieces));
+        }
+        // The deletions are on their way (and deleting is idempotent): record
+        // them so the chunk records can go.
+        let mut gone: Vec<_> = deletions.iter().map(|(chunk, _)| *chunk).collect();
+        gone.dedup();
+        for chunk in gone {
+            let batcher = self.batcher.clone();
+            let node = message.node;
+            tokio::spawn(async move {
+                let _ = batcher
+                    .propose(Command::PiecesGone {
+                        chunk,
+                        nodes: vec![node],
+                    })
+                    .await;
+            });
+        }
+        // A node the leader has not heard from since it took over sends its
+        // inventory again.
+        Ok(HeartbeatReply {
+            commands,
+            register_again: fresh,
+        })
+    }
+
+    fn status(&self) -> StatusReply {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership().clone();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let replication = metrics.replication.clone().unwrap_or_default();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| MemberStatus {
+                node: NodeId(*id),
+                address: node.addr.clone(),
+                role: if Some(*id) == metrics.current_leader {
+                    "leader".into()
+                } else if voters.contains(id) {
+                    "follower".into()
+                } else {
+                    "learner".into()
+                },
+                last_contact_ms: if *id == self.node_id { Some(0) } else { None },
+                matched_index: replication.get(id).and_then(|m| m.map(|l| l.index)).or(
+                    if *id == self.node_id {
+                        metrics.last_log_index
+                    } else {
+                        None
+                    },
+                ),
+            })
+            .collect();
+        let state = self.shared.read();
+        let registry = self.registry();
+        let now = Instant::now();
+        let chunkservers = state
+            .nodes
+            .iter()
+            .map(|(node, record)| {
+                let live = registry.live.get(node);
+                ChunkserverStatus {
+                    node: *node,
+                    name: record.name.clone(),
+                    address: record.address.clone(),
+                    rack: record.labels.rack.clone(),
+                    zone: record.labels.zone.clone(),
+                    alive: registry.is_alive(*node, now),
+                    capacity_bytes: live.map(|l| l.capacity_bytes()).unwrap_or(0),
+                    free_bytes: live.map(|l| l.free_bytes()).unwrap_or(0),
+                    pieces: live.map(|l| l.pieces()).unwrap_or(0),
+                    last_heartbeat_ms_ago: live
+                        .map(|l| now.duration_since(l.last_seen).as_millis() as u64)
+                        .unwrap_or(u64::MAX),
+                }
+            })
+            .collect();
+        StatusReply {
+            answered_by: NodeId(self.node_id),
+            leader: metrics.current_leader.map(NodeId),
+            term: metrics.current_term,
+            commit_index: metrics.last_applied.map(|l| l.index),
+            applied_index: self.shared.last_applied().map(|l| l.index),
+            members,
+            chunkservers,
+            chunks_under_replicated: self.metrics.under_replicated.get().max(0) as u64,
+        }
+    }
+
+    async fn add_member(&self, message: AddMember) -> Result<(), Error> {
+        self.leader_hint()?;
+        let node = openraft::BasicNode {
+            addr: message.address.clone(),
+        };
+        self.raft
+            .add_learner(message.node.0, node, true)
+            .await
+            .map_err(|e| crate::batcher::write_error(e, &self.leader_address))?;
+        if message.voter {
+            let metrics = self.raft.metrics().borrow().clone();
+            let mut voters: BTreeSet<u64> =
+                metrics.membership_config.membership().voter_ids().collect();
+            voters.insert(message.node.0);
+            self.raft
+                .change_membership(voters, true)
+                .await
+                .map_err(|e| crate::batcher::write_error(e, &self.leader_address))?;
+        }
+        tracing::info!(node = %message.node, address = %message.address, voter = message.voter, "added metaserver member");
+        Ok(())
+    }
+
+    async fn remove_member(&self, message: RemoveMember) -> Result<(), Error> {
+        self.leader_hint()?;
+        let metrics = self.raft.metrics().borrow().clone();
+        let mut voters: BTreeSet<u64> =
+            metrics.membership_config.membership().voter_ids().collect();
+        if !voters.remove(&message.node.0)
+            && !metrics
+                .membership_config
+                .membership()
+                .nodes()
+                .any(|(id, _)| *id == message.node.0)
+        {
+            return Err(Error::new(
+                ErrorCode::NotFound,
+                format!("{} is not a member", message.node),
+            ));
+        }
+        if voters.is_empty() {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                "cannot remove the last voter",
+            ));
+        }
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| crate::batcher::write_error(e, &self.leader_address))?;
+        tracing::info!(node = %message.node, "removed metaserver member");
+        Ok(())
+    }
+
+    async fn raft_call(&self, call: &mut Call) -> Result<(), Error> {
+        call.peer().require_role(&[Role::Meta], "raft")?;
+        let body = call
+            .request_bulk()
+            .to_vec(network::RAFT_MESSAGE_MAX_BYTES)
+            .await?;
+        let reply = match call.method() {
+            RaftAppend::ID => {
+                let reply: AppendReply = self
+                    .raft
+                    .append_entries(network::decode_request(&body)?)
+                    .await;
+                network::encode_reply(&reply)?
+            }
+            RaftVote::ID => {
+                let reply: VoteReply = self.raft.vote(network::decode_request(&body)?).await;
+                network::encode_reply(&reply)?
+            }
+            _ => {
+                let reply: SnapshotReply = self
+                    .raft
+                    .install_snapshot(network::decode_request(&body)?)
+                    .await;
+                network::encode_reply(&reply)?
+            }
+        };
+        call.respond(&(), reply.len() as u64).await?;
+        call.response_bulk()?.write_bytes(reply.into()).await
+    }
+}
+
+/// Data shards per piece: a piece of an `ec(k, m)` chunk holds 1/k of it.
+fn policy_data_width(policy: tessera_proto::meta::Policy) -> u64 {
+    match policy {
+        tessera_proto::meta::Policy::Replicas(_) => 1,
+        tessera_proto::meta::Policy::Ec { data, .. } => data.max(1) as u64,
+    }
+}
+
+impl Service for MetaService {
+    async fn handle(&self, call: &mut Call) -> Result<(), Error> {
+        match call.method() {
+            MetaCall::ID => {
+                call.peer()
+                    .require_role(&[Role::Client, Role::Gateway, Role::Meta], MetaCall::NAME)?;
+                let message: MetaCall = call.decode()?;
+                let name = op_name(&message.op);
+                let started = Instant::now();
+                let result = self.meta_call(message).await;
+                let code = match &result {
+                    Ok(_) => "ok".to_string(),
+                    Err(e) => format!("{:?}", e.code),
+                };
+                self.metrics.ops.with_label_values(&[name, &code]).inc();
+                self.metrics
+                    .op_seconds
+                    .with_label_values(&[name])
+                    .observe(started.elapsed().as_secs_f64());
+                call.respond(&result?, 0).await
+            }
+            Status::ID => {
+                let _: Status = call.decode()?;
+                call.respond(&self.status(), 0).await
+            }
+            AddMember::ID => {
+                call.peer().require_role(&[Role::Meta], AddMember::NAME)?;
+                let message: AddMember = call.decode()?;
+                self.add_member(message).await?;
+                call.respond(&(), 0).await
+            }
+            RemoveMember::ID => {
+                call.peer()
+                    .require_role(&[Role::Meta], RemoveMember::NAME)?;
+                let message: RemoveMember = call.decode()?;
+                self.remove_member(message).await?;
+                call.respond(&(), 0).await
+            }
+            RegisterChunkserver::ID => {
+                call.peer()
+                    .require_role(&[Role::Chunk], RegisterChunkserver::NAME)?;
+                let message: RegisterChunkserver = call.decode()?;
+                let reply = self.register(message).await?;
+                call.respond(&reply, 0).await
+            }
+            Heartbeat::ID => {
+                call.peer().require_role(&[Role::Chunk], Heartbeat::NAME)?;
+                let message: Heartbeat = call.decode()?;
+                let reply = self.heartbeat(message).await?;
+                call.respond(&reply, 0).await
+            }
+            InventoryReport::ID => {
+                call.peer()
+                    .require_role(&[Role::Chunk], InventoryReport::NAME)?;
+                let message: InventoryReport = call.decode()?;
+                self.leader_hint()?;
+                self.registry().inventory_page(
+                    message.node,
+                    message.report,
+                    &message.pieces,
+                    message.last,
+                    Instant::now(),
+                );
+                call.respond(&(), 0).await
+            }
+            RaftAppend::ID | RaftVote::ID | RaftSnapshot::ID => self.raft_call(call).await,
+            other => Err(Error::new(
+                ErrorCode::UnknownMethod,
+                format!("method {other} is not served by a metaserver"),
+            )),
+        }
+    }
+
+    fn method_name(&self, method: u16) -> &'static str {
+        match method {
+            MetaCall::ID => MetaCall::NAME,
+            Status::ID => Status::NAME,
+            AddMember::ID => AddMember::NAME,
+            RemoveMember::ID => RemoveMember::NAME,
+            RegisterChunkserver::ID => RegisterChunkserver::NAME,
+            Heartbeat::ID => Heartbeat::NAME,
+            InventoryReport::ID => InventoryReport::NAME,
+            RaftAppend::ID => RaftAppend::NAME,
+            RaftVote::ID => RaftVote::NAME,
+            RaftSnapshot::ID => RaftSnapshot::NAME,
+            _ => "unknown",
+        }
+    }
+}
+
+/// Background leader duties: reconcile inventories with the chunk map, expire
+/// uncommitted allocations, publish Raft metrics.
+pub async fn leader_loop(
+    service: Arc<MetaService>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let metrics = service.raft.metrics().borrow().clone();
+        service.metrics.observe_raft(&metrics);
+        if metrics.current_leader != Some(service.node_id) {
+            continue;
+        }
+        let now = Instant::now();
+        let missing = {
+            let state = service.shared.read();
+            service.registry().reconcile(&state, now)
+        };
+        service.metrics.under_replicated.set(missing as i64);
+        let live = {
+            let registry = service.registry();
+            registry
+                .live
+                .keys()
+                .filter(|n| registry.is_alive(**n, now))
+                .count()
+        };
+        service.metrics.live_chunkservers.set(live as i64);
+        let _ = service
+            .batcher
+            .propose(Command::ExpireAllocations { now_ns: now_ns() })
+            .await;
+    }
+}

@@ -1,0 +1,608 @@
+//! The replicated state: the namespace, the chunk map, the registered
+//! chunkservers and the table of recent request ids. Pure and deterministic:
+//! every replica applies the same commands (which carry the leader's clock)
+//! to the same result. No I/O; persistence goes through `take_changes`.
+//!
+//! Invariants: a request id seen within the last `REQUEST_TTL_NS` returns its
+//! first reply; a chunk is deleted only after no extent references it, or
+//! after its allocation expired uncommitted; two pieces of a chunk never sit
+//! on one node.
+
+use crate::namespace::Namespace;
+use crate::types::{Applied, Command};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use tessera_proto::chunk::Labels;
+use tessera_proto::error::{Error, ErrorCode};
+use tessera_proto::ids::{ChunkId, InodeId, NodeId, RequestId};
+use tessera_proto::meta::{ChunkPlacement, FileKind, MetaOp, MetaReply, PieceLocation, Policy};
+use tessera_proto::token::{Capability, Rights, Token};
+
+/// How long a request id's reply is remembered: far longer than any client
+/// retries, short enough to keep the table small.
+pub const REQUEST_TTL_NS: i64 = 10 * 60 * 1_000_000_000;
+/// An allocation not committed within this time is collected.
+pub const ALLOCATION_TTL_NS: i64 = 30 * 60 * 1_000_000_000;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChunkState {
+    /// Handed out for writing; not referenced yet.
+    Allocated { at_ns: i64, ino: InodeId },
+    /// Referenced by at least one extent.
+    Committed { length: u64 },
+    /// No longer referenced; these nodes still hold a piece to delete.
+    Deleting { remaining: Vec<NodeId> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRecord {
+    pub policy: Policy,
+    /// Node holding each piece, by piece index.
+    pub nodes: Vec<NodeId>,
+    pub state: ChunkState,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub name: String,
+    pub address: String,
+    pub labels: Labels,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct ReplyRecord {
+    at_ns: i64,
+    reply: Result<Applied, Error>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Counters {
+    next_chunk: u64,
+    next_node: u64,
+}
+
+pub struct State {
+    pub ns: Namespace,
+    pub chunks: BTreeMap<ChunkId, ChunkRecord>,
+    pub nodes: BTreeMap<NodeId, NodeRecord>,
+    requests: BTreeMap<RequestId, ReplyRecord>,
+    request_times: BTreeSet<(i64, RequestId)>,
+    counters: Counters,
+    dirty: BTreeSet<Vec<u8>>,
+}
+
+const KEY_COUNTERS: &[u8] = b"xcounters";
+
+fn chunk_key(chunk: ChunkId) -> Vec<u8> {
+    [b"c".as_slice(), &chunk.0.to_be_bytes()].concat()
+}
+fn node_key(node: NodeId) -> Vec<u8> {
+    [b"o".as_slice(), &node.0.to_be_bytes()].concat()
+}
+fn request_key(id: RequestId) -> Vec<u8> {
+    [b"r".as_slice(), &id.0.to_be_bytes()].concat()
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Encoding plain records into a Vec cannot fail.
+    postcard::to_stdvec(value).unwrap_or_default()
+}
+
+/// Placeholder until the service mints a real token after the apply.
+pub fn no_token(chunk: ChunkId) -> Token {
+    Token {
+        capability: Capability {
+            chunk,
+            rights: Rights(0),
+            expires_at_ms: 0,
+        },
+        mac: [0; 32],
+    }
+}
+
+impl State {
+    pub fn new(default_policy: Policy, now_ns: i64) -> State {
+        let mut state = State {
+            ns: Namespace::new(default_policy, now_ns),
+            chunks: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            requests: BTreeMap::new(),
+            request_times: BTreeSet::new(),
+            counters: Counters {
+                next_chunk: 1,
+                next_node: 1,
+            },
+            dirty: BTreeSet::new(),
+        };
+        state.dirty.insert(KEY_COUNTERS.to_vec());
+        state
+    }
+
+    /// Applies one command. Errors are replies, not failures: the command is
+    /// still applied (as a no-op) on every replica.
+    pub fn apply(&mut self, command: &Command) -> Result<Applied, Error> {
+        match command {
+            Command::Client {
+                request_id,
+                op,
+                now_ns,
+            } => {
+                self.expire_requests(*now_ns);
+                if let Some(seen) = self.requests.get(request_id) {
+                    return seen.reply.clone();
+                }
+                let reply = self.apply_client(op, *now_ns).map(Applied::Meta);
+                self.release_chunks();
+                self.remember(*request_id, *now_ns, &reply);
+                reply
+            }
+            Command::Allocate {
+                request_id,
+                ino,
+                policy,
+                nodes,
+                now_ns,
+            } => {
+                self.expire_requests(*now_ns);
+                if let Some(seen) = self.requests.get(request_id) {
+                    return seen.reply.clone();
+                }
+                let reply = self
+                    .allocate(*ino, *policy, nodes, *now_ns)
+                    .map(Applied::Meta);
+                self.remember(*request_id, *now_ns, &reply);
+                reply
+            }
+            Command::Register {
+                name,
+                address,
+                labels,
+                ..
+            } => {
+                let node = match self.nodes.iter().find(|(_, r)| &r.name == name) {
+                    Some((node, _)) => *node,
+                    None => {
+                        let node = NodeId(self.counters.next_node);
+                        self.counters.next_node += 1;
+                        self.dirty.insert(KEY_COUNTERS.to_vec());
+                        node
+                    }
+                };
+                self.nodes.insert(
+                    node,
+                    NodeRecord {
+                        name: name.clone(),
+                        address: address.clone(),
+                        labels: labels.clone(),
+                    },
+                );
+                self.dirty.insert(node_key(node));
+                Ok(Applied::Node(node))
+            }
+            Command::PiecesGone { chunk, nodes } => {
+                if let Some(record) = self.chunks.get_mut(chunk)
+                    && let ChunkState::Deleting { remaining } = &mut record.state
+                {
+                    remaining.retain(|n| !nodes.contains(n));
+                    if remaining.is_empty() {
+                        self.chunks.remove(chunk);
+                    }
+                    self.dirty.insert(chunk_key(*chunk));
+                }
+                Ok(Applied::Done)
+            }
+            Command::ExpireAllocations { now_ns } => {
+                let expired: Vec<ChunkId> = self
+                    .chunks
+                    .iter()
+                    .filter(|(_, r)| matches!(r.state, ChunkState::Allocated { at_ns, .. } if now_ns - at_ns > ALLOCATION_TTL_NS))
+                    .map(|(c, _)| *c)
+                    .collect();
+                for chunk in expired {
+                    self.start_deleting(chunk);
+                }
+                Ok(Applied::Done)
+            }
+        }
+    }
+
+    fn remember(&mut self, id: RequestId, now_ns: i64, reply: &Result<Applied, Error>) {
+        self.requests.insert(
+            id,
+            ReplyRecord {
+                at_ns: now_ns,
+                reply: reply.clone(),
+            },
+        );
+        self.request_times.insert((now_ns, id));
+        self.dirty.insert(request_key(id));
+    }
+
+    fn expire_requests(&mut self, now_ns: i64) {
+        while let Some(&(at, id)) = self.request_times.first() {
+            if now_ns - at <= REQUEST_TTL_NS {
+                break;
+            }
+            self.request_times.pop_first();
+            self.requests.remove(&id);
+            self.dirty.insert(request_key(id));
+        }
+    }
+
+    fn apply_client(&mut self, op: &MetaOp, now_ns: i64) -> Result<MetaReply, Error> {
+        match op {
+            MetaOp::CommitExtents {
+                ino,
+                extents,
+                chunk_lengths,
+                min_size,
+            } => {
+                for extent in extents {
+                    match self.chunks.get(&extent.chunk).map(|r| &r.state) {
+                        Some(ChunkState::Allocated { .. } | ChunkState::Committed { .. }) => {}
+                        _ => {
+                            return Err(Error::new(
+                                ErrorCode::NotFound,
+                                format!(
+                                    "{} was never allocated or was collected; allocate a new chunk and write again",
+                                    extent.chunk
+                                ),
+                            ));
+                        }
+                    }
+                }
+                let attr = self.ns.commit_extents(*ino, extents, *min_size, now_ns)?;
+                for (chunk, length) in chunk_lengths {
+                    if let Some(record) = self.chunks.get_mut(chunk)
+                        && !matches!(record.state, ChunkState::Deleting { .. })
+                    {
+                        record.state = ChunkState::Committed { length: *length };
+                        self.dirty.insert(chunk_key(*chunk));
+                    }
+                }
+                for extent in extents {
+                    if let Some(record) = self.chunks.get_mut(&extent.chunk)
+                        && let ChunkState::Allocated { .. } = record.state
+                    {
+                        record.state = ChunkState::Committed {
+                            length: extent.chunk_offset + extent.length,
+                        };
+                        self.dirty.insert(chunk_key(extent.chunk));
+                    }
+                }
+                Ok(MetaReply::Attr(attr))
+            }
+            MetaOp::Concat { target, sources } => self
+                .ns
+                .concat(*target, sources, now_ns)
+                .map(MetaReply::Attr),
+            MetaOp::AllocateChunk { .. } => {
+                Err(Error::internal("allocation goes through Command::Allocate"))
+            }
+            other => self.ns.apply(other, now_ns),
+        }
+    }
+
+    fn allocate(
+        &mut self,
+        ino: InodeId,
+        policy: Policy,
+        nodes: &[NodeId],
+        now_ns: i64,
+    ) -> Result<MetaReply, Error> {
+        let attr = self.ns.attr(ino)?;
+        if attr.kind != FileKind::File {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                format!("{ino} is not a regular file"),
+            ));
+        }
+        if nodes.len() != policy.width() {
+            return Err(Error::internal("placement width differs from the policy"));
+        }
+        let distinct: BTreeSet<_> = nodes.iter().collect();
+        if distinct.len() != nodes.len() || nodes.iter().any(|n| !self.nodes.contains_key(n)) {
+            return Err(Error::internal("placement names unknown or repeated nodes"));
+        }
+        let chunk = ChunkId(self.counters.next_chunk);
+        self.counters.next_chunk += 1;
+        self.dirty.insert(KEY_COUNTERS.to_vec());
+        let record = ChunkRecord {
+            policy,
+            nodes: nodes.to_vec(),
+            state: ChunkState::Allocated { at_ns: now_ns, ino },
+        };
+        self.chunks.insert(chunk, record);
+        self.dirty.insert(chunk_key(chunk));
+        self.placement(chunk)
+            .map(MetaReply::Chunk)
+            .ok_or_else(|| Error::internal(format!("{chunk} vanished right after its allocation")))
+    }
+
+    /// Where a chunk's pieces live, with a placeholder token.
+    pub fn placement(&self, chunk: ChunkId) -> Option<ChunkPlacement> {
+        let record = self.chunks.get(&chunk)?;
+        let length = match record.state {
+            ChunkState::Committed { length } => length,
+            _ => 0,
+        };
+        let pieces = record
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(index, node)| PieceLocation {
+                index: index as u8,
+                node: *node,
+                address: self
+                    .nodes
+                    .get(node)
+                    .map(|r| r.address.clone())
+                    .unwrap_or_default(),
+            })
+            .collect();
+        Some(ChunkPlacement {
+            chunk,
+            policy: record.policy,
+            length,
+            pieces,
+            token: no_token(chunk),
+        })
+    }
+
+    fn release_chunks(&mut self) {
+        for chunk in self.ns.take_released_chunks() {
+            if self.ns.chunk_refs(chunk) == 0 {
+                self.start_deleting(chunk);
+            }
+        }
+    }
+
+    fn start_deleting(&mut self, chunk: ChunkId) {
+        if let Some(record) = self.chunks.get_mut(&chunk) {
+            record.state = ChunkState::Deleting {
+                remaining: record.nodes.clone(),
+            };
+            self.dirty.insert(chunk_key(chunk));
+        }
+    }
+
+    /// Pieces the given node should delete.
+    pub fn deletions_for(&self, node: NodeId, limit: usize) -> Vec<(ChunkId, u8)> {
+        let mut out = Vec::new();
+        for (chunk, record) in &self.chunks {
+            if let ChunkState::Deleting { remaining } = &record.state
+                && remaining.contains(&node)
+            {
+                for (index, holder) in record.nodes.iter().enumerate() {
+                    if *holder == node {
+                        out.push((*chunk, index as u8));
+                    }
+                }
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// Every record changed since the last call.
+    pub fn take_changes(&mut self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        let mut out = self.ns.take_changes();
+        for key in std::mem::take(&mut self.dirty) {
+            let value = self.value_of(&key);
+            out.push((key, value));
+        }
+        out
+    }
+
+    fn value_of(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let id8 = || {
+            key.get(1..9)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+        };
+        match key.first() {
+            Some(b'x') => Some(encode(&self.counters)),
+            Some(b'c') => self.chunks.get(&ChunkId(id8()?)).map(encode),
+            Some(b'o') => self.nodes.get(&NodeId(id8()?)).map(encode),
+            Some(b'r') => {
+                let id = u128::from_be_bytes(key.get(1..17)?.try_into().ok()?);
+                self.requests.get(&RequestId(id)).map(encode)
+            }
+            _ => None,
+        }
+    }
+
+    /// Every record, for snapshots.
+    pub fn records(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut out = self.ns.records();
+        out.push((KEY_COUNTERS.to_vec(), encode(&self.counters)));
+        out.extend(self.chunks.iter().map(|(c, r)| (chunk_key(*c), encode(r))));
+        out.extend(self.nodes.iter().map(|(n, r)| (node_key(*n), encode(r))));
+        out.extend(
+            self.requests
+                .iter()
+                .map(|(id, r)| (request_key(*id), encode(r))),
+        );
+        out
+    }
+
+    pub fn from_records(
+        records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
+    ) -> Result<State, String> {
+        let mut ns_records = Vec::new();
+        let mut state_records = Vec::new();
+        for (key, value) in records {
+            if key.first() == Some(&b'n') {
+                ns_records.push((key, value));
+            } else {
+                state_records.push((key, value));
+            }
+        }
+        let mut state = State {
+            ns: Namespace::from_records(ns_records)?,
+            chunks: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            requests: BTreeMap::new(),
+            request_times: BTreeSet::new(),
+            counters: Counters::default(),
+            dirty: BTreeSet::new(),
+        };
+        let decode_err = |what: &str, err: postcard::Error| format!("decode {what} record: {err}");
+        for (key, value) in state_records {
+            let id8 = key
+                .get(1..9)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes);
+            match (key.first(), id8) {
+                (Some(b'x'), _) => {
+                    state.counters =
+                        postcard::from_bytes(&value).map_err(|e| decode_err("counters", e))?
+                }
+                (Some(b'c'), Some(id)) => {
+                    state.chunks.insert(
+                        ChunkId(id),
+                        postcard::from_bytes(&value).map_err(|e| decode_err("chunk", e))?,
+                    );
+                }
+                (Some(b'o'), Some(id)) => {
+                    state.nodes.insert(
+                        NodeId(id),
+                        postcard::from_bytes(&value).map_err(|e| decode_err("node", e))?,
+                    );
+                }
+                (Some(b'r'), _) => {
+                    let id = key
+                        .get(1..17)
+                        .and_then(|b| b.try_into().ok())
+                        .map(u128::from_be_bytes)
+                        .ok_or("request key of the wrong length")?;
+                    let record: ReplyRecord =
+                        postcard::from_bytes(&value).map_err(|e| decode_err("request", e))?;
+                    state.request_times.insert((record.at_ns, RequestId(id)));
+                    state.requests.insert(RequestId(id), record);
+                }
+                _ => return Err(format!("unknown state record key {key:?}")),
+            }
+        }
+        Ok(state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_proto::meta::Extent;
+
+    fn client(state: &mut State, op: MetaOp) -> Result<Applied, Error> {
+        state.apply(&Command::Client {
+            request_id: RequestId::random(),
+            op,
+            now_ns: 1,
+        })
+    }
+
+    #[test]
+    fn unreferenced_chunks_are_collected_and_replies_replayed() {
+        let mut state = State::new(Policy::Replicas(2), 0);
+        let mut nodes = Vec::new();
+        for name in ["a", "b"] {
+            let Ok(Applied::Node(node)) = state.apply(&Command::Register {
+                name: name.into(),
+                address: format!("{name}:1"),
+                labels: Labels::default(),
+                now_ns: 0,
+            }) else {
+                panic!()
+            };
+            nodes.push(node);
+        }
+        let create = MetaOp::Create {
+            parent: InodeId::ROOT,
+            name: b"f".to_vec(),
+            kind: FileKind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            exclusive: true,
+        };
+        let id = RequestId::random();
+        let first = state
+            .apply(&Command::Client {
+                request_id: id,
+                op: create.clone(),
+                now_ns: 1,
+            })
+            .unwrap();
+        let again = state
+            .apply(&Command::Client {
+                request_id: id,
+                op: create,
+                now_ns: 2,
+            })
+            .unwrap();
+        assert_eq!(
+            first, again,
+            "a replayed request id must return the first reply"
+        );
+        let Applied::Meta(MetaReply::Entry(attr)) = first else {
+            panic!()
+        };
+        let Ok(Applied::Meta(MetaReply::Chunk(placement))) = state.apply(&Command::Allocate {
+            request_id: RequestId::random(),
+            ino: attr.ino,
+            policy: Policy::Replicas(2),
+            nodes: nodes.clone(),
+            now_ns: 1,
+        }) else {
+            panic!()
+        };
+        let extent = Extent {
+            offset: 0,
+            length: 10,
+            chunk: placement.chunk,
+            chunk_offset: 0,
+        };
+        client(
+            &mut state,
+            MetaOp::CommitExtents {
+                ino: attr.ino,
+                extents: vec![extent],
+                chunk_lengths: vec![(placement.chunk, 10)],
+                min_size: 10,
+            },
+        )
+        .unwrap();
+        assert!(state.deletions_for(nodes[0], 10).is_empty());
+        client(
+            &mut state,
+            MetaOp::Unlink {
+                parent: InodeId::ROOT,
+                name: b"f".to_vec(),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            state.deletions_for(nodes[0], 10),
+            vec![(placement.chunk, 0)]
+        );
+        assert_eq!(
+            state.deletions_for(nodes[1], 10),
+            vec![(placement.chunk, 1)]
+        );
+        state
+            .apply(&Command::PiecesGone {
+                chunk: placement.chunk,
+                nodes: nodes.clone(),
+            })
+            .unwrap();
+        assert!(!state.chunks.contains_key(&placement.chunk));
+
+        // Everything survives a rebuild from records.
+        let rebuilt = State::from_records(state.records()).unwrap();
+        assert_eq!(rebuilt.nodes, state.nodes);
+        assert_eq!(rebuilt.records(), state.records());
+    }
+}

@@ -1,0 +1,470 @@
+//! Messages of the metaserver's client API (method 220), its admin API
+//! (221-229) and the types they carry: attributes, policies, extents and
+//! chunk placements.
+//!
+//! Every call carries a [`RequestId`]: the metaserver remembers the replies
+//! of recent mutating calls in its replicated state, so a call retried after
+//! a timeout or a leader change returns the first reply instead of being
+//! applied twice. That is why [`MetaCall`] is marked idempotent.
+
+use crate::ids::{ChunkId, InodeId, NodeId, RequestId};
+use crate::token::Token;
+use crate::wire::Method;
+use serde::{Deserialize, Serialize};
+
+/// Longest name of one directory entry, as on Linux.
+pub const NAME_MAX_BYTES: usize = 255;
+/// Longest symlink target.
+pub const SYMLINK_MAX_BYTES: usize = 4096;
+/// Longest extended attribute name and value, as on Linux.
+pub const XATTR_NAME_MAX_BYTES: usize = 255;
+pub const XATTR_VALUE_MAX_BYTES: usize = 16 * 1024;
+/// Total extended attribute bytes one inode may carry; keeps an inode
+/// record, and any reply that carries it, far below the header cap.
+pub const XATTR_TOTAL_MAX_BYTES: usize = 32 * 1024;
+/// Largest file size.
+pub const FILE_SIZE_MAX_BYTES: u64 = 1 << 50;
+/// Directory entries per readdir page.
+pub const READDIR_PAGE_MAX: u32 = 256;
+
+/// What kind of inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
+}
+
+/// Redundancy of a file's chunks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Policy {
+    Replicas(u8),
+    Ec { data: u8, parity: u8 },
+}
+
+impl Policy {
+    /// Pieces (and so distinct chunkservers) one chunk needs.
+    pub fn width(self) -> usize {
+        match self {
+            Policy::Replicas(n) => n as usize,
+            Policy::Ec { data, parity } => data as usize + parity as usize,
+        }
+    }
+
+    pub fn validate(self) -> Result<(), String> {
+        match self {
+            Policy::Replicas(n) if (1..=16).contains(&n) => Ok(()),
+            Policy::Replicas(n) => Err(format!("replicas({n}): use 1 to 16 replicas")),
+            Policy::Ec { data, parity }
+                if (1..=32).contains(&data) && (1..=16).contains(&parity) =>
+            {
+                Ok(())
+            }
+            Policy::Ec { data, parity } => Err(format!(
+                "ec({data},{parity}): use 1 to 32 data and 1 to 16 parity shards"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Policy::Replicas(n) => write!(f, "replicas:{n}"),
+            Policy::Ec { data, parity } => write!(f, "ec:{data}+{parity}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Policy {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Policy, String> {
+        let bad = || format!("policy {text:?}: write replicas:N or ec:K+M");
+        let policy = if let Some(n) = text.strip_prefix("replicas:") {
+            Policy::Replicas(n.parse().map_err(|_| bad())?)
+        } else if let Some(km) = text.strip_prefix("ec:") {
+            let (k, m) = km.split_once('+').ok_or_else(bad)?;
+            Policy::Ec {
+                data: k.parse().map_err(|_| bad())?,
+                parity: m.parse().map_err(|_| bad())?,
+            }
+        } else {
+            return Err(bad());
+        };
+        policy.validate()?;
+        Ok(policy)
+    }
+}
+
+/// Inode attributes. Times are nanoseconds since the Unix epoch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attr {
+    pub ino: InodeId,
+    pub kind: FileKind,
+    /// Permission bits with setuid, setgid and sticky (`0o7777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub nlink: u32,
+    pub atime_ns: i64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub rdev: u32,
+    /// Bumped on every change of data or attributes; lets clients keep
+    /// caches across opens while nothing changed.
+    pub version: u64,
+}
+
+/// A time to set: now (the metaserver's clock) or a given time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SetTime {
+    Now,
+    At(i64),
+}
+
+/// Attribute changes; `None` leaves a field alone.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+}
+
+/// How a rename treats an existing target (renameat2 flags).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RenameMode {
+    /// Replace the target if it exists (plain rename).
+    Replace,
+    /// Fail with `AlreadyExists` if the target exists.
+    NoReplace,
+    /// Swap source and target atomically; both must exist.
+    Exchange,
+}
+
+/// How setxattr treats an existing attribute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum XattrMode {
+    Either,
+    Create,
+    Replace,
+}
+
+/// A run of file bytes stored in a chunk: file range `[offset, offset +
+/// length)` is chunk bytes `[chunk_offset, chunk_offset + length)`. Later
+/// extents cover earlier ones where they overlap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extent {
+    pub offset: u64,
+    pub length: u64,
+    pub chunk: ChunkId,
+    pub chunk_offset: u64,
+}
+
+/// Where one piece of a chunk lives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PieceLocation {
+    pub index: u8,
+    pub node: NodeId,
+    pub address: String,
+}
+
+/// A chunk with its placement and a token for the asked rights.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkPlacement {
+    pub chunk: ChunkId,
+    pub policy: Policy,
+    /// Sealed length of the chunk's data (0 until committed).
+    pub length: u64,
+    pub pieces: Vec<PieceLocation>,
+    pub token: Token,
+}
+
+/// One directory entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub ino: InodeId,
+    pub kind: FileKind,
+}
+
+/// File system totals.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatFs {
+    pub capacity_bytes: u64,
+    pub free_bytes: u64,
+    pub used_bytes: u64,
+    pub inodes: u64,
+}
+
+/// The operations of the client API. Names are raw bytes: Linux allows any
+/// byte but `/` and NUL in a name, valid UTF-8 or not.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaOp {
+    Lookup {
+        parent: InodeId,
+        name: Vec<u8>,
+    },
+    GetAttr {
+        ino: InodeId,
+    },
+    SetAttr {
+        ino: InodeId,
+        set: SetAttr,
+    },
+    /// Regular files, FIFOs, sockets and device nodes.
+    Create {
+        parent: InodeId,
+        name: Vec<u8>,
+        kind: FileKind,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        rdev: u32,
+        exclusive: bool,
+    },
+    Mkdir {
+        parent: InodeId,
+        name: Vec<u8>,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
+    Symlink {
+        parent: InodeId,
+        name: Vec<u8>,
+        target: Vec<u8>,
+        uid: u32,
+        gid: u32,
+    },
+    Readlink {
+        ino: InodeId,
+    },
+    Link {
+        ino: InodeId,
+        parent: InodeId,
+        name: Vec<u8>,
+    },
+    Unlink {
+        parent: InodeId,
+        name: Vec<u8>,
+    },
+    Rmdir {
+        parent: InodeId,
+        name: Vec<u8>,
+    },
+    Rename {
+        parent: InodeId,
+        name: Vec<u8>,
+        new_parent: InodeId,
+        new_name: Vec<u8>,
+        mode: RenameMode,
+    },
+    /// Entries after `after` (a name), in name order.
+    Readdir {
+        ino: InodeId,
+        after: Option<Vec<u8>>,
+        limit: u32,
+    },
+    GetXattr {
+        ino: InodeId,
+        name: Vec<u8>,
+    },
+    SetXattr {
+        ino: InodeId,
+        name: Vec<u8>,
+        value: Vec<u8>,
+        mode: XattrMode,
+    },
+    ListXattr {
+        ino: InodeId,
+    },
+    RemoveXattr {
+        ino: InodeId,
+        name: Vec<u8>,
+    },
+    StatFs,
+    /// Counts an open handle, which keeps an unlinked inode alive.
+    Open {
+        ino: InodeId,
+    },
+    Release {
+        ino: InodeId,
+    },
+    SetPolicy {
+        ino: InodeId,
+        policy: Policy,
+    },
+    GetPolicy {
+        ino: InodeId,
+    },
+    /// Allocates a chunk with a placement for writing into `ino`.
+    AllocateChunk {
+        ino: InodeId,
+    },
+    /// Records sealed chunk data as extents of `ino`, extending the size to
+    /// at least `min_size`, in one atomic step.
+    CommitExtents {
+        ino: InodeId,
+        extents: Vec<Extent>,
+        chunk_lengths: Vec<(ChunkId, u64)>,
+        min_size: u64,
+    },
+    /// The extents covering `[offset, offset + length)` and where their
+    /// chunks live, with read tokens.
+    GetLayout {
+        ino: InodeId,
+        offset: u64,
+        length: u64,
+    },
+    /// Appends the layouts of `sources`, in order, to `target` without
+    /// copying data, and removes the sources.
+    Concat {
+        target: InodeId,
+        sources: Vec<InodeId>,
+    },
+}
+
+/// Replies, one variant per kind of answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaReply {
+    Attr(Attr),
+    Entry(Attr),
+    Done,
+    Target(Vec<u8>),
+    Dir {
+        entries: Vec<DirEntry>,
+        more: bool,
+    },
+    Xattr(Vec<u8>),
+    XattrNames(Vec<Vec<u8>>),
+    StatFs(StatFs),
+    Policy(Policy),
+    Chunk(ChunkPlacement),
+    Layout {
+        size: u64,
+        extents: Vec<Extent>,
+        chunks: Vec<ChunkPlacement>,
+    },
+}
+
+/// One client API call.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MetaCall {
+    pub request_id: RequestId,
+    pub op: MetaOp,
+}
+
+impl Method for MetaCall {
+    const ID: u16 = 220;
+    const NAME: &'static str = "meta";
+    const IDEMPOTENT: bool = true;
+    type Response = MetaReply;
+}
+
+/// A member of the metaserver group as status reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub node: NodeId,
+    pub address: String,
+    pub role: String,
+    /// Milliseconds since the leader last heard from it (leader's view).
+    pub last_contact_ms: Option<u64>,
+    pub matched_index: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkserverStatus {
+    pub node: NodeId,
+    pub name: String,
+    pub address: String,
+    pub rack: String,
+    pub zone: String,
+    pub alive: bool,
+    pub capacity_bytes: u64,
+    pub free_bytes: u64,
+    pub pieces: u64,
+    pub last_heartbeat_ms_ago: u64,
+}
+
+/// Cluster status: works on any member.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Status;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReply {
+    pub answered_by: NodeId,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub commit_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub members: Vec<MemberStatus>,
+    pub chunkservers: Vec<ChunkserverStatus>,
+    pub chunks_under_replicated: u64,
+}
+
+impl Method for Status {
+    const ID: u16 = 221;
+    const NAME: &'static str = "status";
+    const IDEMPOTENT: bool = true;
+    type Response = StatusReply;
+}
+
+/// Adds a metaserver as a learner, then (if `voter`) promotes it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AddMember {
+    pub node: NodeId,
+    pub address: String,
+    pub voter: bool,
+}
+
+impl Method for AddMember {
+    const ID: u16 = 222;
+    const NAME: &'static str = "add_member";
+    const IDEMPOTENT: bool = true;
+    type Response = ();
+}
+
+/// Removes a metaserver from the group.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RemoveMember {
+    pub node: NodeId,
+}
+
+impl Method for RemoveMember {
+    const ID: u16 = 223;
+    const NAME: &'static str = "remove_member";
+    const IDEMPOTENT: bool = true;
+    type Response = ();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_parse_and_print() {
+        for text in ["replicas:3", "ec:4+2", "replicas:1", "ec:8+4"] {
+            assert_eq!(text.parse::<Policy>().unwrap().to_string(), text);
+        }
+        for bad in [
+            "",
+            "replicas:0",
+            "replicas:x",
+            "ec:4",
+            "ec:0+2",
+            "raid5",
+            "ec:4+0",
+        ] {
+            assert!(bad.parse::<Policy>().is_err(), "{bad}");
+        }
+        assert_eq!("ec:4+2".parse::<Policy>().unwrap().width(), 6);
+    }
+}
