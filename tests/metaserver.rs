@@ -78,6 +78,8 @@ fn start(member: &Member, init: bool) -> Daemon {
         config,
         "--set",
         "raft.snapshot_every_entries=64",
+        "--set",
+        "raft.logs_kept_after_snapshot=0",
     ]);
     Daemon::start(&args, &member.log)
 }
@@ -324,7 +326,7 @@ async fn a_group_survives_losing_its_leader() {
     .await;
     let log = std::fs::read_to_string(&members[3].log).unwrap_or_default();
     assert!(
-        log.contains("snapshot"),
+        log.contains("install_full_snapshot"),
         "the new member did not install a snapshot:\n{log}"
     );
 
@@ -544,6 +546,29 @@ async fn bad_input_gets_the_errno_a_kernel_would_give() {
         .await
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::Malformed);
+    // `tessera admin status` reports the group through the CLI.
+    let client_toml = root.path().join("client.toml");
+    let ca = pki.dir.display();
+    std::fs::write(
+        &client_toml,
+        format!("meta = [\"{}\"]\n[tls]\nca = \"{ca}/ca.crt\"\ncert = \"{ca}/test-client.crt\"\nkey = \"{ca}/test-client.key\"\n", m.addr),
+    )
+    .unwrap();
+    let output = std::process::Command::new(common::tessera_bin())
+        .args(["admin", "status", "--config"])
+        .arg(&client_toml)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        text.contains("leader 1") && text.contains("leader"),
+        "{text}"
+    );
     // A policy the cluster cannot satisfy: no chunkservers at all.
     let err = client
         .call(MetaOp::AllocateChunk { ino: file })

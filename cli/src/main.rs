@@ -7,6 +7,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use tessera_proto::tls::{self, Role};
 
+mod dev;
+mod files;
+
 #[derive(Parser)]
 #[command(
     name = "tessera",
@@ -26,6 +29,56 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a whole cluster in one process on a local folder: a metaserver and
+    /// chunkservers, certificates and DIR/client.toml created on first start.
+    Dev {
+        /// Folder for everything; a restart with the same folder keeps every file.
+        #[arg(long)]
+        data: PathBuf,
+        /// Chunkservers to run, each with its own folder under DIR.
+        #[arg(long, default_value_t = 3)]
+        chunkservers: usize,
+        /// Metaserver address (recorded in DIR/client.toml).
+        #[arg(long, default_value = "127.0.0.1:7300")]
+        meta_listen: std::net::SocketAddr,
+        /// Prometheus metrics of every component, at /metrics.
+        #[arg(long, default_value = "127.0.0.1:9300")]
+        metrics_listen: std::net::SocketAddr,
+    },
+    /// Create a directory (with -p, its missing parents too).
+    Mkdir {
+        path: String,
+        #[arg(short = 'p', long)]
+        parents: bool,
+        #[arg(long, env = "TESSERA_CONFIG")]
+        config: PathBuf,
+    },
+    /// List a directory (or show one file).
+    Ls {
+        #[arg(default_value = "/")]
+        path: String,
+        #[arg(long, env = "TESSERA_CONFIG")]
+        config: PathBuf,
+    },
+    /// Size, policy, and a file's chunks with the servers holding each piece.
+    Stat {
+        path: String,
+        #[arg(long, env = "TESSERA_CONFIG")]
+        config: PathBuf,
+    },
+    /// Remove a file or an empty directory (with -r, a whole tree).
+    Rm {
+        path: String,
+        #[arg(short = 'r', long)]
+        recursive: bool,
+        #[arg(long, env = "TESSERA_CONFIG")]
+        config: PathBuf,
+    },
+    /// Redundancy policy of a directory: replicas:N or ec:K+M.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Run a chunkserver: keep pieces on local disks and serve them.
     Chunk {
         /// The chunkserver's TOML configuration (see deploy/chunk.example.toml).
@@ -56,6 +109,24 @@ enum Command {
     Ca {
         #[command(subcommand)]
         command: CaCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Set the policy that new files and directories below PATH inherit.
+    Set {
+        path: String,
+        /// replicas:N or ec:K+M
+        policy: String,
+        #[arg(long, env = "TESSERA_CONFIG")]
+        config: PathBuf,
+    },
+    /// Show the policy of PATH.
+    Get {
+        path: String,
+        #[arg(long, env = "TESSERA_CONFIG")]
+        config: PathBuf,
     },
 }
 
@@ -309,6 +380,19 @@ fn print_status(status: &tessera_proto::meta::StatusReply) {
     }
 }
 
+/// Runs a file command with a metadata client built from `config`.
+fn files_command<F, Fut>(config: &std::path::Path, command: F) -> Result<()>
+where
+    F: FnOnce(tessera_client::MetaClient) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let config = load_client_config(config)?;
+    runtime()?.block_on(async {
+        let client = tessera_client::MetaClient::from_config(&config).await?;
+        command(client).await
+    })
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Chunk { config, overrides } => {
@@ -335,6 +419,58 @@ fn run(cli: Cli) -> Result<()> {
     tessera_proto::obs::init_tracing(cli.log_level.as_deref(), cli.log_json)?;
     match cli.command {
         Command::Chunk { .. } | Command::Meta { .. } => unreachable!("handled above"),
+        Command::Dev {
+            data,
+            chunkservers,
+            meta_listen,
+            metrics_listen,
+        } => {
+            if chunkservers == 0 {
+                anyhow::bail!("--chunkservers must be at least 1");
+            }
+            let options = dev::DevOptions {
+                data,
+                chunkservers,
+                meta_listen,
+                metrics_listen: Some(metrics_listen),
+            };
+            runtime()?.block_on(dev::run(options, stop_signal()))?;
+        }
+        Command::Mkdir {
+            path,
+            parents,
+            config,
+        } => files_command(&config, |client| async move {
+            files::mkdir(&client, &path, parents).await
+        })?,
+        Command::Ls { path, config } => {
+            files_command(
+                &config,
+                |client| async move { files::ls(&client, &path).await },
+            )?
+        }
+        Command::Stat { path, config } => files_command(&config, |client| async move {
+            files::stat(&client, &path).await
+        })?,
+        Command::Rm {
+            path,
+            recursive,
+            config,
+        } => files_command(&config, |client| async move {
+            files::rm(&client, &path, recursive).await
+        })?,
+        Command::Policy { command } => match command {
+            PolicyCommand::Set {
+                path,
+                policy,
+                config,
+            } => files_command(&config, |client| async move {
+                files::policy_set(&client, &path, &policy).await
+            })?,
+            PolicyCommand::Get { path, config } => files_command(&config, |client| async move {
+                files::policy_get(&client, &path).await
+            })?,
+        },
         Command::Admin { command } => run_admin(command)?,
         Command::Ca { command } => match command {
             CaCommand::Init { dir } => {

@@ -29,6 +29,9 @@ pub struct RaftSettings {
     pub election_timeout_max_ms: u64,
     /// Build a snapshot (and purge the log behind it) every this many entries.
     pub snapshot_every_entries: u64,
+    /// Entries kept behind a snapshot, so a briefly lagging member catches
+    /// up from the log instead of a whole snapshot.
+    pub logs_kept_after_snapshot: u64,
 }
 
 impl Default for RaftSettings {
@@ -38,6 +41,7 @@ impl Default for RaftSettings {
             election_timeout_min_ms: 750,
             election_timeout_max_ms: 1500,
             snapshot_every_entries: 10_000,
+            logs_kept_after_snapshot: 1_000,
         }
     }
 }
@@ -163,7 +167,7 @@ impl MetaServer {
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
                 config.raft.snapshot_every_entries,
             ),
-            max_in_snapshot_log_to_keep: 1_000,
+            max_in_snapshot_log_to_keep: config.raft.logs_kept_after_snapshot,
             ..Default::default()
         }
         .validate()

@@ -1,0 +1,163 @@
+//! `tessera dev`: a whole cluster in one process on a local folder. One
+//! metaserver (a single voter) and several chunkservers, each with its own
+//! folder, certificates created on first start, a client configuration
+//! written to `DIR/client.toml`. A restart with the same folder keeps
+//! everything.
+
+use anyhow::{Context, Result};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use tessera_chunk::scrub::ScrubConfig;
+use tessera_chunk::store::DiskConfig;
+use tessera_chunk::{ChunkConfig, ChunkServer};
+use tessera_meta::server::RaftSettings;
+use tessera_meta::{MetaConfig, MetaServer};
+use tessera_proto::config::{ClientConfig, LogConfig, NodeConfig, TlsFiles};
+use tessera_proto::rpc::TransportOptions;
+use tessera_proto::tls::{self, Role};
+
+pub struct DevOptions {
+    pub data: PathBuf,
+    pub chunkservers: usize,
+    pub meta_listen: SocketAddr,
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+fn tls_files(ca: &Path, name: &str) -> TlsFiles {
+    TlsFiles {
+        ca: ca.join(tls::CA_CERT_FILE),
+        cert: ca.join(format!("{name}.crt")),
+        key: ca.join(format!("{name}.key")),
+    }
+}
+
+fn node(name: &str, listen: SocketAddr, ca: &Path) -> NodeConfig {
+    NodeConfig {
+        name: name.into(),
+        listen,
+        metrics_listen: None,
+        tls: tls_files(ca, name),
+        log: LogConfig::default(),
+        transport: TransportOptions::loopback(),
+    }
+}
+
+/// Creates the CA and every certificate the first time; later starts reuse
+/// them (issuing only what a larger `--chunkservers` needs).
+fn ensure_pki(ca: &Path, chunkservers: usize) -> Result<()> {
+    if !ca.join(tls::CA_CERT_FILE).exists() {
+        tls::ca_init(ca).context("create the cluster CA")?;
+    }
+    let mut wanted = vec![
+        (Role::Meta, "meta-1".to_string()),
+        (Role::Client, "client".to_string()),
+    ];
+    wanted.extend((1..=chunkservers).map(|i| (Role::Chunk, format!("chunk-{i}"))));
+    for (role, name) in wanted {
+        if !ca.join(format!("{name}.crt")).exists() {
+            tls::ca_issue(ca, role, &name)
+                .with_context(|| format!("issue the certificate of {name}"))?;
+        }
+    }
+    Ok(())
+}
+
+pub async fn run(options: DevOptions, stop: impl std::future::Future<Output = ()>) -> Result<()> {
+    let data = &options.data;
+    std::fs::create_dir_all(data).with_context(|| format!("create {}", data.display()))?;
+    let data = data
+        .canonicalize()
+        .with_context(|| format!("resolve {}", data.display()))?;
+    let ca = data.join("ca");
+    ensure_pki(&ca, options.chunkservers)?;
+    let registry = prometheus::Registry::new();
+
+    let policy = format!("replicas:{}", options.chunkservers.clamp(1, 3));
+    let meta_config = MetaConfig {
+        node: node("meta-1", options.meta_listen, &ca),
+        node_id: 1,
+        data_dir: data.join("meta"),
+        token_key: ca.join(tls::TOKEN_KEY_FILE),
+        advertise: None,
+        default_policy: policy.clone(),
+        chunk_heartbeat_interval_ms: 1_000,
+        raft: RaftSettings::default(),
+    };
+    let meta = MetaServer::start(meta_config, &registry, true)
+        .await
+        .with_context(|| format!("start the metaserver on {} (is another `tessera dev` running? pick another --meta-listen)", options.meta_listen))?;
+    let meta_addr = meta.addr();
+
+    let mut chunks = Vec::new();
+    for i in 1..=options.chunkservers {
+        let name = format!("chunk-{i}");
+        let disk = data.join(&name);
+        std::fs::create_dir_all(&disk).with_context(|| format!("create {}", disk.display()))?;
+        let config = ChunkConfig {
+            node: node(&name, "127.0.0.1:0".parse()?, &ca),
+            token_key: ca.join(tls::TOKEN_KEY_FILE),
+            meta: vec![meta_addr.to_string()],
+            advertise: None,
+            rack: String::new(),
+            zone: String::new(),
+            heartbeat_interval_ms: 1_000,
+            disks: vec![DiskConfig {
+                path: disk,
+                reserve_bytes: 256 * 1024 * 1024,
+            }],
+            scrub: ScrubConfig::default(),
+        };
+        chunks.push(
+            ChunkServer::start(config, &registry)
+                .await
+                .with_context(|| format!("start {name}"))?,
+        );
+    }
+
+    let client = ClientConfig {
+        meta: vec![meta_addr.to_string()],
+        tls: tls_files(&ca, "client"),
+        transport: TransportOptions::loopback(),
+    };
+    let client_toml = data.join("client.toml");
+    let text = toml::to_string(&client).context("write the client configuration")?;
+    std::fs::write(&client_toml, text)
+        .with_context(|| format!("write {}", client_toml.display()))?;
+
+    let mut metrics_task = None;
+    if let Some(addr) = options.metrics_listen {
+        let (bound, task) = tessera_proto::obs::serve_metrics(addr, registry.clone()).await?;
+        metrics_task = Some((bound, task));
+    }
+
+    println!("tessera dev is running on {}", data.display());
+    println!("  metaserver   {meta_addr}  (one voter, default policy {policy})");
+    for (i, chunk) in chunks.iter().enumerate() {
+        println!(
+            "  chunkserver  {}  ({})",
+            chunk.addr(),
+            data.join(format!("chunk-{}", i + 1)).display()
+        );
+    }
+    if let Some((bound, _)) = &metrics_task {
+        println!("  metrics      http://{bound}/metrics");
+    }
+    println!("  client config {}", client_toml.display());
+    println!();
+    println!("try:");
+    println!("  export TESSERA_CONFIG={}", client_toml.display());
+    println!("  tessera admin status");
+    println!("  tessera mkdir /photos && tessera ls /");
+    println!("stop with Ctrl-C; a restart with the same --data keeps everything.");
+
+    stop.await;
+    println!("stopping");
+    for chunk in chunks {
+        chunk.shutdown().await;
+    }
+    meta.shutdown().await;
+    if let Some((_, task)) = metrics_task {
+        task.abort();
+    }
+    Ok(())
+}

@@ -1,0 +1,297 @@
+//! File commands over the metadata API: mkdir, ls, stat, rm, policy.
+//! Paths are absolute cluster paths (`/photos/2026`); each component is
+//! looked up from the root.
+
+use anyhow::{Context, Result, bail};
+use tessera_client::MetaClient;
+use tessera_proto::error::ErrorCode;
+use tessera_proto::ids::InodeId;
+use tessera_proto::meta::{Attr, FileKind, MetaOp, MetaReply, Policy};
+
+/// Splits an absolute cluster path into its components.
+pub fn components(path: &str) -> Result<Vec<Vec<u8>>> {
+    if !path.starts_with('/') {
+        bail!("cluster path {path:?} must be absolute, like /photos/a.jpg");
+    }
+    Ok(path
+        .split('/')
+        .filter(|c| !c.is_empty())
+        .map(|c| c.as_bytes().to_vec())
+        .collect())
+}
+
+fn attr_of(reply: MetaReply) -> Result<Attr> {
+    match reply {
+        MetaReply::Attr(attr) | MetaReply::Entry(attr) => Ok(attr),
+        other => bail!("unexpected reply {other:?}"),
+    }
+}
+
+/// The inode at `path`.
+pub async fn resolve(client: &MetaClient, path: &str) -> Result<Attr> {
+    let mut attr = attr_of(client.call(MetaOp::GetAttr { ino: InodeId::ROOT }).await?)?;
+    let mut walked = String::new();
+    for name in components(path)? {
+        walked.push('/');
+        walked.push_str(&String::from_utf8_lossy(&name));
+        let reply = client
+            .call(MetaOp::Lookup {
+                parent: attr.ino,
+                name,
+            })
+            .await;
+        attr = match reply {
+            Ok(reply) => attr_of(reply)?,
+            Err(err) if err.code == ErrorCode::NotFound => bail!("{walked} does not exist"),
+            Err(err) if err.code == ErrorCode::NotDir => {
+                bail!("{walked}: a parent is not a directory")
+            }
+            Err(err) => return Err(err).with_context(|| format!("look up {walked}")),
+        };
+    }
+    Ok(attr)
+}
+
+fn split_parent(path: &str) -> Result<(String, Vec<u8>)> {
+    let mut parts = components(path)?;
+    let name = parts
+        .pop()
+        .with_context(|| format!("{path:?} names the root; give a path below it"))?;
+    let parent = format!(
+        "/{}",
+        parts
+            .iter()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect::<Vec<_>>()
+            .join("/")
+    );
+    Ok((parent, name))
+}
+
+pub async fn mkdir(client: &MetaClient, path: &str, parents: bool) -> Result<()> {
+    if parents {
+        let mut at = attr_of(client.call(MetaOp::GetAttr { ino: InodeId::ROOT }).await?)?;
+        for name in components(path)? {
+            let made = client
+                .call(MetaOp::Mkdir {
+                    parent: at.ino,
+                    name: name.clone(),
+                    mode: 0o755,
+                    uid: 0,
+                    gid: 0,
+                })
+                .await;
+            at = match made {
+                Ok(reply) => attr_of(reply)?,
+                Err(err) if err.code == ErrorCode::AlreadyExists => attr_of(
+                    client
+                        .call(MetaOp::Lookup {
+                            parent: at.ino,
+                            name,
+                        })
+                        .await?,
+                )?,
+                Err(err) => return Err(err).with_context(|| format!("create {path}")),
+            };
+        }
+        return Ok(());
+    }
+    let (parent, name) = split_parent(path)?;
+    let parent = resolve(client, &parent).await?;
+    client
+        .call(MetaOp::Mkdir {
+            parent: parent.ino,
+            name,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        })
+        .await
+        .with_context(|| format!("create directory {path}"))?;
+    Ok(())
+}
+
+fn kind_char(kind: FileKind) -> char {
+    match kind {
+        FileKind::Dir => 'd',
+        FileKind::Symlink => 'l',
+        FileKind::File => '-',
+        FileKind::Fifo => 'p',
+        FileKind::Socket => 's',
+        FileKind::CharDevice => 'c',
+        FileKind::BlockDevice => 'b',
+    }
+}
+
+pub async fn ls(client: &MetaClient, path: &str) -> Result<()> {
+    let attr = resolve(client, path).await?;
+    if attr.kind != FileKind::Dir {
+        println!(
+            "{}{:o} {:>12} {path}",
+            kind_char(attr.kind),
+            attr.mode,
+            attr.size
+        );
+        return Ok(());
+    }
+    let mut after = None;
+    loop {
+        let reply = client
+            .call(MetaOp::Readdir {
+                ino: attr.ino,
+                after: after.clone(),
+                limit: 256,
+            })
+            .await?;
+        let MetaReply::Dir { entries, more } = reply else {
+            bail!("unexpected readdir reply")
+        };
+        after = entries.last().map(|e| e.name.clone());
+        for entry in entries {
+            let child = attr_of(client.call(MetaOp::GetAttr { ino: entry.ino }).await?)?;
+            println!(
+                "{}{:04o} {:>12} {}",
+                kind_char(child.kind),
+                child.mode,
+                child.size,
+                String::from_utf8_lossy(&entry.name)
+            );
+        }
+        if !more {
+            return Ok(());
+        }
+    }
+}
+
+pub async fn stat(client: &MetaClient, path: &str) -> Result<()> {
+    let attr = resolve(client, path).await?;
+    let policy = match client.call(MetaOp::GetPolicy { ino: attr.ino }).await? {
+        MetaReply::Policy(policy) => policy,
+        other => bail!("unexpected reply {other:?}"),
+    };
+    println!("path    {path}");
+    println!("inode   {}", attr.ino.0);
+    println!("kind    {:?}", attr.kind);
+    println!("size    {} bytes", attr.size);
+    println!(
+        "mode    {:04o}  uid {}  gid {}  links {}",
+        attr.mode, attr.uid, attr.gid, attr.nlink
+    );
+    println!("policy  {policy}");
+    if attr.kind == FileKind::File {
+        let reply = client
+            .call(MetaOp::GetLayout {
+                ino: attr.ino,
+                offset: 0,
+                length: u64::MAX,
+            })
+            .await?;
+        let MetaReply::Layout {
+            extents, chunks, ..
+        } = reply
+        else {
+            bail!("unexpected layout reply")
+        };
+        println!("extents {}", extents.len());
+        for extent in &extents {
+            println!(
+                "  [{}, {}) -> {} at {}",
+                extent.offset,
+                extent.offset + extent.length,
+                extent.chunk,
+                extent.chunk_offset
+            );
+        }
+        for chunk in &chunks {
+            let servers: Vec<String> = chunk
+                .pieces
+                .iter()
+                .map(|p| format!("{}@{}", p.index, p.address))
+                .collect();
+            println!(
+                "  {} ({}, {} bytes): {}",
+                chunk.chunk,
+                chunk.policy,
+                chunk.length,
+                servers.join(" ")
+            );
+        }
+    }
+    Ok(())
+}
+
+pub async fn rm(client: &MetaClient, path: &str, recursive: bool) -> Result<()> {
+    let attr = resolve(client, path).await?;
+    if attr.kind == FileKind::Dir && recursive {
+        let mut names = Vec::new();
+        let mut after = None;
+        loop {
+            let reply = client
+                .call(MetaOp::Readdir {
+                    ino: attr.ino,
+                    after: after.clone(),
+                    limit: 256,
+                })
+                .await?;
+            let MetaReply::Dir { entries, more } = reply else {
+                bail!("unexpected readdir reply")
+            };
+            after = entries.last().map(|e| e.name.clone());
+            names.extend(entries.into_iter().map(|e| e.name));
+            if !more {
+                break;
+            }
+        }
+        for name in names {
+            let child = format!(
+                "{}/{}",
+                path.trim_end_matches('/'),
+                String::from_utf8_lossy(&name)
+            );
+            Box::pin(rm(client, &child, true)).await?;
+        }
+    }
+    let (parent, name) = split_parent(path)?;
+    let parent = resolve(client, &parent).await?;
+    let op = if attr.kind == FileKind::Dir {
+        MetaOp::Rmdir {
+            parent: parent.ino,
+            name,
+        }
+    } else {
+        MetaOp::Unlink {
+            parent: parent.ino,
+            name,
+        }
+    };
+    match client.call(op).await {
+        Ok(_) => Ok(()),
+        Err(err) if err.code == ErrorCode::NotEmpty => {
+            bail!("{path} is a non-empty directory; use rm -r")
+        }
+        Err(err) => Err(err).with_context(|| format!("remove {path}")),
+    }
+}
+
+pub async fn policy_set(client: &MetaClient, path: &str, policy: &str) -> Result<()> {
+    let policy: Policy = policy.parse().map_err(anyhow::Error::msg)?;
+    let attr = resolve(client, path).await?;
+    client
+        .call(MetaOp::SetPolicy {
+            ino: attr.ino,
+            policy,
+        })
+        .await
+        .with_context(|| format!("set the policy of {path}"))?;
+    println!("{path}: {policy} (inherited by what is created below it from now on)");
+    Ok(())
+}
+
+pub async fn policy_get(client: &MetaClient, path: &str) -> Result<()> {
+    let attr = resolve(client, path).await?;
+    match client.call(MetaOp::GetPolicy { ino: attr.ino }).await? {
+        MetaReply::Policy(policy) => println!("{path}: {policy}"),
+        other => bail!("unexpected reply {other:?}"),
+    }
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! `tessera dev` as a real process: starts a cluster on a folder, writes a
+//! client configuration that works, stops cleanly on SIGINT, and a restart
+//! with the same folder keeps what was created.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use tessera_client::MetaClient;
+use tessera_proto::ids::InodeId;
+use tessera_proto::meta::{MetaOp, MetaReply, Policy};
+
+fn start_dev(dir: &std::path::Path, port: u16, metrics: u16) -> std::process::Child {
+    let mut child = Command::new(common::tessera_bin())
+        .args(["dev", "--data"])
+        .arg(dir)
+        .args([
+            "--meta-listen",
+            &format!("127.0.0.1:{port}"),
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics}"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn tessera dev");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) if line.starts_with("stop with Ctrl-C") => break,
+            Some(Ok(_)) => {}
+            _ => panic!("tessera dev exited before it was ready"),
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    child
+}
+
+fn interrupt(mut child: std::process::Child) {
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(
+                status.success(),
+                "tessera dev exited with {status} on SIGINT"
+            );
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tessera dev did not stop on SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+async fn client(dir: &std::path::Path) -> MetaClient {
+    let config: tessera_proto::config::ClientConfig =
+        tessera_proto::config::load(Some(&dir.join("client.toml")), &[]).expect("client.toml");
+    MetaClient::from_config(&config).await.expect("client")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_runs_a_cluster_and_keeps_it_across_restarts() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("data");
+    let (port, metrics) = (common::free_port(), common::free_port());
+    let dev = start_dev(&dir, port, metrics);
+    let meta = client(&dir).await;
+    meta.call(MetaOp::Mkdir {
+        parent: InodeId::ROOT,
+        name: b"keep".to_vec(),
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+    })
+    .await
+    .unwrap();
+    let MetaReply::Entry(keep) = meta
+        .call(MetaOp::Lookup {
+            parent: InodeId::ROOT,
+            name: b"keep".to_vec(),
+        })
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    meta.call(MetaOp::SetPolicy {
+        ino: keep.ino,
+        policy: Policy::Ec { data: 2, parity: 1 },
+    })
+    .await
+    .unwrap();
+    let text = common::scrape(format!("127.0.0.1:{metrics}").parse().unwrap());
+    assert!(
+        text.contains("tessera_meta_raft_term"),
+        "metrics missing the metaserver"
+    );
+    assert!(
+        text.contains("tessera_chunk_pieces"),
+        "metrics missing the chunkservers"
+    );
+    interrupt(dev);
+
+    let dev = start_dev(&dir, port, metrics);
+    let meta = client(&dir).await;
+    let MetaReply::Entry(again) = meta
+        .call(MetaOp::Lookup {
+            parent: InodeId::ROOT,
+            name: b"keep".to_vec(),
+        })
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(again.ino, keep.ino);
+    assert_eq!(
+        meta.call(MetaOp::GetPolicy { ino: keep.ino })
+            .await
+            .unwrap(),
+        MetaReply::Policy(Policy::Ec { data: 2, parity: 1 })
+    );
+    interrupt(dev);
+}
