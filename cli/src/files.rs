@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use tessera_client::MetaClient;
 use tessera_proto::error::ErrorCode;
 use tessera_proto::ids::InodeId;
-use tessera_proto::meta::{Attr, FileKind, MetaOp, MetaReply, Policy};
+use tessera_proto::meta::{Attr, DirEntry, FileKind, MetaOp, MetaReply, Policy};
 
 /// Splits an absolute cluster path into its components.
 pub fn components(path: &str) -> Result<Vec<Vec<u8>>> {
@@ -66,6 +66,29 @@ fn split_parent(path: &str) -> Result<(String, Vec<u8>)> {
             .join("/")
     );
     Ok((parent, name))
+}
+
+/// Every entry of a directory, following readdir pages.
+async fn list_dir(client: &MetaClient, dir: InodeId) -> Result<Vec<DirEntry>> {
+    let mut all = Vec::new();
+    let mut after = None;
+    loop {
+        let reply = client
+            .call(MetaOp::Readdir {
+                ino: dir,
+                after: after.clone(),
+                limit: 256,
+            })
+            .await?;
+        let MetaReply::Dir { entries, more } = reply else {
+            bail!("unexpected readdir reply")
+        };
+        after = entries.last().map(|e| e.name.clone());
+        all.extend(entries);
+        if !more {
+            return Ok(all);
+        }
+    }
 }
 
 pub async fn mkdir(client: &MetaClient, path: &str, parents: bool) -> Result<()> {
@@ -134,33 +157,17 @@ pub async fn ls(client: &MetaClient, path: &str) -> Result<()> {
         );
         return Ok(());
     }
-    let mut after = None;
-    loop {
-        let reply = client
-            .call(MetaOp::Readdir {
-                ino: attr.ino,
-                after: after.clone(),
-                limit: 256,
-            })
-            .await?;
-        let MetaReply::Dir { entries, more } = reply else {
-            bail!("unexpected readdir reply")
-        };
-        after = entries.last().map(|e| e.name.clone());
-        for entry in entries {
-            let child = attr_of(client.call(MetaOp::GetAttr { ino: entry.ino }).await?)?;
-            println!(
-                "{}{:04o} {:>12} {}",
-                kind_char(child.kind),
-                child.mode,
-                child.size,
-                String::from_utf8_lossy(&entry.name)
-            );
-        }
-        if !more {
-            return Ok(());
-        }
+    for entry in list_dir(client, attr.ino).await? {
+        let child = attr_of(client.call(MetaOp::GetAttr { ino: entry.ino }).await?)?;
+        println!(
+            "{}{:04o} {:>12} {}",
+            kind_char(child.kind),
+            child.mode,
+            child.size,
+            String::from_utf8_lossy(&entry.name)
+        );
     }
+    Ok(())
 }
 
 pub async fn stat(client: &MetaClient, path: &str) -> Result<()> {
@@ -223,25 +230,11 @@ pub async fn stat(client: &MetaClient, path: &str) -> Result<()> {
 pub async fn rm(client: &MetaClient, path: &str, recursive: bool) -> Result<()> {
     let attr = resolve(client, path).await?;
     if attr.kind == FileKind::Dir && recursive {
-        let mut names = Vec::new();
-        let mut after = None;
-        loop {
-            let reply = client
-                .call(MetaOp::Readdir {
-                    ino: attr.ino,
-                    after: after.clone(),
-                    limit: 256,
-                })
-                .await?;
-            let MetaReply::Dir { entries, more } = reply else {
-                bail!("unexpected readdir reply")
-            };
-            after = entries.last().map(|e| e.name.clone());
-            names.extend(entries.into_iter().map(|e| e.name));
-            if !more {
-                break;
-            }
-        }
+        let names: Vec<Vec<u8>> = list_dir(client, attr.ino)
+            .await?
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
         for name in names {
             let child = format!(
                 "{}/{}",

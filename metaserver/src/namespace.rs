@@ -283,36 +283,6 @@ fn with_nlink_delta(nlink: u32, delta: i64) -> u32 {
     u32::try_from((i64::from(nlink) + delta).max(0)).unwrap_or(u32::MAX)
 }
 
-fn op_name(op: &MetaOp) -> &'static str {
-    match op {
-        MetaOp::Lookup { .. } => "Lookup",
-        MetaOp::GetAttr { .. } => "GetAttr",
-        MetaOp::SetAttr { .. } => "SetAttr",
-        MetaOp::Create { .. } => "Create",
-        MetaOp::Mkdir { .. } => "Mkdir",
-        MetaOp::Symlink { .. } => "Symlink",
-        MetaOp::Readlink { .. } => "Readlink",
-        MetaOp::Link { .. } => "Link",
-        MetaOp::Unlink { .. } => "Unlink",
-        MetaOp::Rmdir { .. } => "Rmdir",
-        MetaOp::Rename { .. } => "Rename",
-        MetaOp::Readdir { .. } => "Readdir",
-        MetaOp::GetXattr { .. } => "GetXattr",
-        MetaOp::SetXattr { .. } => "SetXattr",
-        MetaOp::ListXattr { .. } => "ListXattr",
-        MetaOp::RemoveXattr { .. } => "RemoveXattr",
-        MetaOp::StatFs => "StatFs",
-        MetaOp::Open { .. } => "Open",
-        MetaOp::Release { .. } => "Release",
-        MetaOp::SetPolicy { .. } => "SetPolicy",
-        MetaOp::GetPolicy { .. } => "GetPolicy",
-        MetaOp::AllocateChunk { .. } => "AllocateChunk",
-        MetaOp::CommitExtents { .. } => "CommitExtents",
-        MetaOp::GetLayout { .. } => "GetLayout",
-        MetaOp::Concat { .. } => "Concat",
-    }
-}
-
 /// The whole namespace of one file system. See the module docs.
 #[derive(Clone, Debug)]
 pub struct Namespace {
@@ -448,7 +418,7 @@ impl Namespace {
             | MetaOp::GetLayout { .. }
             | MetaOp::Concat { .. } => Err(err(
                 ErrorCode::Internal,
-                format!("{} is not a namespace operation", op_name(op)),
+                format!("{} is not a namespace operation", op.name()),
             )),
         }
     }
@@ -486,7 +456,7 @@ impl Namespace {
             MetaOp::GetPolicy { ino } => self.policy_of(*ino).map(MetaReply::Policy),
             _ => Err(err(
                 ErrorCode::Internal,
-                format!("{} is not a read-only namespace operation", op_name(op)),
+                format!("{} is not a read-only namespace operation", op.name()),
             )),
         }
     }

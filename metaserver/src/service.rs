@@ -76,36 +76,6 @@ fn is_read(op: &MetaOp) -> bool {
     )
 }
 
-fn op_name(op: &MetaOp) -> &'static str {
-    match op {
-        MetaOp::Lookup { .. } => "lookup",
-        MetaOp::GetAttr { .. } => "getattr",
-        MetaOp::SetAttr { .. } => "setattr",
-        MetaOp::Create { .. } => "create",
-        MetaOp::Mkdir { .. } => "mkdir",
-        MetaOp::Symlink { .. } => "symlink",
-        MetaOp::Readlink { .. } => "readlink",
-        MetaOp::Link { .. } => "link",
-        MetaOp::Unlink { .. } => "unlink",
-        MetaOp::Rmdir { .. } => "rmdir",
-        MetaOp::Rename { .. } => "rename",
-        MetaOp::Readdir { .. } => "readdir",
-        MetaOp::GetXattr { .. } => "getxattr",
-        MetaOp::SetXattr { .. } => "setxattr",
-        MetaOp::ListXattr { .. } => "listxattr",
-        MetaOp::RemoveXattr { .. } => "removexattr",
-        MetaOp::StatFs => "statfs",
-        MetaOp::Open { .. } => "open",
-        MetaOp::Release { .. } => "release",
-        MetaOp::SetPolicy { .. } => "setpolicy",
-        MetaOp::GetPolicy { .. } => "getpolicy",
-        MetaOp::AllocateChunk { .. } => "allocate",
-        MetaOp::CommitExtents { .. } => "commit",
-        MetaOp::GetLayout { .. } => "layout",
-        MetaOp::Concat { .. } => "concat",
-    }
-}
-
 impl MetaService {
     fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
         self.registry.lock().unwrap_or_else(|p| p.into_inner())
@@ -499,7 +469,7 @@ impl Service for MetaService {
                 call.peer()
                     .require_role(&[Role::Client, Role::Gateway, Role::Meta], MetaCall::NAME)?;
                 let message: MetaCall = call.decode()?;
-                let name = op_name(&message.op);
+                let name = message.op.name();
                 let started = Instant::now();
                 let result = self.meta_call(message).await;
                 let code = match &result {

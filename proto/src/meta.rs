@@ -332,6 +332,39 @@ pub enum MetaOp {
     },
 }
 
+impl MetaOp {
+    /// The operation's name, for metrics labels and messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            MetaOp::Lookup { .. } => "lookup",
+            MetaOp::GetAttr { .. } => "getattr",
+            MetaOp::SetAttr { .. } => "setattr",
+            MetaOp::Create { .. } => "create",
+            MetaOp::Mkdir { .. } => "mkdir",
+            MetaOp::Symlink { .. } => "symlink",
+            MetaOp::Readlink { .. } => "readlink",
+            MetaOp::Link { .. } => "link",
+            MetaOp::Unlink { .. } => "unlink",
+            MetaOp::Rmdir { .. } => "rmdir",
+            MetaOp::Rename { .. } => "rename",
+            MetaOp::Readdir { .. } => "readdir",
+            MetaOp::GetXattr { .. } => "getxattr",
+            MetaOp::SetXattr { .. } => "setxattr",
+            MetaOp::ListXattr { .. } => "listxattr",
+            MetaOp::RemoveXattr { .. } => "removexattr",
+            MetaOp::StatFs => "statfs",
+            MetaOp::Open { .. } => "open",
+            MetaOp::Release { .. } => "release",
+            MetaOp::SetPolicy { .. } => "setpolicy",
+            MetaOp::GetPolicy { .. } => "getpolicy",
+            MetaOp::AllocateChunk { .. } => "allocate",
+            MetaOp::CommitExtents { .. } => "commit",
+            MetaOp::GetLayout { .. } => "layout",
+            MetaOp::Concat { .. } => "concat",
+        }
+    }
+}
+
 /// Replies, one variant per kind of answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetaReply {
