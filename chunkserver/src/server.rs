@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tessera_proto::chunk::Labels;
 use tessera_proto::config::NodeConfig;
-use tessera_proto::error::{Error, ErrorCode};
+use tessera_proto::error::Error;
 use tessera_proto::rpc::{RpcClient, RpcMetrics, RpcServer};
 use tessera_proto::tls::Role;
 use tessera_proto::token::TokenKey;
@@ -65,16 +65,7 @@ impl ChunkServer {
         config: ChunkConfig,
         registry: &prometheus::Registry,
     ) -> Result<ChunkServer, Error> {
-        let identity = config.node.tls.load()?;
-        if tessera_proto::tls::role_of_certificate(&identity.chain[0]) != Some(Role::Chunk) {
-            return Err(Error::new(
-                ErrorCode::InvalidArgument,
-                format!(
-                    "{} is not a chunkserver certificate; issue one with `tessera ca issue --role chunk`",
-                    config.node.tls.cert.display()
-                ),
-            ));
-        }
+        let identity = config.node.tls.load_for(Role::Chunk)?;
         let token_key = TokenKey::load(&config.token_key)?;
         let metric_error =
             |err: prometheus::Error| Error::internal(format!("register metrics: {err}"));
@@ -85,13 +76,7 @@ impl ChunkServer {
             .await
             .map_err(|err| Error::internal(format!("open store: {err}")))??;
         let store = Arc::new(store);
-        let bind_any: SocketAddr = if config.node.listen.is_ipv4() {
-            "0.0.0.0:0"
-        } else {
-            "[::]:0"
-        }
-        .parse()
-        .map_err(|_| Error::internal("parse bind address"))?;
+        let bind_any = config.node.client_bind_addr();
         let client = RpcClient::new(&identity, &config.node.transport, bind_any)?;
         let service = Arc::new(ChunkService::new(store.clone(), token_key, client.clone()));
         let rpc = RpcServer::start(

@@ -115,16 +115,7 @@ impl MetaServer {
         registry: &prometheus::Registry,
         bootstrap: bool,
     ) -> Result<MetaServer, Error> {
-        let identity = config.node.tls.load()?;
-        if tessera_proto::tls::role_of_certificate(&identity.chain[0]) != Some(Role::Meta) {
-            return Err(Error::new(
-                ErrorCode::InvalidArgument,
-                format!(
-                    "{} is not a metaserver certificate; issue one with `tessera ca issue --role meta`",
-                    config.node.tls.cert.display()
-                ),
-            ));
-        }
+        let identity = config.node.tls.load_for(Role::Meta)?;
         let policy: tessera_proto::meta::Policy =
             config.default_policy.parse().map_err(|e: String| {
                 Error::new(ErrorCode::InvalidArgument, format!("default_policy: {e}"))
@@ -151,13 +142,7 @@ impl MetaServer {
             .map_err(|e| Error::new(ErrorCode::Io, format!("load state: {e}")))?;
         let shared = state_machine.shared.clone();
 
-        let bind_any: SocketAddr = if config.node.listen.is_ipv4() {
-            "0.0.0.0:0"
-        } else {
-            "[::]:0"
-        }
-        .parse()
-        .map_err(|_| Error::internal("parse bind address"))?;
+        let bind_any = config.node.client_bind_addr();
         let client = RpcClient::new(&identity, &config.node.transport, bind_any)?;
         let raft_config = openraft::Config {
             cluster_name: "tessera".into(),

@@ -211,6 +211,27 @@ impl TlsFiles {
     pub fn load(&self) -> Result<crate::tls::Identity, Error> {
         crate::tls::Identity::load(&self.ca, &self.cert, &self.key)
     }
+
+    /// Loads the identity and refuses a certificate issued for another role,
+    /// so a daemon started with the wrong files says so at start-up rather
+    /// than being refused by every peer.
+    pub fn load_for(&self, role: crate::tls::Role) -> Result<crate::tls::Identity, Error> {
+        let identity = self.load()?;
+        let actual = identity
+            .chain
+            .first()
+            .and_then(crate::tls::role_of_certificate);
+        if actual != Some(role) {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "{} is not a {role} certificate; issue one with `tessera ca issue --role {role}`",
+                    self.cert.display()
+                ),
+            ));
+        }
+        Ok(identity)
+    }
 }
 
 /// Logging settings; flags override them.
@@ -221,6 +242,18 @@ pub struct LogConfig {
     pub level: Option<String>,
     /// One JSON object per line instead of human-readable lines.
     pub json: bool,
+}
+
+impl NodeConfig {
+    /// Where the daemon's own outgoing QUIC endpoint binds: any address of
+    /// the listen address's family.
+    pub fn client_bind_addr(&self) -> std::net::SocketAddr {
+        if self.listen.is_ipv4() {
+            std::net::SocketAddr::from(([0, 0, 0, 0], 0))
+        } else {
+            std::net::SocketAddr::from(([0u16; 8], 0))
+        }
+    }
 }
 
 /// The part every daemon's configuration shares, flattened into it.
