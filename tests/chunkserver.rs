@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tessera_proto::checksum::checksum_of;
 use tessera_proto::chunk::{
-    CopyPiece, DeletePieces, ListPieces, ReadPiece, WritePiece, WritePieceReply,
+    CopyPiece, DeletePieces, ListPieces, PieceTrailer, ReadPiece, WritePiece, WritePieceReply,
+    WritePieceStream,
 };
 use tessera_proto::error::{Error, ErrorCode};
 use tessera_proto::ids::{ChunkId, PieceId};
@@ -710,4 +711,98 @@ async fn a_full_disk_fails_writes_cleanly() {
             .unwrap()
             == small
     );
+}
+
+async fn stream_piece(
+    client: &RpcClient,
+    addr: SocketAddr,
+    pki: &Pki,
+    id: PieceId,
+    data: &[u8],
+    max: u64,
+    trailer: PieceTrailer,
+) -> Result<WritePieceReply, Error> {
+    let msg = WritePieceStream {
+        piece: id,
+        max_length: max,
+        token: pki.token(id.chunk.0, Rights::WRITE),
+    };
+    let mut call = client
+        .open(
+            Peer::new(addr, Role::Chunk),
+            &msg,
+            tessera_proto::wire::BULK_FRAMED,
+            opts(),
+        )
+        .await?;
+    for part in data.chunks(300_000) {
+        call.write(part).await?;
+    }
+    let trailer = postcard::to_stdvec(&trailer).unwrap();
+    Ok(call.finish_with_trailer(&trailer).await?.message)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_pieces_learn_their_length_at_the_end() {
+    let root = tempfile::tempdir().unwrap();
+    let pki = Pki::new(root.path());
+    let node = node(root.path(), &pki, "chunk-stream", None, "enabled = false");
+    let daemon = start(&node);
+    let client = pki.client("test-client");
+    let data = pattern(11, 2_500_000);
+    let good = PieceTrailer {
+        length: data.len() as u64,
+        checksum: checksum_of(&data),
+    };
+    let reply = stream_piece(&client, daemon.addr, &pki, piece(1), &data, 64 << 20, good)
+        .await
+        .unwrap();
+    assert_eq!(reply.length, data.len() as u64);
+    assert!(
+        read_piece(&client, daemon.addr, &pki, piece(1), 0, data.len() as u64)
+            .await
+            .unwrap()
+            == data
+    );
+    // Survives a restart: the header was rewritten with the final length.
+    drop(daemon);
+    let daemon = start(&node);
+    assert!(
+        read_piece(&client, daemon.addr, &pki, piece(1), 100, 1000)
+            .await
+            .unwrap()
+            == data[100..1100]
+    );
+
+    let bad_sum = PieceTrailer {
+        length: data.len() as u64,
+        checksum: [3; 32],
+    };
+    let err = stream_piece(
+        &client,
+        daemon.addr,
+        &pki,
+        piece(2),
+        &data,
+        64 << 20,
+        bad_sum,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code, ErrorCode::ChecksumMismatch, "{err}");
+    let short = PieceTrailer {
+        length: 10,
+        checksum: good.checksum,
+    };
+    let err = stream_piece(&client, daemon.addr, &pki, piece(3), &data, 64 << 20, short)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::LengthMismatch, "{err}");
+    let err = stream_piece(&client, daemon.addr, &pki, piece(4), &data, 1_000, good)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::LengthMismatch, "{err}");
+    assert_eq!(temporaries(&node.disk), 0);
+    let meta = pki.client("test-meta");
+    assert_eq!(list(&meta, daemon.addr).await, vec![piece(1)]);
 }

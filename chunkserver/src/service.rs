@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use tessera_proto::checksum::{BLOCK_BYTES, block_count};
 use tessera_proto::chunk::{
     CopyPiece, DeletePieces, DeletePiecesReply, INVENTORY_PAGE_MAX, ListPieces, ListPiecesReply,
-    PieceInfo, ReadPiece, ReadPieceReply, WritePiece, WritePieceReply,
+    PieceInfo, PieceTrailer, ReadPiece, ReadPieceReply, WritePiece, WritePieceReply,
+    WritePieceStream,
 };
 use tessera_proto::error::{Error, ErrorCode};
 use tessera_proto::ids::PieceId;
@@ -46,7 +47,9 @@ fn join_error(err: tokio::task::JoinError) -> Error {
 
 enum WriteOp {
     Data(Bytes),
-    Seal,
+    /// Seal, first declaring the final length and checksum if the writer
+    /// only learned them at the end.
+    Seal(Option<PieceTrailer>),
 }
 
 impl ChunkService {
@@ -122,7 +125,12 @@ impl ChunkService {
                 while let Some(op) = rx.blocking_recv() {
                     match op {
                         WriteOp::Data(data) => write.append(&data)?,
-                        WriteOp::Seal => return write.seal(),
+                        WriteOp::Seal(trailer) => {
+                            if let Some(trailer) = trailer {
+                                write.declare(trailer.length, trailer.checksum)?;
+                            }
+                            return write.seal();
+                        }
                     }
                 }
                 // The sender gave up: dropping the write removes the file.
@@ -140,7 +148,22 @@ impl ChunkService {
                         }
                     }
                     Ok(None) => {
-                        let _ = tx.send(WriteOp::Seal).await;
+                        let trailer = match bulk.trailer() {
+                            None if !bulk.is_framed() => Ok(None),
+                            None => Err(Error::new(
+                                ErrorCode::Truncated,
+                                "streamed piece ended without its trailer",
+                            )),
+                            Some(bytes) => {
+                                tessera_proto::wire::decode_message::<PieceTrailer>(bytes).map(Some)
+                            }
+                        };
+                        match trailer {
+                            Ok(trailer) => {
+                                let _ = tx.send(WriteOp::Seal(trailer)).await;
+                            }
+                            Err(err) => network_error = Some(err),
+                        }
                         break;
                     }
                     Err(err) => {
@@ -329,6 +352,26 @@ impl Service for ChunkService {
     async fn handle(&self, call: &mut Call) -> Result<(), Error> {
         match call.method() {
             WritePiece::ID => self.write(call).await,
+            WritePieceStream::ID => {
+                let msg: WritePieceStream = call.decode()?;
+                self.check_token(&msg.token, msg.piece, Rights::WRITE)?;
+                if !call.request_bulk().is_framed() {
+                    return Err(Error::new(
+                        ErrorCode::InvalidArgument,
+                        "write_piece_stream carries framed bulk ending in a trailer",
+                    ));
+                }
+                let info = self
+                    .store_stream(msg.piece, msg.max_length, [0; 32], call.request_bulk())
+                    .await?;
+                call.respond(
+                    &WritePieceReply {
+                        length: info.length,
+                    },
+                    0,
+                )
+                .await
+            }
             ReadPiece::ID => self.read(call).await,
             DeletePieces::ID => {
                 call.peer()
@@ -366,6 +409,7 @@ impl Service for ChunkService {
     fn method_name(&self, method: u16) -> &'static str {
         match method {
             WritePiece::ID => WritePiece::NAME,
+            WritePieceStream::ID => WritePieceStream::NAME,
             ReadPiece::ID => ReadPiece::NAME,
             DeletePieces::ID => DeletePieces::NAME,
             ListPieces::ID => ListPieces::NAME,

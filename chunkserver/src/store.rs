@@ -618,6 +618,23 @@ impl PieceWrite {
         Ok(())
     }
 
+    /// Sets the final length and checksum of a piece whose writer learned
+    /// them only at the end (a streamed write began with an upper bound).
+    pub fn declare(&mut self, length: u64, checksum: [u8; 32]) -> Result<(), Error> {
+        if length > self.length {
+            return Err(Error::new(
+                ErrorCode::LengthMismatch,
+                format!(
+                    "piece {} declares {length} bytes at its end, above the {} it reserved",
+                    self.piece, self.length
+                ),
+            ));
+        }
+        self.length = length;
+        self.checksum = checksum;
+        Ok(())
+    }
+
     /// Appends data; refuses more than the declared length.
     pub fn append(&mut self, data: &[u8]) -> Result<(), Error> {
         if self.hasher.total_bytes() + data.len() as u64 > self.length {
@@ -682,9 +699,19 @@ impl PieceWrite {
         writer
             .write_all(&table)
             .map_err(|err| io_err(context("write checksums of"), err))?;
-        let file = writer
+        let mut file = writer
             .into_inner()
             .map_err(|err| io_err(context("flush"), err.into_error()))?;
+        // The header is rewritten with the final length and checksum, which a
+        // streamed write only knows now.
+        let header = Header {
+            piece: self.piece,
+            length: self.length,
+            checksum,
+        };
+        file.seek(SeekFrom::Start(0))
+            .and_then(|_| file.write_all(&header.encode()))
+            .map_err(|err| io_err(context("write the header of"), err))?;
         file.sync_all()
             .map_err(|err| io_err(context("fsync"), err))?;
         drop(file);

@@ -30,6 +30,31 @@ impl Method for WritePiece {
     type Response = WritePieceReply;
 }
 
+/// Writes a new piece whose length and checksum the writer learns only at
+/// the end: the request bulk is framed ([`crate::wire::BULK_FRAMED`]) and its
+/// trailer is a postcard-encoded [`PieceTrailer`]. `max_length` is reserved
+/// up front. Needs a token with `WRITE` on the chunk.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WritePieceStream {
+    pub piece: PieceId,
+    pub max_length: u64,
+    pub token: Token,
+}
+
+/// The end of a streamed piece.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PieceTrailer {
+    pub length: u64,
+    pub checksum: [u8; 32],
+}
+
+impl Method for WritePieceStream {
+    const ID: u16 = 105;
+    const NAME: &'static str = "write_piece_stream";
+    const IDEMPOTENT: bool = false;
+    type Response = WritePieceReply;
+}
+
 /// Reads `length` bytes at `offset` of a sealed piece; the response bulk is
 /// the bytes, every block verified before it is sent. Needs `READ`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -256,6 +281,7 @@ mod tests {
     fn method_numbers_are_distinct() {
         let ids = [
             WritePiece::ID,
+            WritePieceStream::ID,
             ReadPiece::ID,
             DeletePieces::ID,
             ListPieces::ID,

@@ -25,6 +25,16 @@ pub const ALPN_V1: &[u8] = b"tessera/1";
 /// Every protocol version this build speaks, most preferred first.
 pub const ALPN_SUPPORTED: &[&[u8]] = &[ALPN_V1];
 
+/// `bulk_len` value announcing framed bulk of unknown length: segments of
+/// `u32 length | bytes`, then a zero length, then `u32 length | trailer`
+/// (a method-defined message the sender could only know at the end, such as
+/// the final length and checksum of a streamed piece), then the end of the
+/// stream.
+pub const BULK_FRAMED: u64 = u64::MAX;
+
+/// Largest segment of framed bulk.
+pub const BULK_SEGMENT_MAX_BYTES: u32 = 16 * 1024 * 1024;
+
 /// Request flag: the caller marked the call idempotent (safe to replay).
 pub const FLAG_IDEMPOTENT: u8 = 0b0000_0001;
 

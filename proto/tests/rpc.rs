@@ -100,6 +100,17 @@ impl Method for FailMidway {
     type Response = ();
 }
 
+/// Framed bulk of unknown length; replies with the hash of the bytes and
+/// the trailer.
+#[derive(Serialize, Deserialize)]
+struct Framed;
+impl Method for Framed {
+    const ID: u16 = 1007;
+    const NAME: &'static str = "framed";
+    const IDEMPOTENT: bool = false;
+    type Response = (u64, [u8; 32], Vec<u8>);
+}
+
 struct TestService {
     key: TokenKey,
     flaky_calls: AtomicU32,
@@ -150,6 +161,16 @@ impl Service for TestService {
                     return Err(Error::new(ErrorCode::Unavailable, "not yet"));
                 }
                 call.respond(&n, 0).await
+            }
+            Framed::ID => {
+                let mut hasher = blake3::Hasher::new();
+                while let Some(piece) = call.request_bulk().next().await? {
+                    hasher.update(&piece);
+                }
+                let received = call.request_bulk().received();
+                let trailer = call.request_bulk().trailer().unwrap_or_default().to_vec();
+                call.respond(&(received, *hasher.finalize().as_bytes(), trailer), 0)
+                    .await
             }
             FailMidway::ID => {
                 call.respond(&(), 1 << 20).await?;
@@ -648,4 +669,41 @@ async fn a_failure_mid_response_reaches_the_reader_typed() {
         .await
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::Corrupt, "{err}");
+}
+
+#[tokio::test]
+async fn framed_bulk_of_unknown_length_ends_with_a_trailer() {
+    use tessera_proto::wire::BULK_FRAMED;
+    let cluster = cluster().await;
+    let client = cluster.client("client-1");
+    let body = pattern(5 * 1024 * 1024 + 3, 4);
+    let mut call = client
+        .open(cluster.peer(), &Framed, BULK_FRAMED, short_timeout())
+        .await
+        .unwrap();
+    for piece in body.chunks(777_777) {
+        call.write(piece).await.unwrap();
+    }
+    let response = call
+        .finish_with_trailer(b"final length and checksum")
+        .await
+        .unwrap();
+    let (received, hash, trailer) = response.message;
+    assert_eq!(received, body.len() as u64);
+    assert_eq!(hash, *blake3::hash(&body).as_bytes());
+    assert_eq!(trailer, b"final length and checksum");
+
+    // A stream that ends without its trailer is truncated, not complete.
+    let connection = client.connection(cluster.peer()).await.unwrap();
+    let frame = wire::encode_request(RequestId(9), 10_000, BULK_FRAMED, &Framed).unwrap();
+    let mut bytes = frame.clone();
+    bytes.extend_from_slice(&5u32.to_le_bytes());
+    bytes.extend_from_slice(b"hello");
+    let err = raw_exchange(&connection, &bytes, true).await;
+    assert_eq!(err.code, ErrorCode::Truncated, "{err}");
+    // A segment over the cap is refused.
+    let mut bytes = frame;
+    bytes.extend_from_slice(&u32::MAX.to_le_bytes());
+    let err = raw_exchange(&connection, &bytes, true).await;
+    assert_eq!(err.code, ErrorCode::Malformed, "{err}");
 }

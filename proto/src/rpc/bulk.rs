@@ -3,37 +3,149 @@
 
 use super::{read_error, write_error};
 use crate::error::{Error, ErrorCode};
+use crate::limits::HEADER_MAX_BYTES;
+use crate::wire::{BULK_FRAMED, BULK_SEGMENT_MAX_BYTES};
 use bytes::Bytes;
 
 /// Largest piece handed out by one [`BulkReader::next`] call.
 const READ_CHUNK_MAX_BYTES: usize = 1024 * 1024;
 
-/// Reads exactly the declared number of bulk bytes from a stream.
+/// State of framed bulk (see [`BULK_FRAMED`]).
+struct Framed {
+    segment_left: u64,
+    trailer: Option<Vec<u8>>,
+    finished: bool,
+}
+
+/// Reads exactly the declared number of bulk bytes from a stream, or framed
+/// bulk of unknown length up to its trailer.
 pub struct BulkReader {
     recv: quinn::RecvStream,
     remaining: u64,
+    received: u64,
     peer: String,
     checked_end: bool,
+    framed: Option<Framed>,
 }
 
 impl BulkReader {
     pub(crate) fn new(recv: quinn::RecvStream, declared: u64, peer: String) -> BulkReader {
+        let framed = (declared == BULK_FRAMED).then_some(Framed {
+            segment_left: 0,
+            trailer: None,
+            finished: false,
+        });
         BulkReader {
             recv,
             remaining: declared,
+            received: 0,
             peer,
             checked_end: false,
+            framed,
         }
     }
 
-    /// Bytes still to come.
+    /// Bytes still to come; `u64::MAX` for framed bulk, whose length is
+    /// only known at its end.
     pub fn remaining(&self) -> u64 {
         self.remaining
     }
 
-    /// The next piece of bulk data, or `None` once all declared bytes arrived
-    /// and the peer ended the stream. Cancel-safe only between calls.
+    /// Bulk bytes received so far (framing not counted).
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Whether the sender announced framed bulk.
+    pub fn is_framed(&self) -> bool {
+        self.framed.is_some()
+    }
+
+    /// The trailer of framed bulk, once [`BulkReader::next`] returned `None`.
+    pub fn trailer(&self) -> Option<&[u8]> {
+        self.framed.as_ref().and_then(|f| f.trailer.as_deref())
+    }
+
+    async fn read_u32(&mut self, what: &str) -> Result<u32, Error> {
+        let mut bytes = [0u8; 4];
+        self.recv
+            .read_exact(&mut bytes)
+            .await
+            .map_err(|err| super::read_exact_error(&self.peer, what, &err))?;
+        Ok(u32::from_le_bytes(bytes))
+    }
+
+    async fn next_framed(&mut self) -> Result<Option<Bytes>, Error> {
+        let (finished, segment_left) = match &self.framed {
+            Some(framed) => (framed.finished, framed.segment_left),
+            None => return Err(Error::internal("bulk is not framed")),
+        };
+        if finished {
+            return Ok(None);
+        }
+        let mut segment_left = segment_left;
+        if segment_left == 0 {
+            let len = self.read_u32("segment length").await?;
+            if len == 0 {
+                let trailer_len = self.read_u32("trailer length").await? as usize;
+                if trailer_len > HEADER_MAX_BYTES {
+                    return Err(Error::new(
+                        ErrorCode::HeaderTooLarge,
+                        format!(
+                            "trailer of {trailer_len} bytes exceeds the cap of {HEADER_MAX_BYTES}"
+                        ),
+                    ));
+                }
+                let mut trailer = vec![0u8; trailer_len];
+                self.recv
+                    .read_exact(&mut trailer)
+                    .await
+                    .map_err(|err| super::read_exact_error(&self.peer, "trailer", &err))?;
+                self.check_end().await?;
+                if let Some(framed) = self.framed.as_mut() {
+                    framed.trailer = Some(trailer);
+                    framed.finished = true;
+                }
+                return Ok(None);
+            }
+            if len > BULK_SEGMENT_MAX_BYTES {
+                return Err(Error::new(
+                    ErrorCode::Malformed,
+                    format!(
+                        "bulk segment of {len} bytes exceeds the cap of {BULK_SEGMENT_MAX_BYTES}"
+                    ),
+                ));
+            }
+            segment_left = u64::from(len);
+        }
+        let max = segment_left.min(READ_CHUNK_MAX_BYTES as u64) as usize;
+        match self.recv.read_chunk(max, true).await {
+            Ok(Some(chunk)) => {
+                let len = chunk.bytes.len() as u64;
+                self.received += len;
+                if let Some(framed) = self.framed.as_mut() {
+                    framed.segment_left = segment_left - len;
+                }
+                Ok(Some(chunk.bytes))
+            }
+            Ok(None) => Err(Error::new(
+                ErrorCode::Truncated,
+                format!(
+                    "{} ended the stream inside a bulk segment, before its trailer",
+                    self.peer
+                ),
+            )),
+            Err(err) => Err(read_error(&self.peer, &err)),
+        }
+    }
+
+    /// The next piece of bulk data, or `None` once all declared bytes (or,
+    /// framed, the trailer) arrived and the peer ended the stream.
+    /// Cancel-safe only between calls.
     pub async fn next(&mut self) -> Result<Option<Bytes>, Error> {
+        if self.framed.is_some() {
+            return self.next_framed().await;
+        }
         if self.remaining == 0 {
             self.check_end().await?;
             return Ok(None);
@@ -42,6 +154,7 @@ impl BulkReader {
         match self.recv.read_chunk(max, true).await {
             Ok(Some(chunk)) => {
                 self.remaining -= chunk.bytes.len() as u64;
+                self.received += chunk.bytes.len() as u64;
                 Ok(Some(chunk.bytes))
             }
             Ok(None) => Err(Error::new(
@@ -57,6 +170,12 @@ impl BulkReader {
 
     /// Fills `buf` completely from the bulk data.
     pub async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), Error> {
+        if self.framed.is_some() {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                "framed bulk is read with next()",
+            ));
+        }
         if buf.len() as u64 > self.remaining {
             return Err(Error::new(
                 ErrorCode::OutOfRange,
@@ -70,6 +189,7 @@ impl BulkReader {
         match self.recv.read_exact(buf).await {
             Ok(()) => {
                 self.remaining -= buf.len() as u64;
+                self.received += buf.len() as u64;
                 Ok(())
             }
             Err(err) => Err(super::read_exact_error(&self.peer, "bulk data", &err)),
@@ -124,6 +244,7 @@ pub struct BulkWriter {
     send: Option<quinn::SendStream>,
     declared: u64,
     remaining: u64,
+    framed_sent: u64,
     peer: String,
 }
 
@@ -133,6 +254,7 @@ impl BulkWriter {
             send: Some(send),
             declared,
             remaining: declared,
+            framed_sent: 0,
             peer,
         }
     }
@@ -143,7 +265,11 @@ impl BulkWriter {
 
     /// Bytes handed to the stream so far.
     pub fn sent(&self) -> u64 {
-        self.declared - self.remaining
+        if self.is_framed() {
+            self.framed_sent
+        } else {
+            self.declared - self.remaining
+        }
     }
 
     fn stream(&mut self) -> Result<&mut quinn::SendStream, Error> {
@@ -166,8 +292,43 @@ impl BulkWriter {
         Ok(())
     }
 
+    fn is_framed(&self) -> bool {
+        self.declared == BULK_FRAMED
+    }
+
+    /// In framed mode, sends the segment header for `len` bytes.
+    async fn segment_header(&mut self, len: usize) -> Result<(), Error> {
+        let len = u32::try_from(len)
+            .ok()
+            .filter(|len| *len <= BULK_SEGMENT_MAX_BYTES)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorCode::TooBig,
+                    format!("bulk segment of {len} bytes is over the cap"),
+                )
+            })?;
+        let peer = self.peer.clone();
+        self.stream()?
+            .write_all(&len.to_le_bytes())
+            .await
+            .map_err(|err| write_error(&peer, &err))
+    }
+
     /// Sends bytes; refuses to send more than declared.
     pub async fn write(&mut self, data: &[u8]) -> Result<(), Error> {
+        if self.is_framed() {
+            if data.is_empty() {
+                return Ok(());
+            }
+            self.segment_header(data.len()).await?;
+            self.framed_sent += data.len() as u64;
+            let peer = self.peer.clone();
+            return self
+                .stream()?
+                .write_all(data)
+                .await
+                .map_err(|err| write_error(&peer, &err));
+        }
         self.claim(data.len())?;
         let peer = self.peer.clone();
         self.stream()?
@@ -178,6 +339,19 @@ impl BulkWriter {
 
     /// Sends an owned buffer without copying it.
     pub async fn write_bytes(&mut self, data: Bytes) -> Result<(), Error> {
+        if self.is_framed() {
+            if data.is_empty() {
+                return Ok(());
+            }
+            self.segment_header(data.len()).await?;
+            self.framed_sent += data.len() as u64;
+            let peer = self.peer.clone();
+            return self
+                .stream()?
+                .write_chunk(data)
+                .await
+                .map_err(|err| write_error(&peer, &err));
+        }
         self.claim(data.len())?;
         let peer = self.peer.clone();
         self.stream()?
@@ -186,8 +360,38 @@ impl BulkWriter {
             .map_err(|err| write_error(&peer, &err))
     }
 
+    /// Ends framed bulk with its trailer, then the stream.
+    pub async fn finish_with_trailer(&mut self, trailer: &[u8]) -> Result<(), Error> {
+        if !self.is_framed() {
+            return Err(Error::internal("a trailer needs framed bulk"));
+        }
+        if trailer.len() > HEADER_MAX_BYTES {
+            return Err(Error::new(
+                ErrorCode::HeaderTooLarge,
+                "trailer over the header cap",
+            ));
+        }
+        let mut end = Vec::with_capacity(8 + trailer.len());
+        end.extend_from_slice(&0u32.to_le_bytes());
+        end.extend_from_slice(&(trailer.len() as u32).to_le_bytes());
+        end.extend_from_slice(trailer);
+        let peer = self.peer.clone();
+        self.stream()?
+            .write_all(&end)
+            .await
+            .map_err(|err| write_error(&peer, &err))?;
+        if let Some(mut send) = self.send.take() {
+            send.finish()
+                .map_err(|err| Error::internal(format!("finish stream to {}: {err}", self.peer)))?;
+        }
+        Ok(())
+    }
+
     /// Ends the stream once every declared byte was sent.
     pub fn finish(&mut self) -> Result<(), Error> {
+        if self.is_framed() {
+            return Err(Error::internal("framed bulk ends with finish_with_trailer"));
+        }
         if self.remaining != 0 {
             return Err(Error::new(
                 ErrorCode::LengthMismatch,

@@ -366,6 +366,20 @@ impl<M: Method> OutgoingCall<M> {
         })
     }
 
+    /// Ends framed request bulk (see [`crate::wire::BULK_FRAMED`]) with its
+    /// trailer and waits for the response header.
+    pub async fn finish_with_trailer(mut self, trailer: &[u8]) -> Result<Response<M>, Error> {
+        let result = with_deadline(
+            self.deadline,
+            &self.peer,
+            M::NAME,
+            self.writer.finish_with_trailer(trailer),
+        )
+        .await;
+        self.explain(result).await?;
+        self.read_response().await
+    }
+
     /// Ends the request and waits for the response header.
     pub async fn finish(mut self) -> Result<Response<M>, Error> {
         if let Err(err) = self.writer.finish() {

@@ -357,7 +357,6 @@ async fn serve_stream<S: Service>(
     }
     shared.metrics.in_flight.inc();
     let timeout = (head.timeout_ms > 0).then(|| Duration::from_millis(head.timeout_ms.into()));
-    let request_bulk_len = head.bulk_len;
     let mut call = Call {
         peer: peer.clone(),
         request_bulk: BulkReader::new(recv, head.bulk_len, peer_label.clone()),
@@ -388,7 +387,7 @@ async fn serve_stream<S: Service>(
         let writer = call.response_bulk()?;
         writer.finish()
     });
-    let received = request_bulk_len - call.request_bulk.remaining();
+    let received = call.request_bulk.received();
     shared.metrics.bulk_bytes_received.inc_by(received);
     if let Some(writer) = call.response_bulk.as_ref() {
         shared.metrics.bulk_bytes_sent.inc_by(writer.sent());
