@@ -332,7 +332,7 @@ async fn corruption_is_refused_and_found_by_the_scrubber() {
     flip(piece(2), 999_999);
     let meta = pki.client("test-meta");
     let mut found = false;
-    for _ in 0..100 {
+    for _ in 0..300 {
         if !list(&meta, daemon.addr).await.contains(&piece(2)) {
             found = true;
             break;
