@@ -39,7 +39,11 @@ const GROUP_COMMIT_MAX: usize = 1024;
 /// them at once and the order on disk is the order of the calls; this thread
 /// then syncs the WAL once for every append that queued up meanwhile (group
 /// commit) and only then reports them flushed.
-fn sync_thread(db: Arc<DB>, ops: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
+///
+/// The thread holds only a weak reference: the database closes when its last
+/// owner drops it, on that owner's thread, and never races the process's
+/// exit from here (RocksDB aborts when a database outlives its statics).
+fn sync_thread(db: std::sync::Weak<DB>, ops: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
     while let Ok(first) = ops.recv() {
         let mut callbacks = vec![first];
         while callbacks.len() < GROUP_COMMIT_MAX {
@@ -48,7 +52,10 @@ fn sync_thread(db: Arc<DB>, ops: std::sync::mpsc::Receiver<LogFlushed<TypeConfig
                 Err(_) => break,
             }
         }
-        let result = db.flush_wal(true).map_err(|e| e.to_string());
+        let result = match db.upgrade() {
+            Some(db) => db.flush_wal(true).map_err(|e| e.to_string()),
+            None => Err("the Raft log was closed".to_string()),
+        };
         if let Err(err) = &result {
             tracing::error!(error = %err, "Raft log sync failed; this metaserver stops");
         }
@@ -67,7 +74,7 @@ pub struct LogStore {
 impl LogStore {
     pub fn new(db: Arc<DB>) -> Result<LogStore, std::io::Error> {
         let (syncer, ops) = std::sync::mpsc::channel();
-        let thread_db = db.clone();
+        let thread_db = Arc::downgrade(&db);
         std::thread::Builder::new()
             .name("raft-log-sync".into())
             .spawn(move || sync_thread(thread_db, ops))?;
