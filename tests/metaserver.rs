@@ -191,8 +191,8 @@ async fn a_group_survives_losing_its_leader() {
             .await
             .unwrap();
     }
-    let status = wait_for(&pki, members[0].addr, "three voters", |s| {
-        s.members.len() == 3
+    let status = wait_for(&pki, members[0].addr, "three voters heard from", |s| {
+        s.members.len() == 3 && s.members.iter().all(|m| m.last_contact_ms.is_some())
     })
     .await;
     assert_eq!(

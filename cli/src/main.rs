@@ -351,13 +351,17 @@ fn print_status(status: &tessera_proto::meta::StatusReply) {
     );
     for member in &status.members {
         println!(
-            "  {:>4}  {:<22} {:<9} matched {}",
+            "  {:>4}  {:<22} {:<9} matched {:<8} last contact {}",
             member.node.0,
             member.address,
             member.role,
             member
                 .matched_index
                 .map(|i| i.to_string())
+                .unwrap_or_else(|| "-".into()),
+            member
+                .last_contact_ms
+                .map(|ms| format!("{ms} ms ago"))
                 .unwrap_or_else(|| "-".into())
         );
     }

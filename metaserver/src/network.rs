@@ -20,8 +20,11 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use std::time::Instant;
 use tessera_proto::error::{Error, ErrorCode};
 use tessera_proto::rpc::{CallOptions, Peer, RpcClient};
 use tessera_proto::tls::Role;
@@ -47,15 +50,21 @@ raft_method!(RaftAppend, 300, "raft_append");
 raft_method!(RaftVote, 301, "raft_vote");
 raft_method!(RaftSnapshot, 302, "raft_snapshot");
 
+/// When each member last answered a Raft call from this one; on the leader,
+/// its view of every follower, which `tessera admin status` reports.
+pub type Contacts = Arc<Mutex<BTreeMap<u64, Instant>>>;
+
 #[derive(Clone)]
 pub struct Network {
     pub client: RpcClient,
+    pub contacts: Contacts,
 }
 
 pub struct NetworkClient {
     client: RpcClient,
     target: u64,
     address: String,
+    contacts: Contacts,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -66,6 +75,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             client: self.client.clone(),
             target,
             address: node.addr.clone(),
+            contacts: self.contacts.clone(),
         }
     }
 }
@@ -121,6 +131,10 @@ impl NetworkClient {
             }
             _ => RPCError::Network(NetworkError::new(&TransportError(err.to_string()))),
         })?;
+        self.contacts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(self.target, Instant::now());
         let decoded: Result<R, RaftError<u64, E>> = postcard::from_bytes(&reply)
             .map_err(|e| RPCError::Network(NetworkError::new(&TransportError(e.to_string()))))?;
         decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))

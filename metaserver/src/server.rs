@@ -157,10 +157,14 @@ impl MetaServer {
         }
         .validate()
         .map_err(|e| Error::new(ErrorCode::InvalidArgument, format!("raft settings: {e}")))?;
+        let contacts: crate::network::Contacts = Arc::default();
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),
-            Network { client },
+            Network {
+                client,
+                contacts: contacts.clone(),
+            },
             log_store,
             state_machine,
         )
@@ -193,6 +197,7 @@ impl MetaServer {
             metrics,
             leader_address,
             heartbeat_interval_ms: config.chunk_heartbeat_interval_ms,
+            contacts,
         });
         let rpc = RpcServer::start(
             &identity,

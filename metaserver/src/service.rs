@@ -52,6 +52,7 @@ pub struct MetaService {
     pub metrics: MetaMetrics,
     pub leader_address: LeaderAddress,
     pub heartbeat_interval_ms: u64,
+    pub contacts: crate::network::Contacts,
 }
 
 fn now_ns() -> i64 {
@@ -311,6 +312,11 @@ impl MetaService {
         let membership = metrics.membership_config.membership().clone();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
         let replication = metrics.replication.clone().unwrap_or_default();
+        let contacts = self
+            .contacts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let members = membership
             .nodes()
             .map(|(id, node)| MemberStatus {
@@ -323,7 +329,11 @@ impl MetaService {
                 } else {
                     "learner".into()
                 },
-                last_contact_ms: if *id == self.node_id { Some(0) } else { None },
+                last_contact_ms: if *id == self.node_id {
+                    Some(0)
+                } else {
+                    contacts.get(id).map(|at| at.elapsed().as_millis() as u64)
+                },
                 matched_index: replication.get(id).and_then(|m| m.map(|l| l.index)).or(
                     if *id == self.node_id {
                         metrics.last_log_index
