@@ -286,6 +286,25 @@ fn run_admin(command: AdminCommand) -> Result<()> {
                     .context(
                         "ask the metaservers for status (are they running? is client.toml right?)",
                     )?;
+                // The leader alone knows chunkserver liveness; ask it when a
+                // follower answered first.
+                let leader_address = status
+                    .leader
+                    .filter(|leader| *leader != status.answered_by)
+                    .and_then(|leader| status.members.iter().find(|m| m.node == leader))
+                    .and_then(|m| m.address.parse().ok());
+                let status = match leader_address {
+                    Some(addr) => client
+                        .rpc()
+                        .call(
+                            tessera_proto::rpc::Peer::new(addr, Role::Meta),
+                            &tessera_proto::meta::Status,
+                            tessera_proto::rpc::CallOptions::default(),
+                        )
+                        .await
+                        .unwrap_or(status),
+                    None => status,
+                };
                 print_status(&status);
             }
             AdminCommand::Member { command } => match command {
@@ -365,17 +384,28 @@ fn print_status(status: &tessera_proto::meta::StatusReply) {
                 .unwrap_or_else(|| "-".into())
         );
     }
-    println!(
-        "chunkservers ({} chunks under-replicated)",
-        status.chunks_under_replicated
-    );
+    let answered_by_leader = status.leader == Some(status.answered_by);
+    if answered_by_leader {
+        println!(
+            "chunkservers ({} chunks under-replicated)",
+            status.chunks_under_replicated
+        );
+    } else {
+        println!("chunkservers (liveness and space are known to the leader only)");
+    }
     for cs in &status.chunkservers {
         println!(
             "  {:>4}  {:<12} {:<22} {:<5} free {:>8} MiB of {:>8} MiB  pieces {:>6}  rack {:?}",
             cs.node.0,
             cs.name,
             cs.address,
-            if cs.alive { "up" } else { "DOWN" },
+            if !answered_by_leader {
+                "?"
+            } else if cs.alive {
+                "up"
+            } else {
+                "DOWN"
+            },
             cs.free_bytes >> 20,
             cs.capacity_bytes >> 20,
             cs.pieces,
