@@ -217,6 +217,17 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("start the async runtime")
 }
 
+/// Starts a daemon's logging: flags win over its configuration file.
+fn daemon_logging(
+    node: &tessera_proto::config::NodeConfig,
+    cli_log: Option<&str>,
+    cli_json: bool,
+) -> Result<()> {
+    let level = cli_log.map(str::to_string).or(node.log.level.clone());
+    tessera_proto::obs::init_tracing(level.as_deref(), cli_json || node.log.json)?;
+    Ok(())
+}
+
 fn run_chunk(
     config: PathBuf,
     overrides: Vec<String>,
@@ -225,10 +236,7 @@ fn run_chunk(
 ) -> Result<()> {
     let config: tessera_chunk::ChunkConfig = tessera_proto::config::load(Some(&config), &overrides)
         .with_context(|| format!("load chunkserver config {}", config.display()))?;
-    let level = cli_log
-        .map(str::to_string)
-        .or(config.node.log.level.clone());
-    tessera_proto::obs::init_tracing(level.as_deref(), cli_json || config.node.log.json)?;
+    daemon_logging(&config.node, cli_log, cli_json)?;
     runtime()?.block_on(async {
         let registry = prometheus::Registry::new();
         let server = tessera_chunk::ChunkServer::start(config, &registry)
@@ -252,10 +260,7 @@ fn run_meta(
     let config: tessera_meta::MetaConfig =
         tessera_proto::config::load(Some(&config), &overrides)
             .with_context(|| format!("load metaserver config {}", config.display()))?;
-    let level = cli_log
-        .map(str::to_string)
-        .or(config.node.log.level.clone());
-    tessera_proto::obs::init_tracing(level.as_deref(), cli_json || config.node.log.json)?;
+    daemon_logging(&config.node, cli_log, cli_json)?;
     runtime()?.block_on(async {
         let registry = prometheus::Registry::new();
         let server = tessera_meta::MetaServer::start(config, &registry, bootstrap)

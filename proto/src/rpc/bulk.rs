@@ -314,22 +314,27 @@ impl BulkWriter {
             .map_err(|err| write_error(&peer, &err))
     }
 
+    /// Accounts for `len` bytes about to be sent: in framed mode sends the
+    /// segment header, otherwise checks the declared length. Returns `false`
+    /// when there is nothing to send (an empty segment would end framed bulk).
+    async fn prepare(&mut self, len: usize) -> Result<bool, Error> {
+        if !self.is_framed() {
+            self.claim(len)?;
+            return Ok(true);
+        }
+        if len == 0 {
+            return Ok(false);
+        }
+        self.segment_header(len).await?;
+        self.framed_sent += len as u64;
+        Ok(true)
+    }
+
     /// Sends bytes; refuses to send more than declared.
     pub async fn write(&mut self, data: &[u8]) -> Result<(), Error> {
-        if self.is_framed() {
-            if data.is_empty() {
-                return Ok(());
-            }
-            self.segment_header(data.len()).await?;
-            self.framed_sent += data.len() as u64;
-            let peer = self.peer.clone();
-            return self
-                .stream()?
-                .write_all(data)
-                .await
-                .map_err(|err| write_error(&peer, &err));
+        if !self.prepare(data.len()).await? {
+            return Ok(());
         }
-        self.claim(data.len())?;
         let peer = self.peer.clone();
         self.stream()?
             .write_all(data)
@@ -339,20 +344,9 @@ impl BulkWriter {
 
     /// Sends an owned buffer without copying it.
     pub async fn write_bytes(&mut self, data: Bytes) -> Result<(), Error> {
-        if self.is_framed() {
-            if data.is_empty() {
-                return Ok(());
-            }
-            self.segment_header(data.len()).await?;
-            self.framed_sent += data.len() as u64;
-            let peer = self.peer.clone();
-            return self
-                .stream()?
-                .write_chunk(data)
-                .await
-                .map_err(|err| write_error(&peer, &err));
+        if !self.prepare(data.len()).await? {
+            return Ok(());
         }
-        self.claim(data.len())?;
         let peer = self.peer.clone();
         self.stream()?
             .write_chunk(data)
