@@ -571,7 +571,10 @@ async fn bad_input_gets_the_errno_a_kernel_would_give() {
     );
     // A policy the cluster cannot satisfy: no chunkservers at all.
     let err = client
-        .call(MetaOp::AllocateChunk { ino: file })
+        .call(MetaOp::AllocateChunk {
+            ino: file,
+            exclude: vec![],
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::NoSpace, "{err}");
@@ -638,7 +641,10 @@ async fn chunkservers_register_and_chunks_are_placed_committed_and_collected() {
     let client = meta_client(&pki, "test-client", &[&m]);
     let file = entry_ino(client.call(create(InodeId::ROOT, "data")).await.unwrap());
     let MetaReply::Chunk(placement) = client
-        .call(MetaOp::AllocateChunk { ino: file })
+        .call(MetaOp::AllocateChunk {
+            ino: file,
+            exclude: vec![],
+        })
         .await
         .unwrap()
     else {

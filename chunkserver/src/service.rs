@@ -212,9 +212,14 @@ impl ChunkService {
     async fn serve_read(&self, call: &mut Call, msg: &ReadPiece) -> Result<(), Error> {
         let store = self.store.clone();
         let piece = msg.piece;
-        let reader = tokio::task::spawn_blocking(move || store.open_reader(piece))
-            .await
-            .map_err(join_error)??;
+        let (offset, length) = (msg.offset, msg.length);
+        let (reader, block_hashes) = tokio::task::spawn_blocking(move || {
+            let mut reader = store.open_reader(piece)?;
+            let hashes = reader.hashes_for(offset, length)?;
+            Ok::<_, Error>((reader, hashes))
+        })
+        .await
+        .map_err(join_error)??;
         let piece_length = reader.length();
         let end = msg
             .offset
@@ -229,8 +234,14 @@ impl ChunkService {
                 ),
             ));
         };
-        call.respond(&ReadPieceReply { piece_length }, msg.length)
-            .await?;
+        call.respond(
+            &ReadPieceReply {
+                piece_length,
+                block_hashes,
+            },
+            msg.length,
+        )
+        .await?;
         if msg.length == 0 {
             return Ok(());
         }

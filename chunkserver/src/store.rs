@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tessera_proto::checksum::{BLOCK_BYTES, HASH_BYTES, PieceHasher, block_count};
-use tessera_proto::chunk::{DiskReport, PieceInfo};
+use tessera_proto::chunk::{DiskReport, PieceInfo, READ_VERIFIED_MAX_BYTES};
 use tessera_proto::error::{Error, ErrorCode};
 use tessera_proto::ids::{ChunkId, PieceId};
 
@@ -809,6 +809,35 @@ impl PieceReader {
             );
         }
         io_err(format_args!("{what} piece {}", self.piece), err)
+    }
+
+    /// The stored hashes of the blocks covering `[offset, offset + length)`
+    /// when that range is block-aligned and small enough to carry them
+    /// (see [`tessera_proto::chunk::ReadPiece`]); empty otherwise.
+    pub fn hashes_for(&mut self, offset: u64, length: u64) -> Result<Vec<[u8; HASH_BYTES]>, Error> {
+        let block = BLOCK_BYTES as u64;
+        let Some(end) = offset.checked_add(length).filter(|end| *end <= self.length) else {
+            return Ok(Vec::new());
+        };
+        let aligned =
+            offset.is_multiple_of(block) && (end.is_multiple_of(block) || end == self.length);
+        if !aligned || length == 0 || length > READ_VERIFIED_MAX_BYTES {
+            return Ok(Vec::new());
+        }
+        self.load_hashes()?;
+        let table = self
+            .hashes
+            .as_ref()
+            .ok_or_else(|| Error::internal("checksums not loaded"))?;
+        let (first, last) = ((offset / block) as usize, end.div_ceil(block) as usize);
+        Ok(table[first * HASH_BYTES..last * HASH_BYTES]
+            .chunks_exact(HASH_BYTES)
+            .map(|hash| {
+                let mut out = [0u8; HASH_BYTES];
+                out.copy_from_slice(hash);
+                out
+            })
+            .collect())
     }
 
     /// Reads blocks `first..first + count`, verifying each; a mismatch

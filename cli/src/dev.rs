@@ -118,6 +118,7 @@ pub async fn run(options: DevOptions, stop: impl std::future::Future<Output = ()
         meta: vec![meta_addr.to_string()],
         tls: tls_files(&ca, "client"),
         transport: TransportOptions::loopback(),
+        io: Default::default(),
     };
     let client_toml = data.join("client.toml");
     let text = toml::to_string(&client).context("write the client configuration")?;

@@ -8,48 +8,15 @@ use tessera_proto::error::ErrorCode;
 use tessera_proto::ids::InodeId;
 use tessera_proto::meta::{Attr, DirEntry, FileKind, MetaOp, MetaReply, Policy};
 
-/// Splits an absolute cluster path into its components.
-pub fn components(path: &str) -> Result<Vec<Vec<u8>>> {
-    if !path.starts_with('/') {
-        bail!("cluster path {path:?} must be absolute, like /photos/a.jpg");
-    }
-    Ok(path
-        .split('/')
-        .filter(|c| !c.is_empty())
-        .map(|c| c.as_bytes().to_vec())
-        .collect())
-}
+pub use tessera_client::path::components;
 
 fn attr_of(reply: MetaReply) -> Result<Attr> {
-    match reply {
-        MetaReply::Attr(attr) | MetaReply::Entry(attr) => Ok(attr),
-        other => bail!("unexpected reply {other:?}"),
-    }
+    Ok(tessera_client::path::attr_of(reply)?)
 }
 
 /// The inode at `path`.
 pub async fn resolve(client: &MetaClient, path: &str) -> Result<Attr> {
-    let mut attr = attr_of(client.call(MetaOp::GetAttr { ino: InodeId::ROOT }).await?)?;
-    let mut walked = String::new();
-    for name in components(path)? {
-        walked.push('/');
-        walked.push_str(&String::from_utf8_lossy(&name));
-        let reply = client
-            .call(MetaOp::Lookup {
-                parent: attr.ino,
-                name,
-            })
-            .await;
-        attr = match reply {
-            Ok(reply) => attr_of(reply)?,
-            Err(err) if err.code == ErrorCode::NotFound => bail!("{walked} does not exist"),
-            Err(err) if err.code == ErrorCode::NotDir => {
-                bail!("{walked}: a parent is not a directory")
-            }
-            Err(err) => return Err(err).with_context(|| format!("look up {walked}")),
-        };
-    }
-    Ok(attr)
+    Ok(tessera_client::path::resolve(client, path).await?)
 }
 
 fn split_parent(path: &str) -> Result<(String, Vec<u8>)> {
@@ -199,7 +166,12 @@ pub async fn stat(client: &MetaClient, path: &str) -> Result<()> {
         else {
             bail!("unexpected layout reply")
         };
-        println!("extents {}", extents.len());
+        let capped = if extents.len() >= tessera_proto::meta::LAYOUT_EXTENTS_MAX {
+            " (the first ones only)"
+        } else {
+            ""
+        };
+        println!("extents {}{capped}", extents.len());
         for extent in &extents {
             println!(
                 "  [{}, {}) -> {} at {}",
@@ -213,15 +185,15 @@ pub async fn stat(client: &MetaClient, path: &str) -> Result<()> {
             let servers: Vec<String> = chunk
                 .pieces
                 .iter()
-                .map(|p| format!("{}@{}", p.index, p.address))
+                .map(|p| format!("piece {} on node {} ({})", p.index, p.node.0, p.address))
                 .collect();
             println!(
-                "  {} ({}, {} bytes): {}",
-                chunk.chunk,
-                chunk.policy,
-                chunk.length,
-                servers.join(" ")
+                "  {} ({}, {} bytes):",
+                chunk.chunk, chunk.policy, chunk.length
             );
+            for server in servers {
+                println!("    {server}");
+            }
         }
     }
     Ok(())

@@ -9,6 +9,7 @@ use tessera_proto::tls::{self, Role};
 
 mod dev;
 mod files;
+mod transfer;
 
 #[derive(Parser)]
 #[command(
@@ -44,6 +45,21 @@ enum Command {
         /// Prometheus metrics of every component, at /metrics.
         #[arg(long, default_value = "127.0.0.1:9300")]
         metrics_listen: std::net::SocketAddr,
+    },
+    /// Copy a local file into the cluster (it appears only once complete).
+    Put {
+        local: PathBuf,
+        /// Cluster path of the new file, like /photos/a.jpg.
+        remote: String,
+        #[arg(long, env = "TESSERA_CONFIG")]
+        config: PathBuf,
+    },
+    /// Copy a cluster file to a local path (`-` for standard output).
+    Get {
+        remote: String,
+        local: PathBuf,
+        #[arg(long, env = "TESSERA_CONFIG")]
+        config: PathBuf,
     },
     /// Create a directory (with -p, its missing parents too).
     Mkdir {
@@ -422,12 +438,12 @@ fn print_status(status: &tessera_proto::meta::StatusReply) {
 /// Runs a file command with a metadata client built from `config`.
 fn files_command<F, Fut>(config: &std::path::Path, command: F) -> Result<()>
 where
-    F: FnOnce(tessera_client::MetaClient) -> Fut,
+    F: FnOnce(std::sync::Arc<tessera_client::Client>) -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
 {
     let config = load_client_config(config)?;
     runtime()?.block_on(async {
-        let client = tessera_client::MetaClient::from_config(&config).await?;
+        let client = tessera_client::Client::connect(&config).await?;
         command(client).await
     })
 }
@@ -475,28 +491,39 @@ fn run(cli: Cli) -> Result<()> {
             };
             runtime()?.block_on(dev::run(options, stop_signal()))?;
         }
+        Command::Put {
+            local,
+            remote,
+            config,
+        } => files_command(&config, |client| async move {
+            transfer::put(&client, &local, &remote).await
+        })?,
+        Command::Get {
+            remote,
+            local,
+            config,
+        } => files_command(&config, |client| async move {
+            transfer::get(&client, &remote, &local).await
+        })?,
         Command::Mkdir {
             path,
             parents,
             config,
         } => files_command(&config, |client| async move {
-            files::mkdir(&client, &path, parents).await
+            files::mkdir(client.meta(), &path, parents).await
         })?,
-        Command::Ls { path, config } => {
-            files_command(
-                &config,
-                |client| async move { files::ls(&client, &path).await },
-            )?
-        }
+        Command::Ls { path, config } => files_command(&config, |client| async move {
+            files::ls(client.meta(), &path).await
+        })?,
         Command::Stat { path, config } => files_command(&config, |client| async move {
-            files::stat(&client, &path).await
+            files::stat(client.meta(), &path).await
         })?,
         Command::Rm {
             path,
             recursive,
             config,
         } => files_command(&config, |client| async move {
-            files::rm(&client, &path, recursive).await
+            files::rm(client.meta(), &path, recursive).await
         })?,
         Command::Policy { command } => match command {
             PolicyCommand::Set {
@@ -504,10 +531,10 @@ fn run(cli: Cli) -> Result<()> {
                 policy,
                 config,
             } => files_command(&config, |client| async move {
-                files::policy_set(&client, &path, &policy).await
+                files::policy_set(client.meta(), &path, &policy).await
             })?,
             PolicyCommand::Get { path, config } => files_command(&config, |client| async move {
-                files::policy_get(&client, &path).await
+                files::policy_get(client.meta(), &path).await
             })?,
         },
         Command::Admin { command } => run_admin(command)?,

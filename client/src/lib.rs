@@ -1,8 +1,17 @@
-//! The library every front end uses to reach a cluster.
-//!
-//! - `meta`: metadata calls that find the leader, follow redirects, remember
-//!   the leader, and retry with the same request id across a leader change.
+//! `tessera-client`: what every front end (the CLI, the FUSE mount, the S3
+//! gateway) uses to reach a cluster. Metadata calls go to the metaserver
+//! leader ([`MetaClient`]); file bytes go straight between this process and
+//! the chunkservers ([`FileWriter`], [`FileReader`]), the metaserver only
+//! handing out placements and tokens.
 
+mod client;
 pub mod meta;
+pub mod path;
+mod pieces;
+pub mod read;
+pub mod write;
 
+pub use client::Client;
 pub use meta::MetaClient;
+pub use read::FileReader;
+pub use write::FileWriter;

@@ -2,7 +2,9 @@
 //! result, batch sizes, live chunkservers and chunks missing pieces.
 
 use crate::types::TypeConfig;
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 #[derive(Clone)]
 pub struct MetaMetrics {
@@ -15,6 +17,7 @@ pub struct MetaMetrics {
     pub batch_commands: Histogram,
     pub live_chunkservers: IntGauge,
     pub under_replicated: IntGauge,
+    pub pieces_reported: IntCounter,
 }
 
 impl MetaMetrics {
@@ -61,6 +64,10 @@ impl MetaMetrics {
                 "tessera_meta_live_chunkservers",
                 "Chunkservers heard from recently",
             ))?,
+            pieces_reported: IntCounter::with_opts(opts(
+                "tessera_meta_pieces_reported_total",
+                "Pieces clients reported corrupt, missing or unreachable",
+            ))?,
             under_replicated: IntGauge::with_opts(opts(
                 "tessera_meta_chunks_under_replicated",
                 "Committed chunks missing a piece",
@@ -75,6 +82,7 @@ impl MetaMetrics {
         registry.register(Box::new(metrics.batch_commands.clone()))?;
         registry.register(Box::new(metrics.live_chunkservers.clone()))?;
         registry.register(Box::new(metrics.under_replicated.clone()))?;
+        registry.register(Box::new(metrics.pieces_reported.clone()))?;
         Ok(metrics)
     }
 

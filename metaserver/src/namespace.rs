@@ -36,8 +36,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use tessera_proto::ids::{ChunkId, InodeId};
 use tessera_proto::meta::{
-    Attr, DirEntry, Extent, FILE_SIZE_MAX_BYTES, FileKind, MetaOp, MetaReply, NAME_MAX_BYTES,
-    Policy, READDIR_PAGE_MAX, RenameMode, SYMLINK_MAX_BYTES, SetAttr, SetTime,
+    Attr, DirEntry, Extent, FILE_SIZE_MAX_BYTES, FileKind, LAYOUT_EXTENTS_MAX, MetaOp, MetaReply,
+    NAME_MAX_BYTES, Policy, READDIR_PAGE_MAX, RenameMode, SYMLINK_MAX_BYTES, SetAttr, SetTime,
     XATTR_NAME_MAX_BYTES, XATTR_TOTAL_MAX_BYTES, XATTR_VALUE_MAX_BYTES, XattrMode,
 };
 use tessera_proto::{Error, ErrorCode};
@@ -416,7 +416,8 @@ impl Namespace {
             | MetaOp::AllocateChunk { .. }
             | MetaOp::CommitExtents { .. }
             | MetaOp::GetLayout { .. }
-            | MetaOp::Concat { .. } => Err(err(
+            | MetaOp::Concat { .. }
+            | MetaOp::ReportPieces { .. } => Err(err(
                 ErrorCode::Internal,
                 format!("{} is not a namespace operation", op.name()),
             )),
@@ -563,6 +564,7 @@ impl Namespace {
             for extent in before
                 .into_iter()
                 .chain(map.range(offset..end).map(|(_, e)| e))
+                .take(LAYOUT_EXTENTS_MAX)
             {
                 let from = extent.offset.max(offset);
                 let to = extent_end(extent).min(end);
@@ -2228,7 +2230,14 @@ mod tests {
                 Err(NotFound),
             ),
             ("statfs", MetaOp::StatFs, Err(Internal)),
-            ("allocate", MetaOp::AllocateChunk { ino: F }, Err(Internal)),
+            (
+                "allocate",
+                MetaOp::AllocateChunk {
+                    ino: F,
+                    exclude: vec![],
+                },
+                Err(Internal),
+            ),
             (
                 "layout",
                 MetaOp::GetLayout {

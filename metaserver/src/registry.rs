@@ -50,7 +50,16 @@ pub struct Registry {
     orphans: BTreeMap<(NodeId, PieceId), Instant>,
     /// Committed pieces found missing, waiting for repair.
     pub repair_queue: BTreeSet<(ChunkId, u8)>,
+    /// Pieces clients reported bad or unreachable, with when. They stay in
+    /// the repair queue across reconciliations (an inventory cannot tell a
+    /// piece that is present but unreadable) until they age out.
+    reported: BTreeMap<PieceId, Instant>,
 }
+
+/// How long a client's report keeps a piece in the repair queue.
+pub const REPORT_TTL: Duration = Duration::from_secs(3600);
+/// Reports remembered at most; the oldest go first.
+const REPORTED_MAX: usize = 100_000;
 
 impl Registry {
     pub fn heartbeat(
@@ -112,14 +121,56 @@ impl Registry {
         }
     }
 
+    /// Queues pieces of committed chunks that a client reported.
+    pub fn report(&mut self, state: &State, pieces: &[PieceId], now: Instant) {
+        for piece in pieces {
+            let committed = state
+                .chunks
+                .get(&piece.chunk)
+                .is_some_and(|r| matches!(r.state, ChunkState::Committed { .. }));
+            if committed {
+                self.reported.insert(*piece, now);
+                self.repair_queue.insert((piece.chunk, piece.index));
+            }
+        }
+        while self.reported.len() > REPORTED_MAX {
+            let oldest = self
+                .reported
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(piece, _)| *piece);
+            match oldest {
+                Some(piece) => self.reported.remove(&piece),
+                None => break,
+            };
+        }
+    }
+
     /// Chooses `policy.width()` distinct live nodes with room for a chunk:
     /// most free space first, lighter load breaking ties. When every live
-    /// node carries a rack label, no two pieces share a rack.
+    /// node carries a rack label, no two pieces share a rack. Nodes in
+    /// `avoid` (a writer just saw them fail) are used only when the policy
+    /// cannot be met without them.
     pub fn place(
         &self,
         state: &State,
         policy: Policy,
         chunk_bytes: u64,
+        avoid: &[NodeId],
+        now: Instant,
+    ) -> Result<Vec<NodeId>, Error> {
+        match self.place_among(state, policy, chunk_bytes, avoid, now) {
+            Err(_) if !avoid.is_empty() => self.place_among(state, policy, chunk_bytes, &[], now),
+            placed => placed,
+        }
+    }
+
+    fn place_among(
+        &self,
+        state: &State,
+        policy: Policy,
+        chunk_bytes: u64,
+        skip: &[NodeId],
         now: Instant,
     ) -> Result<Vec<NodeId>, Error> {
         let width = policy.width();
@@ -129,6 +180,7 @@ impl Registry {
             .filter(|(node, live)| {
                 now.duration_since(live.last_seen) < LIVENESS_TIMEOUT
                     && state.nodes.contains_key(node)
+                    && !skip.contains(node)
             })
             .filter(|(_, live)| live.free_bytes() >= chunk_bytes)
             .map(|(node, live)| {
@@ -198,6 +250,17 @@ impl Registry {
     pub fn reconcile(&mut self, state: &State, now: Instant) -> u64 {
         let mut missing_chunks = BTreeSet::new();
         self.repair_queue.clear();
+        self.reported.retain(|piece, at| {
+            now.duration_since(*at) < REPORT_TTL
+                && state
+                    .chunks
+                    .get(&piece.chunk)
+                    .is_some_and(|r| matches!(r.state, ChunkState::Committed { .. }))
+        });
+        for piece in self.reported.keys() {
+            missing_chunks.insert(piece.chunk);
+            self.repair_queue.insert((piece.chunk, piece.index));
+        }
         for (chunk, record) in &state.chunks {
             if !matches!(record.state, ChunkState::Committed { .. }) {
                 continue;

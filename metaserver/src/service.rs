@@ -38,7 +38,9 @@ use tessera_proto::wire::Method;
 /// work.
 pub const TOKEN_TTL_MS: u64 = 10 * 60 * 1000;
 /// Size a placement must leave room for.
-pub const CHUNK_BYTES: u64 = 64 * 1024 * 1024;
+pub use tessera_proto::meta::CHUNK_BYTES;
+/// Pieces one `ReportPieces` call may name.
+const REPORTED_PIECES_MAX: usize = 1024;
 /// Deletions sent per heartbeat reply.
 const DELETIONS_PER_HEARTBEAT: usize = 512;
 
@@ -136,7 +138,24 @@ impl MetaService {
             return self.read(&call.op);
         }
         match call.op {
-            MetaOp::AllocateChunk { ino } => {
+            MetaOp::ReportPieces { pieces } => {
+                self.leader_hint()?;
+                if pieces.len() > REPORTED_PIECES_MAX {
+                    return Err(Error::new(
+                        ErrorCode::InvalidArgument,
+                        format!(
+                            "{} pieces in one report; send at most {REPORTED_PIECES_MAX}",
+                            pieces.len()
+                        ),
+                    ));
+                }
+                tracing::warn!(?pieces, "client reported bad or missing pieces");
+                self.metrics.pieces_reported.inc_by(pieces.len() as u64);
+                let state = self.shared.read();
+                self.registry().report(&state, &pieces, Instant::now());
+                Ok(MetaReply::Done)
+            }
+            MetaOp::AllocateChunk { ino, exclude } => {
                 self.leader_hint()?;
                 let (policy, nodes) = {
                     let state = self.shared.read();
@@ -145,6 +164,7 @@ impl MetaService {
                         &state,
                         policy,
                         CHUNK_BYTES / policy_data_width(policy),
+                        &exclude,
                         Instant::now(),
                     )?;
                     (policy, nodes)

@@ -57,6 +57,12 @@ impl Method for WritePieceStream {
 
 /// Reads `length` bytes at `offset` of a sealed piece; the response bulk is
 /// the bytes, every block verified before it is sent. Needs `READ`.
+///
+/// When the range is block-aligned (`offset` on a block boundary, the end
+/// on one or at the piece's end) the reply also carries the covered blocks'
+/// hashes, so the reader checks the bytes end to end rather than trusting
+/// the server's memory. At most [`READ_VERIFIED_MAX_BYTES`] per aligned call
+/// keep those hashes within the header cap.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ReadPiece {
     pub piece: PieceId,
@@ -69,7 +75,14 @@ pub struct ReadPiece {
 pub struct ReadPieceReply {
     /// The whole piece's length, so readers can tell where it ends.
     pub piece_length: u64,
+    /// Hashes of the blocks the range covers, for block-aligned ranges of at
+    /// most [`READ_VERIFIED_MAX_BYTES`]; empty otherwise.
+    pub block_hashes: Vec<[u8; 32]>,
 }
+
+/// Largest aligned read whose block hashes come with the reply (512 hashes,
+/// 16 KiB of header).
+pub const READ_VERIFIED_MAX_BYTES: u64 = 512 * crate::checksum::BLOCK_BYTES as u64;
 
 impl Method for ReadPiece {
     const ID: u16 = 101;

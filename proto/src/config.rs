@@ -273,20 +273,6 @@ pub struct NodeConfig {
     pub transport: crate::rpc::TransportOptions,
 }
 
-#[cfg(test)]
-mod node_config_tests {
-    use super::*;
-
-    #[test]
-    fn the_documented_example_parses() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/node.example.toml");
-        let config: NodeConfig =
-            load(Some(&path), &["transport.connections_per_peer=2".into()]).unwrap();
-        assert_eq!(config.transport.connections_per_peer, 2);
-        config.transport.validate().unwrap();
-    }
-}
-
 /// What a client (the CLI, a mount, the gateway) needs to reach a cluster;
 /// `tessera dev` and `deploy/local-cluster.sh` write it as `client.toml`.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -296,4 +282,34 @@ pub struct ClientConfig {
     pub tls: TlsFiles,
     #[serde(default)]
     pub transport: crate::rpc::TransportOptions,
+    #[serde(default)]
+    pub io: IoOptions,
+}
+
+/// How a client moves file data, as `[io]` in `client.toml`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IoOptions {
+    /// Bytes one open file may hold on their way to chunkservers; a writer
+    /// that gets further ahead waits.
+    pub write_buffer_bytes: u64,
+    /// Bytes a sequential reader fetches ahead of the application.
+    pub readahead_bytes: u64,
+    /// A chunkserver that takes no bytes for this long during a write is
+    /// given up on for that chunk.
+    pub stall_timeout_ms: u64,
+    /// A read of one piece range that takes longer goes to another replica
+    /// or to parity.
+    pub read_timeout_ms: u64,
+}
+
+impl Default for IoOptions {
+    fn default() -> IoOptions {
+        IoOptions {
+            write_buffer_bytes: 8 * 1024 * 1024,
+            readahead_bytes: 16 * 1024 * 1024,
+            stall_timeout_ms: 10_000,
+            read_timeout_ms: 10_000,
+        }
+    }
 }

@@ -7,7 +7,7 @@
 //! a timeout or a leader change returns the first reply instead of being
 //! applied twice. That is why [`MetaCall`] is marked idempotent.
 
-use crate::ids::{ChunkId, InodeId, NodeId, RequestId};
+use crate::ids::{ChunkId, InodeId, NodeId, PieceId, RequestId};
 use crate::token::Token;
 use crate::wire::Method;
 use serde::{Deserialize, Serialize};
@@ -22,8 +22,14 @@ pub const XATTR_VALUE_MAX_BYTES: usize = 16 * 1024;
 /// Total extended attribute bytes one inode may carry; keeps an inode
 /// record, and any reply that carries it, far below the header cap.
 pub const XATTR_TOTAL_MAX_BYTES: usize = 32 * 1024;
+/// Data bytes of a full chunk, whatever the policy: under `ec(k, m)` each
+/// piece then holds about `CHUNK_BYTES / k`.
+pub const CHUNK_BYTES: u64 = 64 * 1024 * 1024;
 /// Largest file size.
 pub const FILE_SIZE_MAX_BYTES: u64 = 1 << 50;
+/// Extents per layout reply: a fragmented file's layout comes in pages that
+/// stay far below the header cap (about 40 bytes an extent).
+pub const LAYOUT_EXTENTS_MAX: usize = 512;
 /// Directory entries per readdir page.
 pub const READDIR_PAGE_MAX: u32 = 256;
 
@@ -305,9 +311,11 @@ pub enum MetaOp {
     GetPolicy {
         ino: InodeId,
     },
-    /// Allocates a chunk with a placement for writing into `ino`.
+    /// Allocates a chunk with a placement for writing into `ino`, avoiding
+    /// `exclude` (servers the writer just saw fail) when others qualify.
     AllocateChunk {
         ino: InodeId,
+        exclude: Vec<NodeId>,
     },
     /// Records sealed chunk data as extents of `ino`, extending the size to
     /// at least `min_size`, in one atomic step.
@@ -318,7 +326,9 @@ pub enum MetaOp {
         min_size: u64,
     },
     /// The extents covering `[offset, offset + length)` and where their
-    /// chunks live, with read tokens.
+    /// chunks live, with read tokens. At most [`LAYOUT_EXTENTS_MAX`] extents
+    /// come back; a full reply covers the range only up to the end of its
+    /// last extent, and the caller asks again from there.
     GetLayout {
         ino: InodeId,
         offset: u64,
@@ -329,6 +339,11 @@ pub enum MetaOp {
     Concat {
         target: InodeId,
         sources: Vec<InodeId>,
+    },
+    /// Pieces a client found corrupt, missing or unreachable (or could not
+    /// write), so the leader queues them for repair.
+    ReportPieces {
+        pieces: Vec<PieceId>,
     },
 }
 
@@ -361,6 +376,7 @@ impl MetaOp {
             MetaOp::CommitExtents { .. } => "commit",
             MetaOp::GetLayout { .. } => "layout",
             MetaOp::Concat { .. } => "concat",
+            MetaOp::ReportPieces { .. } => "report",
         }
     }
 }

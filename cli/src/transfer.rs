@@ -1,0 +1,300 @@
+//! `tessera put` and `tessera get`: whole files between the local disk and
+//! the cluster, streamed so memory stays bounded whatever the file's size.
+//!
+//! A put writes under a hidden temporary name beside the target and renames
+//! it into place only once every byte is sealed and committed, so nobody
+//! sees a half-written file; a failed put removes its temporary file. A get
+//! writes `LOCAL.tessera-partial` and renames it likewise.
+
+use anyhow::{Context, Result, bail};
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tessera_client::{Client, FileReader, FileWriter, path};
+use tessera_proto::error::ErrorCode;
+use tessera_proto::meta::{FileKind, MetaOp, RenameMode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Bytes moved per application read or write.
+const IO_BYTES: usize = 4 * 1024 * 1024;
+
+/// A progress line on stderr for transfers that last: drawn only on a
+/// terminal, first after a second, then a few times a second.
+struct Progress {
+    what: String,
+    total: u64,
+    done: u64,
+    started: Instant,
+    drawn: Option<Instant>,
+    terminal: bool,
+}
+
+impl Progress {
+    fn new(what: String, total: u64) -> Progress {
+        Progress {
+            what,
+            total,
+            done: 0,
+            started: Instant::now(),
+            drawn: None,
+            terminal: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn advance(&mut self, bytes: u64) {
+        self.done += bytes;
+        let now = Instant::now();
+        let due = match self.drawn {
+            None => now.duration_since(self.started) >= Duration::from_secs(1),
+            Some(at) => now.duration_since(at) >= Duration::from_millis(250),
+        };
+        if due && self.terminal {
+            self.draw(false);
+            self.drawn = Some(now);
+        }
+    }
+
+    fn draw(&self, last: bool) {
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        let rate = self.done as f64 / secs / (1024.0 * 1024.0);
+        let fraction = if self.total == 0 {
+            1.0
+        } else {
+            self.done as f64 / self.total as f64
+        };
+        let width = 30;
+        let filled = ((fraction * width as f64) as usize).min(width);
+        let eta = if rate > 0.0 && self.total > self.done {
+            format!(
+                " ETA {:.0} s",
+                (self.total - self.done) as f64 / (rate * 1024.0 * 1024.0)
+            )
+        } else {
+            String::new()
+        };
+        let mut err = std::io::stderr();
+        let _ = write!(
+            err,
+            "\r{} [{}{}] {:>3.0}% {}/{} MiB {:.1} MiB/s{eta}   ",
+            self.what,
+            "#".repeat(filled),
+            " ".repeat(width - filled),
+            fraction * 100.0,
+            self.done / (1024 * 1024),
+            self.total / (1024 * 1024),
+            rate
+        );
+        if last {
+            let _ = writeln!(err);
+        }
+        let _ = err.flush();
+    }
+
+    fn finish(&self) {
+        if self.drawn.is_some() {
+            self.draw(true);
+        }
+    }
+}
+
+fn explain(err: tessera_proto::Error, what: &str) -> anyhow::Error {
+    let hint = match err.code {
+        ErrorCode::NoSpace => {
+            "; add chunkservers or choose a narrower policy with `tessera policy set`"
+        }
+        ErrorCode::Unavailable | ErrorCode::Timeout => {
+            "; check that the cluster is running (`tessera admin status`) and try again"
+        }
+        _ => "",
+    };
+    anyhow::anyhow!("{what}: {err}{hint}")
+}
+
+/// Copies local file `local` to cluster path `remote`.
+pub async fn put(client: &Arc<Client>, local: &Path, remote: &str) -> Result<()> {
+    let mut file = tokio::fs::File::open(local)
+        .await
+        .with_context(|| format!("open {}", local.display()))?;
+    let metadata = file
+        .metadata()
+        .await
+        .with_context(|| format!("read {}", local.display()))?;
+    if !metadata.is_file() {
+        bail!("{} is not a regular file", local.display());
+    }
+    let meta = client.meta();
+    let (parent, name) = path::parent_of(meta, remote)
+        .await
+        .map_err(|e| explain(e, &format!("put {remote}")))?;
+    if parent.kind != FileKind::Dir {
+        bail!("put {remote}: its parent is not a directory");
+    }
+    match meta
+        .call(MetaOp::Lookup {
+            parent: parent.ino,
+            name: name.clone(),
+        })
+        .await
+    {
+        Ok(reply) => {
+            let existing = path::attr_of(reply)?;
+            if existing.kind == FileKind::Dir {
+                bail!(
+                    "put {remote}: that is a directory; give the file's full path, like {}/{}",
+                    remote.trim_end_matches('/'),
+                    local
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| "NAME".into())
+                );
+            }
+        }
+        Err(err) if err.code == ErrorCode::NotFound => {}
+        Err(err) => return Err(explain(err, &format!("put {remote}"))),
+    }
+    let temp_name = format!(
+        ".tessera-put.{}.{:016x}",
+        String::from_utf8_lossy(&name),
+        rand::random::<u64>()
+    )
+    .into_bytes();
+    let created = meta
+        .call(MetaOp::Create {
+            parent: parent.ino,
+            name: temp_name.clone(),
+            kind: FileKind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            exclusive: true,
+        })
+        .await
+        .map_err(|e| explain(e, &format!("create {remote}")))?;
+    let ino = path::attr_of(created)?.ino;
+    let result = async {
+        let mut writer = FileWriter::new(client.clone(), ino);
+        let mut progress = Progress::new(format!("put {remote}"), metadata.len());
+        let mut buffer = vec![0u8; IO_BYTES];
+        let mut offset = 0u64;
+        loop {
+            let mut filled = 0;
+            while filled < buffer.len() {
+                let n = file
+                    .read(&mut buffer[filled..])
+                    .await
+                    .with_context(|| format!("read {}", local.display()))?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            if filled == 0 {
+                break;
+            }
+            writer
+                .write(offset, &buffer[..filled])
+                .await
+                .map_err(|e| explain(e, &format!("write {remote}")))?;
+            offset += filled as u64;
+            progress.advance(filled as u64);
+        }
+        writer
+            .flush()
+            .await
+            .map_err(|e| explain(e, &format!("write {remote}")))?;
+        meta.call(MetaOp::Rename {
+            parent: parent.ino,
+            name: temp_name.clone(),
+            new_parent: parent.ino,
+            new_name: name.clone(),
+            mode: RenameMode::Replace,
+        })
+        .await
+        .map_err(|e| explain(e, &format!("rename into {remote}")))?;
+        progress.finish();
+        Ok::<_, anyhow::Error>(offset)
+    }
+    .await;
+    if result.is_err() {
+        let _ = meta
+            .call(MetaOp::Unlink {
+                parent: parent.ino,
+                name: temp_name,
+            })
+            .await;
+    }
+    let bytes = result?;
+    eprintln!("put {} -> {remote}: {bytes} bytes", local.display());
+    Ok(())
+}
+
+/// Copies cluster file `remote` to local path `local` (`-` for stdout).
+pub async fn get(client: &Arc<Client>, remote: &str, local: &Path) -> Result<()> {
+    let attr = path::resolve(client.meta(), remote)
+        .await
+        .map_err(|e| explain(e, &format!("get {remote}")))?;
+    match attr.kind {
+        FileKind::File => {}
+        FileKind::Dir => bail!("get {remote}: that is a directory; name a file"),
+        other => bail!("get {remote}: that is a {other:?}, not a regular file"),
+    }
+    let mut reader = FileReader::open(client.clone(), attr.ino)
+        .await
+        .map_err(|e| explain(e, &format!("open {remote}")))?;
+    let to_stdout = local == Path::new("-");
+    let partial = {
+        let mut name = local.as_os_str().to_owned();
+        name.push(".tessera-partial");
+        std::path::PathBuf::from(name)
+    };
+    let result = async {
+        let mut out: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = if to_stdout {
+            Box::new(tokio::io::stdout())
+        } else {
+            Box::new(
+                tokio::fs::File::create(&partial)
+                    .await
+                    .with_context(|| format!("create {}", partial.display()))?,
+            )
+        };
+        let size = reader.size();
+        let mut progress = Progress::new(format!("get {remote}"), size);
+        let mut offset = 0u64;
+        while offset < size {
+            let bytes = reader
+                .read(offset, IO_BYTES as u64)
+                .await
+                .map_err(|e| explain(e, &format!("read {remote}")))?;
+            if bytes.is_empty() {
+                bail!("read {remote}: the file ended at {offset} of {size} bytes; it changed during the copy");
+            }
+            out.write_all(&bytes)
+                .await
+                .with_context(|| format!("write {}", local.display()))?;
+            offset += bytes.len() as u64;
+            progress.advance(bytes.len() as u64);
+        }
+        out.flush()
+            .await
+            .with_context(|| format!("write {}", local.display()))?;
+        drop(out);
+        if !to_stdout {
+            tokio::fs::rename(&partial, local)
+                .await
+                .with_context(|| format!("rename {} to {}", partial.display(), local.display()))?;
+        }
+        progress.finish();
+        Ok::<_, anyhow::Error>(offset)
+    }
+    .await;
+    if result.is_err() && !to_stdout {
+        let _ = tokio::fs::remove_file(&partial).await;
+    }
+    let bytes = result?;
+    if !to_stdout {
+        eprintln!("get {remote} -> {}: {bytes} bytes", local.display());
+    }
+    Ok(())
+}

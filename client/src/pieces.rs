@@ -1,0 +1,332 @@
+//! One piece on one chunkserver: a streamed write that a writer feeds and
+//! seals, and a verified read of a piece range.
+
+use crate::client::Client;
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::Duration;
+use tessera_proto::checksum::{BLOCK_BYTES, PieceHasher};
+use tessera_proto::chunk::{PieceTrailer, READ_VERIFIED_MAX_BYTES, ReadPiece, WritePieceStream};
+use tessera_proto::error::{Error, ErrorCode};
+use tessera_proto::ids::{NodeId, PieceId};
+use tessera_proto::meta::{ChunkPlacement, PieceLocation};
+use tessera_proto::rpc::CallOptions;
+use tessera_proto::wire::BULK_FRAMED;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Deadline of one streamed piece write as a whole; stalls are caught much
+/// sooner by the writer's stall timeout.
+const PIECE_CALL_DEADLINE: Duration = Duration::from_secs(30 * 60);
+
+pub(crate) enum PieceMsg {
+    Data(Bytes),
+    /// Ends the piece; `None` when the stream hashed the bytes itself.
+    Seal(Option<PieceTrailer>),
+}
+
+/// A piece being written: a task owns the RPC stream and takes bytes from a
+/// bounded channel, so a slow server slows its writer only up to the stall
+/// timeout, after which the piece is given up.
+pub(crate) struct PieceStream {
+    pub piece: PieceId,
+    pub node: NodeId,
+    tx: Option<mpsc::Sender<PieceMsg>>,
+    task: Option<JoinHandle<Result<u64, Error>>>,
+    pub error: Option<Error>,
+}
+
+impl PieceStream {
+    pub fn start(
+        client: &Arc<Client>,
+        placement: &ChunkPlacement,
+        location: &PieceLocation,
+        max_length: u64,
+        hash: bool,
+        capacity: usize,
+    ) -> PieceStream {
+        let piece = PieceId {
+            chunk: placement.chunk,
+            index: location.index,
+        };
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let message = WritePieceStream {
+            piece,
+            max_length,
+            token: placement.token,
+        };
+        let task = tokio::spawn(stream_piece(
+            client.clone(),
+            location.address.clone(),
+            message,
+            rx,
+            hash,
+        ));
+        PieceStream {
+            piece,
+            node: location.node,
+            tx: Some(tx),
+            task: Some(task),
+            error: None,
+        }
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.error.is_none()
+    }
+
+    /// Gives the piece up: its stream is reset and its server keeps nothing.
+    pub fn fail(&mut self, error: Error) {
+        tracing::warn!(piece = %self.piece, node = %self.node, error = %error, "giving up on a piece");
+        self.tx = None;
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        if self.error.is_none() {
+            self.error = Some(error);
+        }
+    }
+
+    /// Queues `msg`; a piece that cannot take it within `stall` is failed.
+    pub async fn send(&mut self, msg: PieceMsg, stall: Duration) {
+        let Some(tx) = &self.tx else {
+            return;
+        };
+        match tx.send_timeout(msg, stall).await {
+            Ok(()) => {}
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => self.fail(Error::new(
+                ErrorCode::Timeout,
+                format!(
+                    "chunkserver took no bytes of piece {} for {} s",
+                    self.piece,
+                    stall.as_secs()
+                ),
+            )),
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => {
+                // The task ended early: it holds the reason.
+                let error = self.join(Duration::from_secs(1)).await.err();
+                self.fail(error.unwrap_or_else(|| {
+                    Error::internal("piece stream ended before its seal without an error")
+                }));
+            }
+        }
+    }
+
+    async fn join(&mut self, timeout: Duration) -> Result<u64, Error> {
+        let Some(task) = self.task.as_mut() else {
+            return Err(self
+                .error
+                .clone()
+                .unwrap_or_else(|| Error::internal("piece stream already joined")));
+        };
+        let result = match tokio::time::timeout(timeout, task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => Err(Error::internal(format!("piece stream task: {join}"))),
+            Err(_) => Err(Error::new(
+                ErrorCode::Timeout,
+                format!(
+                    "chunkserver did not seal piece {} within {} s",
+                    self.piece,
+                    timeout.as_secs()
+                ),
+            )),
+        };
+        self.task = None;
+        result
+    }
+
+    /// Waits for the seal's acknowledgement: the piece's length once it is
+    /// durable on its server.
+    pub async fn sealed(&mut self, timeout: Duration) -> Result<u64, Error> {
+        if let Some(error) = &self.error {
+            return Err(error.clone());
+        }
+        self.tx = None;
+        let result = self.join(timeout).await;
+        if let Err(error) = &result {
+            self.fail(error.clone());
+        }
+        result
+    }
+}
+
+impl Drop for PieceStream {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+async fn stream_piece(
+    client: Arc<Client>,
+    address: String,
+    message: WritePieceStream,
+    mut rx: mpsc::Receiver<PieceMsg>,
+    hash: bool,
+) -> Result<u64, Error> {
+    let peer = client.chunkserver(&address).await?;
+    let options = CallOptions {
+        timeout: PIECE_CALL_DEADLINE,
+        retries: 0,
+        request_id: None,
+    };
+    let mut call = client
+        .rpc()
+        .open(peer, &message, BULK_FRAMED, options)
+        .await?;
+    let mut hasher = hash.then(PieceHasher::new);
+    let mut length = 0u64;
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            PieceMsg::Data(bytes) => {
+                if let Some(hasher) = hasher.as_mut() {
+                    hasher.update(&bytes);
+                }
+                length += bytes.len() as u64;
+                call.write_bytes(bytes).await?;
+            }
+            PieceMsg::Seal(trailer) => {
+                let trailer = match (trailer, hasher.take()) {
+                    (Some(trailer), _) => trailer,
+                    (None, Some(hasher)) => PieceTrailer {
+                        length,
+                        checksum: hasher.finish().1,
+                    },
+                    (None, None) => return Err(Error::internal("piece sealed without a checksum")),
+                };
+                let encoded = postcard::to_stdvec(&trailer)
+                    .map_err(|err| Error::internal(format!("encode piece trailer: {err}")))?;
+                let response = call.finish_with_trailer(&encoded).await?;
+                if response.message.length != trailer.length {
+                    return Err(Error::new(
+                        ErrorCode::LengthMismatch,
+                        format!(
+                            "{peer} sealed {} bytes of piece {}, {} were sent",
+                            response.message.length, message.piece, trailer.length
+                        ),
+                    ));
+                }
+                return Ok(trailer.length);
+            }
+        }
+    }
+    Err(Error::new(
+        ErrorCode::Cancelled,
+        format!("writer abandoned piece {}", message.piece),
+    ))
+}
+
+/// Whether a failed read means the piece itself is bad (so repair should
+/// hear of it) rather than its server being slow or away.
+pub(crate) fn piece_is_bad(error: &Error) -> bool {
+    matches!(
+        error.code,
+        ErrorCode::Corrupt
+            | ErrorCode::ChecksumMismatch
+            | ErrorCode::NotFound
+            | ErrorCode::OutOfRange
+            | ErrorCode::LengthMismatch
+    )
+}
+
+/// Reads `[offset, offset + length)` of piece `index` (whose stored length
+/// is `piece_len`) and checks every block against the hashes the server
+/// sends with block-aligned reads.
+pub(crate) async fn read_piece(
+    client: &Arc<Client>,
+    placement: &ChunkPlacement,
+    location: &PieceLocation,
+    piece_len: u64,
+    offset: u64,
+    length: u64,
+) -> Result<Bytes, Error> {
+    let block = BLOCK_BYTES as u64;
+    let end = offset + length;
+    if end > piece_len {
+        return Err(Error::internal(format!(
+            "read of {length} bytes at {offset} past piece length {piece_len}"
+        )));
+    }
+    if length == 0 {
+        return Ok(Bytes::new());
+    }
+    let piece = PieceId {
+        chunk: placement.chunk,
+        index: location.index,
+    };
+    let peer = client.chunkserver(&location.address).await?;
+    let _load = client.reading(location.node);
+    let aligned_start = offset / block * block;
+    let aligned_end = end.div_ceil(block).saturating_mul(block).min(piece_len);
+    let mut parts: Vec<Vec<u8>> = Vec::new();
+    let mut at = aligned_start;
+    let timeout = Duration::from_millis(client.io().read_timeout_ms);
+    while at < aligned_end {
+        let to = (at + READ_VERIFIED_MAX_BYTES).min(aligned_end);
+        let request = ReadPiece {
+            piece,
+            offset: at,
+            length: to - at,
+            token: placement.token,
+        };
+        let options = CallOptions {
+            timeout,
+            retries: 1,
+            request_id: None,
+        };
+        let (reply, bytes) = client
+            .rpc()
+            .call_bulk(peer, &request, Bytes::new(), (to - at) as usize, options)
+            .await?;
+        if reply.piece_length != piece_len {
+            return Err(Error::new(
+                ErrorCode::LengthMismatch,
+                format!(
+                    "{peer} holds piece {piece} with {} bytes; the chunk map says {piece_len}",
+                    reply.piece_length
+                ),
+            ));
+        }
+        if bytes.len() as u64 != to - at {
+            return Err(Error::new(
+                ErrorCode::Truncated,
+                format!(
+                    "{peer} sent {} of {} bytes of piece {piece}",
+                    bytes.len(),
+                    to - at
+                ),
+            ));
+        }
+        let blocks = bytes.chunks(BLOCK_BYTES);
+        if reply.block_hashes.len() != blocks.len() {
+            return Err(Error::new(
+                ErrorCode::Malformed,
+                format!(
+                    "{peer} sent {} block hashes for {} blocks of piece {piece}",
+                    reply.block_hashes.len(),
+                    blocks.len()
+                ),
+            ));
+        }
+        for (i, (data, expected)) in blocks.zip(&reply.block_hashes).enumerate() {
+            if blake3::hash(data).as_bytes() != expected {
+                return Err(Error::new(
+                    ErrorCode::ChecksumMismatch,
+                    format!(
+                        "block {} of piece {piece} from {peer} does not match its checksum",
+                        at / block + i as u64
+                    ),
+                ));
+            }
+        }
+        parts.push(bytes);
+        at = to;
+    }
+    let out = match parts.len() {
+        1 => Bytes::from(parts.pop().unwrap_or_default()),
+        _ => Bytes::from(parts.concat()),
+    };
+    let from = (offset - aligned_start) as usize;
+    Ok(out.slice(from..from + length as usize))
+}
