@@ -5,6 +5,7 @@ use crate::meta::MetaClient;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tessera_proto::config::{ClientConfig, IoOptions};
 use tessera_proto::error::{Error, ErrorCode};
 use tessera_proto::ids::{NodeId, PieceId};
@@ -20,7 +21,14 @@ pub struct Client {
     /// Reads in flight per chunkserver, from this process.
     load: Mutex<HashMap<NodeId, u32>>,
     addresses: Mutex<HashMap<String, SocketAddr>>,
+    /// Chunkservers that recently timed out or could not be reached, with
+    /// when: readers try them last, so a dead server costs one timeout
+    /// rather than one per read.
+    suspects: Mutex<HashMap<NodeId, Instant>>,
 }
+
+/// How long a server that failed to answer is tried last.
+const SUSPECT_FOR: Duration = Duration::from_secs(30);
 
 impl Client {
     pub fn new(meta: MetaClient, io: IoOptions) -> Arc<Client> {
@@ -29,6 +37,7 @@ impl Client {
             io,
             load: Mutex::new(HashMap::new()),
             addresses: Mutex::new(HashMap::new()),
+            suspects: Mutex::new(HashMap::new()),
         })
     }
 
@@ -82,6 +91,27 @@ impl Client {
             }
         };
         Ok(Peer::new(addr, Role::Chunk))
+    }
+
+    /// Notes that `node` did not answer in time or at all.
+    pub(crate) fn suspect(&self, node: NodeId) {
+        self.suspects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node, Instant::now());
+    }
+
+    /// Whether `node` failed to answer within the last [`SUSPECT_FOR`].
+    pub(crate) fn is_suspect(&self, node: NodeId) -> bool {
+        let mut suspects = self.suspects.lock().unwrap_or_else(|p| p.into_inner());
+        match suspects.get(&node) {
+            Some(at) if at.elapsed() < SUSPECT_FOR => true,
+            Some(_) => {
+                suspects.remove(&node);
+                false
+            }
+            None => false,
+        }
     }
 
     pub(crate) fn load_of(&self, node: NodeId) -> u32 {

@@ -241,7 +241,6 @@ pub(crate) async fn read_piece(
     offset: u64,
     length: u64,
 ) -> Result<Bytes, Error> {
-    let block = BLOCK_BYTES as u64;
     let end = offset + length;
     if end > piece_len {
         return Err(Error::internal(format!(
@@ -257,6 +256,30 @@ pub(crate) async fn read_piece(
     };
     let peer = client.chunkserver(&location.address).await?;
     let _load = client.reading(location.node);
+    let result = read_verified(client, placement, peer, piece, piece_len, offset, length).await;
+    if let Err(err) = &result
+        && matches!(
+            err.code,
+            ErrorCode::Timeout | ErrorCode::Unavailable | ErrorCode::Cancelled
+        )
+    {
+        client.suspect(location.node);
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn read_verified(
+    client: &Arc<Client>,
+    placement: &ChunkPlacement,
+    peer: tessera_proto::rpc::Peer,
+    piece: PieceId,
+    piece_len: u64,
+    offset: u64,
+    length: u64,
+) -> Result<Bytes, Error> {
+    let block = BLOCK_BYTES as u64;
+    let end = offset + length;
     let aligned_start = offset / block * block;
     let aligned_end = end.div_ceil(block).saturating_mul(block).min(piece_len);
     let mut parts: Vec<Vec<u8>> = Vec::new();

@@ -399,6 +399,26 @@ async fn read_coded(
     let ranges: Vec<(u64, u64)> = (0..geometry.data)
         .map(|shard| geometry.shard_range(len, offset, end, shard))
         .collect();
+    // Data shards on servers that just failed to answer are rebuilt from
+    // parity straight away, when enough other pieces remain.
+    let suspects: Vec<(usize, bool)> = (0..geometry.data)
+        .filter(|shard| {
+            ranges[*shard].0 < ranges[*shard].1
+                && placement
+                    .pieces
+                    .get(*shard)
+                    .is_some_and(|l| client.is_suspect(l.node))
+        })
+        .map(|shard| (shard, false))
+        .collect();
+    let healthy = placement
+        .pieces
+        .iter()
+        .filter(|l| !client.is_suspect(l.node))
+        .count();
+    if !suspects.is_empty() && healthy >= geometry.data {
+        return reconstruct(client, placement, geometry, offset, length, &suspects).await;
+    }
     let reads = ranges
         .iter()
         .enumerate()
