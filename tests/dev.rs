@@ -61,6 +61,20 @@ fn interrupt(mut child: std::process::Child) {
     }
 }
 
+fn cli(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new(common::tessera_bin())
+        .args(args)
+        .arg("--config")
+        .arg(dir.join("client.toml"))
+        .output()
+        .expect("run tessera");
+    assert!(
+        out.status.success(),
+        "tessera {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 async fn client(dir: &std::path::Path) -> MetaClient {
     let config: tessera_proto::config::ClientConfig =
         tessera_proto::config::load(Some(&dir.join("client.toml")), &[]).expect("client.toml");
@@ -108,9 +122,23 @@ async fn dev_runs_a_cluster_and_keeps_it_across_restarts() {
         text.contains("tessera_chunk_pieces"),
         "metrics missing the chunkservers"
     );
+    // Files under both policies, written through the file commands.
+    let local = root.path().join("local");
+    std::fs::write(&local, common::pattern(7, 5 << 20)).unwrap();
+    for remote in ["/root-file", "/keep/coded-file"] {
+        cli(&dir, &["put", local.to_str().unwrap(), remote]);
+    }
     interrupt(dev);
 
     let dev = start_dev(&dir, port, metrics);
+    for remote in ["/root-file", "/keep/coded-file"] {
+        let back = root.path().join("back");
+        cli(&dir, &["get", remote, back.to_str().unwrap()]);
+        assert!(
+            std::fs::read(&back).unwrap() == std::fs::read(&local).unwrap(),
+            "{remote} changed across the restart"
+        );
+    }
     let meta = client(&dir).await;
     let MetaReply::Entry(again) = meta
         .call(MetaOp::Lookup {
