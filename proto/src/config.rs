@@ -307,7 +307,7 @@ impl Default for IoOptions {
     fn default() -> IoOptions {
         IoOptions {
             write_buffer_bytes: 8 * 1024 * 1024,
-            readahead_bytes: 16 * 1024 * 1024,
+            readahead_bytes: 64 * 1024 * 1024,
             stall_timeout_ms: 10_000,
             read_timeout_ms: 10_000,
         }
