@@ -149,6 +149,8 @@ pub async fn run(options: DevOptions, stop: impl std::future::Future<Output = ()
     println!("  export TESSERA_CONFIG={}", client_toml.display());
     println!("  tessera admin status");
     println!("  tessera mkdir /photos && tessera ls /");
+    println!("  tessera put ./file /photos/file && tessera get /photos/file ./copy");
+    println!("  tessera stat /photos/file   (its chunks and the servers of each piece)");
     println!("stop with Ctrl-C; a restart with the same --data keeps everything.");
 
     stop.await;
