@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use tessera_proto::error::{Error, ErrorCode};
 use tessera_proto::ids::{ChunkId, InodeId, PieceId};
 use tessera_proto::meta::{ChunkPlacement, Extent, LAYOUT_EXTENTS_MAX, MetaOp, MetaReply, Policy};
-use tessera_proto::stripe::{CELL_BYTES, Geometry};
+use tessera_proto::stripe::Geometry;
 use tokio::task::JoinHandle;
 
 /// Unit of sequential reading and readahead.
@@ -575,6 +575,5 @@ async fn reconstruct(
                 .copy_from_slice(&data[from..from + (hi - lo) as usize]);
         }
     }
-    let _ = CELL_BYTES;
     Ok(Bytes::from(out))
 }

@@ -432,7 +432,7 @@ impl FileWriter {
     /// [`FileWriter::flush`].
     pub async fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), Error> {
         self.check()?;
-        let end = offset
+        offset
             .checked_add(data.len() as u64)
             .filter(|end| *end <= FILE_SIZE_MAX_BYTES)
             .ok_or_else(|| {
@@ -518,7 +518,6 @@ impl FileWriter {
                 }
             }
         }
-        let _ = end;
         Ok(())
     }
 
