@@ -19,22 +19,6 @@ pub async fn resolve(client: &MetaClient, path: &str) -> Result<Attr> {
     Ok(tessera_client::path::resolve(client, path).await?)
 }
 
-fn split_parent(path: &str) -> Result<(String, Vec<u8>)> {
-    let mut parts = components(path)?;
-    let name = parts
-        .pop()
-        .with_context(|| format!("{path:?} names the root; give a path below it"))?;
-    let parent = format!(
-        "/{}",
-        parts
-            .iter()
-            .map(|p| String::from_utf8_lossy(p).into_owned())
-            .collect::<Vec<_>>()
-            .join("/")
-    );
-    Ok((parent, name))
-}
-
 /// Every entry of a directory, following readdir pages.
 async fn list_dir(client: &MetaClient, dir: InodeId) -> Result<Vec<DirEntry>> {
     let mut all = Vec::new();
@@ -86,8 +70,7 @@ pub async fn mkdir(client: &MetaClient, path: &str, parents: bool) -> Result<()>
         }
         return Ok(());
     }
-    let (parent, name) = split_parent(path)?;
-    let parent = resolve(client, &parent).await?;
+    let (parent, name) = tessera_client::path::parent_of(client, path).await?;
     client
         .call(MetaOp::Mkdir {
             parent: parent.ino,
@@ -216,8 +199,7 @@ pub async fn rm(client: &MetaClient, path: &str, recursive: bool) -> Result<()> 
             Box::pin(rm(client, &child, true)).await?;
         }
     }
-    let (parent, name) = split_parent(path)?;
-    let parent = resolve(client, &parent).await?;
+    let (parent, name) = tessera_client::path::parent_of(client, path).await?;
     let op = if attr.kind == FileKind::Dir {
         MetaOp::Rmdir {
             parent: parent.ino,

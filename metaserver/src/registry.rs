@@ -56,6 +56,15 @@ pub struct Registry {
     reported: BTreeMap<PieceId, Instant>,
 }
 
+/// Reports only matter for committed chunks: anything else is either still
+/// being written or already on its way out.
+fn is_committed(state: &State, chunk: ChunkId) -> bool {
+    state
+        .chunks
+        .get(&chunk)
+        .is_some_and(|r| matches!(r.state, ChunkState::Committed { .. }))
+}
+
 /// How long a client's report keeps a piece in the repair queue.
 pub const REPORT_TTL: Duration = Duration::from_secs(3600);
 /// Reports remembered at most; the oldest go first.
@@ -124,11 +133,7 @@ impl Registry {
     /// Queues pieces of committed chunks that a client reported.
     pub fn report(&mut self, state: &State, pieces: &[PieceId], now: Instant) {
         for piece in pieces {
-            let committed = state
-                .chunks
-                .get(&piece.chunk)
-                .is_some_and(|r| matches!(r.state, ChunkState::Committed { .. }));
-            if committed {
+            if is_committed(state, piece.chunk) {
                 self.reported.insert(*piece, now);
                 self.repair_queue.insert((piece.chunk, piece.index));
             }
@@ -251,11 +256,7 @@ impl Registry {
         let mut missing_chunks = BTreeSet::new();
         self.repair_queue.clear();
         self.reported.retain(|piece, at| {
-            now.duration_since(*at) < REPORT_TTL
-                && state
-                    .chunks
-                    .get(&piece.chunk)
-                    .is_some_and(|r| matches!(r.state, ChunkState::Committed { .. }))
+            now.duration_since(*at) < REPORT_TTL && is_committed(state, piece.chunk)
         });
         for piece in self.reported.keys() {
             missing_chunks.insert(piece.chunk);
