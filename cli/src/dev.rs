@@ -21,6 +21,8 @@ pub struct DevOptions {
     pub chunkservers: usize,
     pub meta_listen: SocketAddr,
     pub metrics_listen: Option<SocketAddr>,
+    /// Where to mount the cluster, if anywhere.
+    pub mount: Option<PathBuf>,
 }
 
 fn tls_files(ca: &Path, name: &str) -> TlsFiles {
@@ -131,6 +133,15 @@ pub async fn run(options: DevOptions, stop: impl std::future::Future<Output = ()
         metrics_task = Some((bound, task));
     }
 
+    let mut mounted = None;
+    if let Some(path) = &options.mount {
+        let client = tessera_client::Client::connect(&client)
+            .await
+            .context("connect the mount to the metaserver")?;
+        let mount_options = crate::mount::options(1000, 1000, crate::is_root());
+        mounted = Some(crate::mount::start(client, path, &mount_options)?);
+    }
+
     println!("tessera dev is running on {}", data.display());
     println!("  metaserver   {meta_addr}  (one voter, default policy {policy})");
     for (i, chunk) in chunks.iter().enumerate() {
@@ -144,6 +155,9 @@ pub async fn run(options: DevOptions, stop: impl std::future::Future<Output = ()
         println!("  metrics      http://{bound}/metrics");
     }
     println!("  client config {}", client_toml.display());
+    if let Some(path) = &options.mount {
+        println!("  mount        {}", path.display());
+    }
     println!();
     println!("try:");
     println!("  export TESSERA_CONFIG={}", client_toml.display());
@@ -153,7 +167,10 @@ pub async fn run(options: DevOptions, stop: impl std::future::Future<Output = ()
     println!("  tessera stat /photos/file   (its chunks and the servers of each piece)");
     println!("stop with Ctrl-C; a restart with the same --data keeps everything.");
 
-    stop.await;
+    match mounted {
+        Some(mounted) => crate::mount::serve(mounted, stop).await?,
+        None => stop.await,
+    }
     println!("stopping");
     for chunk in chunks {
         chunk.shutdown().await;

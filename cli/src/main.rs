@@ -9,6 +9,7 @@ use tessera_proto::tls::{self, Role};
 
 mod dev;
 mod files;
+mod mount;
 mod transfer;
 
 #[derive(Parser)]
@@ -45,6 +46,25 @@ enum Command {
         /// Prometheus metrics of every component, at /metrics.
         #[arg(long, default_value = "127.0.0.1:9300")]
         metrics_listen: std::net::SocketAddr,
+        /// Also mount the cluster here (an existing empty directory).
+        #[arg(long)]
+        mount: Option<PathBuf>,
+    },
+    /// Mount the cluster as a local filesystem until Ctrl-C or SIGTERM.
+    Mount {
+        /// An existing directory to mount on.
+        mountpoint: PathBuf,
+        #[arg(long, env = "TESSERA_CONFIG")]
+        config: PathBuf,
+        /// How long the kernel trusts attributes, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        attr_timeout_ms: u64,
+        /// How long the kernel trusts names (and their absence), in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        entry_timeout_ms: u64,
+        /// Let other users use the mount (default: on when root mounts).
+        #[arg(long)]
+        allow_other: Option<bool>,
     },
     /// Copy a local file into the cluster (it appears only once complete).
     Put {
@@ -479,6 +499,7 @@ fn run(cli: Cli) -> Result<()> {
             chunkservers,
             meta_listen,
             metrics_listen,
+            mount,
         } => {
             if chunkservers == 0 {
                 anyhow::bail!("--chunkservers must be at least 1");
@@ -488,8 +509,27 @@ fn run(cli: Cli) -> Result<()> {
                 chunkservers,
                 meta_listen,
                 metrics_listen: Some(metrics_listen),
+                mount,
             };
             runtime()?.block_on(dev::run(options, stop_signal()))?;
+        }
+        Command::Mount {
+            mountpoint,
+            config,
+            attr_timeout_ms,
+            entry_timeout_ms,
+            allow_other,
+        } => {
+            let allow_other = allow_other.unwrap_or_else(is_root);
+            let options = mount::options(attr_timeout_ms, entry_timeout_ms, allow_other);
+            files_command(&config, |client| async move {
+                let mounted = mount::start(client, &mountpoint, &options)?;
+                println!(
+                    "mounted on {} (Ctrl-C or SIGTERM unmounts)",
+                    mountpoint.display()
+                );
+                mount::serve(mounted, stop_signal()).await
+            })?
         }
         Command::Put {
             local,
@@ -569,6 +609,14 @@ fn run(cli: Cli) -> Result<()> {
         },
     }
     Ok(())
+}
+
+fn is_root() -> bool {
+    std::env::var("USER").is_ok_and(|u| u == "root")
+        || std::fs::metadata("/proc/self").is_ok_and(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.uid() == 0
+        })
 }
 
 fn main() -> ExitCode {
