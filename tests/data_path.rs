@@ -5,116 +5,11 @@
 
 mod common;
 
+use common::cluster::Cluster;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// A local cluster, stopped when dropped.
-struct Cluster {
-    dir: tempfile::TempDir,
-    base: u16,
-}
-
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local-cluster.sh")
-}
-
-impl Cluster {
-    fn up(base: u16, meta: usize, chunk: usize) -> Cluster {
-        let dir = tempfile::Builder::new()
-            .prefix("tessera-data-path")
-            .tempdir_in("/var/tmp")
-            .expect("tempdir");
-        let cluster = Cluster { dir, base };
-        let status = Command::new("bash")
-            .arg(script())
-            .arg("up")
-            .arg(cluster.root())
-            .args(["--meta", &meta.to_string(), "--chunk", &chunk.to_string()])
-            .args([
-                "--base-port",
-                &base.to_string(),
-                "--bin",
-                common::tessera_bin(),
-            ])
-            .args(["--timeout", "120"])
-            .status()
-            .expect("run local-cluster.sh");
-        assert!(status.success(), "local-cluster.sh up failed");
-        cluster
-    }
-
-    fn root(&self) -> PathBuf {
-        self.dir.path().join("cluster")
-    }
-
-    fn config(&self) -> PathBuf {
-        self.root().join("client.toml")
-    }
-
-    /// Runs a file command against this cluster.
-    fn tessera(&self, args: &[&str]) -> Output {
-        Command::new(common::tessera_bin())
-            .args(args)
-            .env("TESSERA_CONFIG", self.config())
-            .env("NO_COLOR", "1")
-            .output()
-            .expect("run tessera")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.tessera(args);
-        assert!(
-            out.status.success(),
-            "tessera {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// The pid of chunkserver `chunk-K`.
-    fn chunk_pid(&self, k: usize) -> u32 {
-        let pids = std::fs::read_to_string(self.root().join("pids")).expect("pids");
-        pids.lines()
-            .find_map(|line| {
-                let (name, pid) = line.split_once(' ')?;
-                (name == format!("chunk-{k}")).then(|| pid.trim().parse().ok())?
-            })
-            .unwrap_or_else(|| panic!("no chunk-{k} in {pids}"))
-    }
-
-    /// Which chunkserver (K of `chunk-K`) listens on `address`.
-    fn chunk_of(&self, address: &str) -> usize {
-        let port: u16 = address
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("port");
-        (port - self.base - 100) as usize + 1
-    }
-
-    fn sigkill_chunk(&self, k: usize) {
-        let status = Command::new("kill")
-            .args(["-KILL", &self.chunk_pid(k).to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    }
-
-    fn metrics_text(&self, port: u16) -> String {
-        common::scrape(format!("127.0.0.1:{port}").parse().expect("addr"))
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(script())
-            .arg("down")
-            .arg(self.root())
-            .status();
-    }
-}
 
 fn random_file(dir: &Path, name: &str, bytes: u64) -> PathBuf {
     let path = dir.join(name);

@@ -25,10 +25,13 @@ use tessera_proto::wire::Method;
 use tokio::sync::watch;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deadline of a registration attempt on one metaserver: a dead member
+/// (no answer at all over QUIC) must not hold up finding the new leader.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(3);
 const RETRY_MIN: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(10);
 /// Consecutive heartbeat failures before the node registers again.
-const HEARTBEAT_FAILURES_MAX: u32 = 3;
+const HEARTBEAT_FAILURES_MAX: u32 = 2;
 
 pub struct HeartbeatConfig {
     pub name: String,
@@ -67,7 +70,7 @@ async fn call_leader<M: Method>(
             .call(
                 Peer::new(target, Role::Meta),
                 message,
-                CallOptions::with_timeout(CALL_TIMEOUT),
+                CallOptions::with_timeout(REGISTER_TIMEOUT),
             )
             .await
         {
@@ -244,7 +247,12 @@ pub async fn run(
                 .call(
                     Peer::new(session.leader, Role::Meta),
                     &beat,
-                    CallOptions::with_timeout(CALL_TIMEOUT),
+                    // A leader that stops answering is found out within a
+                    // few intervals, so placements resume soon after an
+                    // election.
+                    CallOptions::with_timeout(
+                        (session.interval * 2).clamp(Duration::from_secs(2), CALL_TIMEOUT),
+                    ),
                 )
                 .await
             {

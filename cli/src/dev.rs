@@ -135,6 +135,10 @@ pub async fn run(options: DevOptions, stop: impl std::future::Future<Output = ()
 
     let mut mounted = None;
     if let Some(path) = &options.mount {
+        if !path.exists() {
+            std::fs::create_dir_all(path)
+                .with_context(|| format!("create the mount point {}", path.display()))?;
+        }
         let client = tessera_client::Client::connect(&client)
             .await
             .context("connect the mount to the metaserver")?;

@@ -66,9 +66,13 @@ enum Command {
         #[arg(long)]
         allow_other: Option<bool>,
     },
-    /// Copy a local file into the cluster (it appears only once complete).
+    /// Copy a local file (or with -r a tree) into the cluster; each file
+    /// appears only once complete.
     Put {
         local: PathBuf,
+        /// Copy a directory and everything below it.
+        #[arg(short = 'r', long)]
+        recursive: bool,
         /// Cluster path of the new file, like /photos/a.jpg.
         remote: String,
         #[arg(long, env = "TESSERA_CONFIG")]
@@ -533,10 +537,11 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Put {
             local,
+            recursive,
             remote,
             config,
         } => files_command(&config, |client| async move {
-            transfer::put(&client, &local, &remote).await
+            transfer::put(&client, &local, &remote, recursive).await
         })?,
         Command::Get {
             remote,

@@ -111,8 +111,115 @@ fn explain(err: tessera_proto::Error, what: &str) -> anyhow::Error {
     anyhow::anyhow!("{what}: {err}{hint}")
 }
 
-/// Copies local file `local` to cluster path `remote`.
-pub async fn put(client: &Arc<Client>, local: &Path, remote: &str) -> Result<()> {
+/// Files of a tree put in flight at once: enough to hide each file's
+/// round trips to the metaserver, few enough to bound memory.
+const TREE_FILES_IN_FLIGHT: usize = 16;
+
+/// Copies local file or directory `local` to cluster path `remote`; a
+/// directory needs `recursive`.
+pub async fn put(client: &Arc<Client>, local: &Path, remote: &str, recursive: bool) -> Result<()> {
+    let metadata = std::fs::metadata(local).with_context(|| format!("read {}", local.display()))?;
+    if metadata.is_dir() {
+        if !recursive {
+            bail!(
+                "{} is a directory; use `tessera put -r` to copy a tree",
+                local.display()
+            );
+        }
+        return put_tree(client, local, remote).await;
+    }
+    let bytes = put_file(client, local, remote, true).await?;
+    eprintln!("put {} -> {remote}: {bytes} bytes", local.display());
+    Ok(())
+}
+
+/// Copies a local tree: directories and symlinks as they are met, files
+/// several at a time, each under its own temporary name until complete.
+async fn put_tree(client: &Arc<Client>, local: &Path, remote: &str) -> Result<()> {
+    crate::files::mkdir(client.meta(), remote, true).await?;
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let (mut files, mut bytes, mut dirs) = (0u64, 0u64, 1u64);
+    let mut pending = vec![(
+        local.to_path_buf(),
+        remote.trim_end_matches('/').to_string(),
+    )];
+    while let Some((dir, remote_dir)) = pending.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&dir)
+            .with_context(|| format!("list {}", dir.display()))?
+            .collect::<std::io::Result<_>>()
+            .with_context(|| format!("list {}", dir.display()))?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else {
+                bail!(
+                    "{}: cluster paths given on the command line must be UTF-8 (copy such names through the mount)",
+                    entry.path().display()
+                );
+            };
+            let child_remote = format!("{remote_dir}/{name}");
+            let kind = entry
+                .file_type()
+                .with_context(|| format!("read {}", entry.path().display()))?;
+            if kind.is_dir() {
+                crate::files::mkdir(client.meta(), &child_remote, false).await?;
+                dirs += 1;
+                pending.push((entry.path(), child_remote));
+            } else if kind.is_symlink() {
+                let target = std::fs::read_link(entry.path())
+                    .with_context(|| format!("read link {}", entry.path().display()))?;
+                let (parent, link_name) = path::parent_of(client.meta(), &child_remote)
+                    .await
+                    .map_err(|e| explain(e, &format!("put {child_remote}")))?;
+                client
+                    .meta()
+                    .call(MetaOp::Symlink {
+                        parent: parent.ino,
+                        name: link_name,
+                        target: target.as_os_str().as_encoded_bytes().to_vec(),
+                        uid: 0,
+                        gid: 0,
+                    })
+                    .await
+                    .map_err(|e| explain(e, &format!("link {child_remote}")))?;
+            } else if kind.is_file() {
+                while tasks.len() >= TREE_FILES_IN_FLIGHT {
+                    if let Some(done) = tasks.join_next().await {
+                        bytes += done.context("put task")??;
+                        files += 1;
+                    }
+                }
+                let client = client.clone();
+                let path = entry.path();
+                tasks.spawn(async move { put_file(&client, &path, &child_remote, false).await });
+            } else {
+                eprintln!(
+                    "skipping {} (not a file, directory or symlink)",
+                    entry.path().display()
+                );
+            }
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        bytes += done.context("put task")??;
+        files += 1;
+    }
+    eprintln!(
+        "put {} -> {remote}: {files} files, {dirs} directories, {bytes} bytes in {:.1} s",
+        local.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Copies one local file; returns its size.
+async fn put_file(
+    client: &Arc<Client>,
+    local: &Path,
+    remote: &str,
+    progress_bar: bool,
+) -> Result<u64> {
     let mut file = tokio::fs::File::open(local)
         .await
         .with_context(|| format!("open {}", local.display()))?;
@@ -176,6 +283,7 @@ pub async fn put(client: &Arc<Client>, local: &Path, remote: &str) -> Result<()>
     let result = async {
         let mut writer = FileWriter::new(client.clone(), ino);
         let mut progress = Progress::new(format!("put {remote}"), metadata.len());
+        progress.terminal &= progress_bar;
         let mut buffer = vec![0u8; IO_BYTES];
         let mut offset = 0u64;
         loop {
@@ -225,9 +333,7 @@ pub async fn put(client: &Arc<Client>, local: &Path, remote: &str) -> Result<()>
             })
             .await;
     }
-    let bytes = result?;
-    eprintln!("put {} -> {remote}: {bytes} bytes", local.display());
-    Ok(())
+    result
 }
 
 /// Copies cluster file `remote` to local path `local` (`-` for stdout).

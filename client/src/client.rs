@@ -28,7 +28,7 @@ pub struct Client {
 }
 
 /// How long a server that failed to answer is tried last.
-const SUSPECT_FOR: Duration = Duration::from_secs(30);
+const SUSPECT_FOR: Duration = Duration::from_secs(120);
 
 impl Client {
     pub fn new(meta: MetaClient, io: IoOptions) -> Arc<Client> {

@@ -340,16 +340,19 @@ async fn read_replicated(
         .iter()
         .map(|location| {
             (
+                client.is_suspect(location.node),
                 client.load_of(location.node),
                 rand::random::<u32>(),
                 location,
             )
         })
         .collect();
-    order.sort_by_key(|(load, tie, _)| (*load, *tie));
+    // Servers that timed out lately go last: a dead one costs a whole read
+    // timeout per attempt.
+    order.sort_by_key(|(suspect, load, tie, _)| (*suspect, *load, *tie));
     let mut errors = Vec::new();
     let mut bad = Vec::new();
-    for (_, _, location) in order {
+    for (_, _, _, location) in order {
         match read_piece(
             client,
             placement,

@@ -134,6 +134,7 @@ pub fn mount(
     config.n_threads = Some(options.threads.max(1));
     config.clone_fd = options.threads > 1;
     let session = fuser::spawn_mount(fs, mountpoint, &config)?;
+    let _ = shared.notifier.set(session.notifier());
     Ok(Mounted {
         session: Some(session),
         shared,
@@ -221,6 +222,9 @@ struct Shared {
     /// cache.
     cached_versions: Mutex<HashMap<InodeId, u64>>,
     next_fh: AtomicU64,
+    /// Set once the session exists; lets an open drop attributes the
+    /// kernel cached before another mount changed the file.
+    notifier: std::sync::OnceLock<fuser::Notifier>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -541,6 +545,15 @@ impl Shared {
             .file(ino)
             .is_some_and(|f| f.dirty_end.load(Ordering::Acquire) > 0);
         let keep = !dirty && self.keep_cache(&attr);
+        if !keep && let Some(notifier) = self.notifier.get() {
+            // Attributes only (a negative offset): the size and times the
+            // kernel holds may predate another mount's close, and fstat on
+            // the new handle must not show them. This touches no page, so
+            // it cannot wait on a request this mount has yet to answer.
+            if let Err(err) = notifier.inval_inode(INodeNo(ino.0), -1, 0) {
+                tracing::debug!(%ino, error = %err, "attribute invalidation failed");
+            }
+        }
         let fh = self.open_handle(ino);
         let flags = if keep {
             FopenFlags::FOPEN_KEEP_CACHE
@@ -563,6 +576,7 @@ impl TesseraFs {
                 dirs: Mutex::new(HashMap::new()),
                 cached_versions: Mutex::new(HashMap::new()),
                 next_fh: AtomicU64::new(1),
+                notifier: std::sync::OnceLock::new(),
             }),
             runtime,
         }

@@ -223,6 +223,23 @@ impl Registry {
             chosen.push(*node);
         }
         if chosen.len() < width {
+            // A leader learns of chunkservers from their heartbeats: just
+            // after an election it has heard from few of them. Registered
+            // servers it has not heard from at all may well be alive, so the
+            // caller is told to retry rather than that space ran out.
+            let unheard = state
+                .nodes
+                .keys()
+                .filter(|node| !self.live.contains_key(node) && !skip.contains(node))
+                .count();
+            if unheard > 0 && !racks_known && candidates.len() + unheard >= width {
+                return Err(Error::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "this metaserver has not heard yet from {unheard} registered chunkservers (a new leader learns of them from their next heartbeat); try again"
+                    ),
+                ));
+            }
             let alive = self
                 .live
                 .values()

@@ -2,6 +2,8 @@
 //! folder, real `tessera` processes, and clients that speak to them.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,246 @@
+//! A cluster of separate processes started by `deploy/local-cluster.sh`,
+//! and FUSE mounts of it run as `tessera mount` processes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A local cluster, stopped when dropped.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub base: u16,
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local-cluster.sh")
+}
+
+impl Cluster {
+    pub fn up(base: u16, meta: usize, chunk: usize) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("tessera-cluster")
+            .tempdir_in("/var/tmp")
+            .expect("tempdir");
+        let cluster = Cluster { dir, base };
+        let status = Command::new("bash")
+            .arg(script())
+            .arg("up")
+            .arg(cluster.root())
+            .args(["--meta", &meta.to_string(), "--chunk", &chunk.to_string()])
+            .args([
+                "--base-port",
+                &base.to_string(),
+                "--bin",
+                super::tessera_bin(),
+            ])
+            .args(["--timeout", "120"])
+            .status()
+            .expect("run local-cluster.sh");
+        assert!(status.success(), "local-cluster.sh up failed");
+        cluster
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("cluster")
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.root().join("client.toml")
+    }
+
+    /// Runs a file command against this cluster.
+    pub fn tessera(&self, args: &[&str]) -> Output {
+        Command::new(super::tessera_bin())
+            .args(args)
+            .env("TESSERA_CONFIG", self.config())
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("run tessera")
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.tessera(args);
+        assert!(
+            out.status.success(),
+            "tessera {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The pid of chunkserver `chunk-K`.
+    pub fn chunk_pid(&self, k: usize) -> u32 {
+        let pids = std::fs::read_to_string(self.root().join("pids")).expect("pids");
+        pids.lines()
+            .find_map(|line| {
+                let (name, pid) = line.split_once(' ')?;
+                (name == format!("chunk-{k}")).then(|| pid.trim().parse().ok())?
+            })
+            .unwrap_or_else(|| panic!("no chunk-{k} in {pids}"))
+    }
+
+    /// Which chunkserver (K of `chunk-K`) listens on `address`.
+    pub fn chunk_of(&self, address: &str) -> usize {
+        let port: u16 = address
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port");
+        (port - self.base - 100) as usize + 1
+    }
+
+    pub fn sigkill_chunk(&self, k: usize) {
+        let status = Command::new("kill")
+            .args(["-KILL", &self.chunk_pid(k).to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    pub fn metrics_text(&self, port: u16) -> String {
+        super::scrape(format!("127.0.0.1:{port}").parse().expect("addr"))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(script())
+            .arg("down")
+            .arg(self.root())
+            .status();
+    }
+}
+
+impl Cluster {
+    /// The pid of a daemon named in DIR/pids (`meta-K`, `chunk-K`).
+    pub fn pid_of(&self, name: &str) -> u32 {
+        let pids = std::fs::read_to_string(self.root().join("pids")).expect("pids");
+        pids.lines()
+            .find_map(|line| {
+                let (n, pid) = line.split_once(' ')?;
+                (n == name).then(|| pid.trim().parse().ok())?
+            })
+            .unwrap_or_else(|| panic!("no {name} in {pids}"))
+    }
+
+    /// The node id of the metaserver leader, from `tessera admin status`.
+    pub fn meta_leader(&self) -> usize {
+        let status = self.ok(&["admin", "status"]);
+        status
+            .split("leader ")
+            .nth(1)
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|id| id.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no leader in status:\n{status}"))
+    }
+
+    pub fn sigkill(&self, name: &str) {
+        let status = Command::new("kill")
+            .args(["-KILL", &self.pid_of(name).to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {name}");
+    }
+}
+
+/// A `tessera mount` process; SIGTERM unmounts it when dropped.
+pub struct Mount {
+    child: Option<Child>,
+    pub path: PathBuf,
+    log: PathBuf,
+}
+
+impl Mount {
+    /// Mounts `cluster` on a fresh directory under `dir`, with extra
+    /// `tessera mount` flags.
+    pub fn new(cluster: &Cluster, dir: &Path, name: &str, extra: &[&str]) -> Mount {
+        let path = dir.join(name);
+        std::fs::create_dir_all(&path).expect("mount point");
+        let log = dir.join(format!("{name}.log"));
+        let log_file = std::fs::File::create(&log).expect("mount log");
+        let child = Command::new(super::tessera_bin())
+            .arg("mount")
+            .arg(&path)
+            .arg("--config")
+            .arg(cluster.config())
+            .args(extra)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn tessera mount");
+        let mount = Mount {
+            child: Some(child),
+            path,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !mount.is_mounted() {
+            assert!(
+                Instant::now() < deadline,
+                "the mount did not appear; log:\n{}",
+                mount.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        mount
+    }
+
+    pub fn is_mounted(&self) -> bool {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let wanted = self.path.to_string_lossy().into_owned();
+        mounts
+            .lines()
+            .any(|line| line.split(' ').nth(1) == Some(wanted.as_str()))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait: the mount commits open files and unmounts.
+    pub fn unmount(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    assert!(
+                        status.success() || std::thread::panicking(),
+                        "tessera mount exited with {status}; log:\n{}",
+                        self.log_text()
+                    );
+                    break;
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+            }
+        }
+        if self.is_mounted() {
+            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
