@@ -36,17 +36,6 @@ fn scratch(prefix: &str) -> tempfile::TempDir {
         .expect("tempdir")
 }
 
-fn run(command: &mut Command) -> String {
-    let out = command.output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{command:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// A small, fast, seedable generator (xorshift64*): the tests need
 /// reproducible choices and bytes, not quality randomness.
 struct Rng(u64);
@@ -400,46 +389,104 @@ fn diff_trees(a: &Path, b: &Path) {
     );
 }
 
+/// Runs one command per top-level entry of `tree` at once (as a parallel
+/// build or several unpacks would) and waits for all of them.
+fn per_part(tree: &Path, command: impl Fn(&str) -> Command) {
+    let mut parts: Vec<String> = std::fs::read_dir(tree)
+        .expect("list tree")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    parts.sort();
+    let children: Vec<(String, std::process::Child)> = parts
+        .iter()
+        .map(|part| {
+            let child = command(part)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn");
+            (part.clone(), child)
+        })
+        .collect();
+    for (part, child) in children {
+        let out = child.wait_with_output().expect("wait");
+        assert!(
+            out.status.success(),
+            "{part}: {}{}",
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .take(20)
+                .collect::<Vec<_>>()
+                .join("\n"),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 #[test]
 fn a_tree_of_twenty_thousand_files_unpacks_compares_and_deletes() {
     let _serial = serial();
-    let cluster = Cluster::up(26500, 3, 3);
+    let cluster = Cluster::up(26500, 1, 3);
     let scratch = scratch("tessera-workload");
     let mount = Mount::new(&cluster, scratch.path(), "mnt", &[]);
     let tree = scratch.path().join("tree");
     let bytes = make_tree(&tree, 20_000, &[64, 150, 200], &mut Rng(0xC0FFEE));
-    let tar = scratch.path().join("tree.tar");
-    run(Command::new("tar")
-        .arg("-cf")
-        .arg(&tar)
-        .arg("-C")
-        .arg(scratch.path())
-        .arg("tree"));
+    // One archive per top-level entry, unpacked side by side.
+    let tars = scratch.path().join("tars");
+    std::fs::create_dir(&tars).expect("tars");
+    per_part(&tree, |part| {
+        let mut c = Command::new("tar");
+        c.arg("-cf")
+            .arg(tars.join(format!("{part}.tar")))
+            .arg("-C")
+            .arg(scratch.path())
+            .arg(format!("tree/{part}"));
+        c
+    });
 
     let started = Instant::now();
-    run(Command::new("tar")
-        .arg("-xf")
-        .arg(&tar)
-        .arg("-C")
-        .arg(&mount.path));
+    per_part(&tree, |part| {
+        let mut c = Command::new("tar");
+        c.arg("-xf")
+            .arg(tars.join(format!("{part}.tar")))
+            .arg("-C")
+            .arg(&mount.path);
+        c
+    });
     eprintln!(
-        "tar -x of 20,003 files ({} MiB): {:.1} s",
+        "tar -x of 20,003 files ({} MiB), one tar per top-level entry: {:.1} s",
         bytes >> 20,
         started.elapsed().as_secs_f64()
     );
+    let diff_all = |remote: &Path| {
+        per_part(&tree, |part| {
+            let mut c = Command::new("diff");
+            c.arg("-r")
+                .arg("--no-dereference")
+                .arg(tree.join(part))
+                .arg(remote.join(part));
+            c
+        })
+    };
     let started = Instant::now();
-    diff_trees(&tree, &mount.path.join("tree"));
+    diff_all(&mount.path.join("tree"));
     eprintln!("diff -r: {:.1} s", started.elapsed().as_secs_f64());
 
     // The same tree through `tessera put -r`, read back through the mount.
     let started = Instant::now();
     cluster.ok(&["put", "-r", &tree.to_string_lossy(), "/put-tree"]);
     eprintln!("tessera put -r: {:.1} s", started.elapsed().as_secs_f64());
-    diff_trees(&tree, &mount.path.join("put-tree"));
+    diff_all(&mount.path.join("put-tree"));
 
     let started = Instant::now();
-    std::fs::remove_dir_all(mount.path.join("tree")).expect("rm -rf through the mount");
-    std::fs::remove_dir_all(mount.path.join("put-tree")).expect("rm -rf through the mount");
+    for top in ["tree", "put-tree"] {
+        per_part(&tree, |part| {
+            let mut c = Command::new("rm");
+            c.arg("-rf").arg(mount.path.join(top).join(part));
+            c
+        });
+        std::fs::remove_dir(mount.path.join(top)).expect("rmdir through the mount");
+    }
     eprintln!("rm -rf of both: {:.1} s", started.elapsed().as_secs_f64());
     let left: Vec<_> = std::fs::read_dir(&mount.path)
         .expect("list")

@@ -449,7 +449,9 @@ impl Shared {
         let mut slot = file.writer.lock().await;
         let writer = slot.get_or_insert_with(|| FileWriter::new(self.client.clone(), file.ino));
         let result = writer.write(offset, data).await;
-        let end = writer.written_end();
+        // The end of this write, not the writer's furthest byte ever: a
+        // truncate since may have cut below that.
+        let end = offset + data.len() as u64;
         if result.is_ok() {
             let now = ns_of(SystemTime::now());
             file.dirty_mtime_ns.store(now, Ordering::Release);
@@ -1244,8 +1246,10 @@ impl Filesystem for TesseraFs {
                 Ok(attr) => {
                     shared.forget_cache(attr.ino);
                     let fh = shared.open_handle(attr.ino);
+                    // One timeout covers both the entry and the attributes
+                    // here: the shorter, so the entry timeout holds.
                     reply.created(
-                        &shared.attr_ttl,
+                        &shared.attr_ttl.min(shared.entry_ttl),
                         &file_attr(&attr),
                         Generation(0),
                         FileHandle(fh),
