@@ -148,8 +148,20 @@ pub fn metric(text: &str, name: &str) -> f64 {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    // Below the kernel's ephemeral range (32768 and up), so that a client
+    // socket another test binds to port 0 cannot take it between this check
+    // and the daemon's bind; a counter keeps one binary from handing a port
+    // out twice.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let start = std::process::id() % 7000;
+    loop {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(n < 7000, "no free port between 10000 and 17000");
+        let port = 10_000 + ((start + n) % 7000) as u16;
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok();
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+        if udp && tcp {
+            return port;
+        }
+    }
 }
