@@ -61,18 +61,23 @@ fn interrupt(mut child: std::process::Child) {
     }
 }
 
-fn cli(dir: &std::path::Path, args: &[&str]) {
-    let out = Command::new(common::tessera_bin())
+fn cli_output(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(common::tessera_bin())
         .args(args)
         .arg("--config")
         .arg(dir.join("client.toml"))
         .output()
-        .expect("run tessera");
+        .expect("run tessera")
+}
+
+fn cli(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = cli_output(dir, args);
     assert!(
         out.status.success(),
         "tessera {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 async fn client(dir: &std::path::Path) -> MetaClient {
@@ -128,6 +133,23 @@ async fn dev_runs_a_cluster_and_keeps_it_across_restarts() {
     for remote in ["/root-file", "/keep/coded-file"] {
         cli(&dir, &["put", local.to_str().unwrap(), remote]);
     }
+    // An S3 access key, kept in the replicated state.
+    let created = cli(&dir, &["admin", "key", "create", "--description", "ci key"]);
+    let key_id = created
+        .lines()
+        .find_map(|l| l.strip_prefix("access key id"))
+        .map(|id| id.trim().to_string())
+        .unwrap_or_else(|| panic!("no key id in {created}"));
+    assert!(created.contains("secret access key"), "{created}");
+    let listed = cli(&dir, &["admin", "key", "list"]);
+    assert!(
+        listed.contains(&key_id) && listed.contains("ci key"),
+        "{listed}"
+    );
+    assert!(
+        !listed.contains("secret"),
+        "a listing shows no secret: {listed}"
+    );
     interrupt(dev);
 
     let dev = start_dev(&dir, port, metrics);
@@ -156,6 +178,19 @@ async fn dev_runs_a_cluster_and_keeps_it_across_restarts() {
             .await
             .unwrap(),
         MetaReply::Policy(Policy::Ec { data: 2, parity: 1 })
+    );
+    assert!(
+        cli(&dir, &["admin", "key", "list"]).contains(&key_id),
+        "key lost in the restart"
+    );
+    cli(&dir, &["admin", "key", "delete", &key_id]);
+    assert!(!cli(&dir, &["admin", "key", "list"]).contains(&key_id));
+    let again = cli_output(&dir, &["admin", "key", "delete", &key_id]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("no access key"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
     );
     interrupt(dev);
 }

@@ -9,6 +9,7 @@ use tessera_proto::tls::{self, Role};
 
 mod dev;
 mod files;
+mod keys;
 mod mount;
 mod transfer;
 
@@ -189,6 +190,34 @@ enum AdminCommand {
         #[command(subcommand)]
         command: MemberCommand,
     },
+    /// S3 access keys, kept in the metaservers' replicated state.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Create a key and print its id and secret (shown only this once).
+    Create {
+        #[arg(long, env = "TESSERA_CONFIG")]
+        config: PathBuf,
+        /// What the key is for, shown by `list`.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List keys (ids, descriptions, creation times; never secrets).
+    List {
+        #[arg(long, env = "TESSERA_CONFIG")]
+        config: PathBuf,
+    },
+    /// Delete a key: requests signed with it are refused from then on.
+    Delete {
+        id: String,
+        #[arg(long, env = "TESSERA_CONFIG")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -352,6 +381,7 @@ fn run_admin(command: AdminCommand) -> Result<()> {
                 };
                 print_status(&status);
             }
+            AdminCommand::Key { command } => run_key(command).await?,
             AdminCommand::Member { command } => match command {
                 MemberCommand::Add {
                     config,
@@ -393,6 +423,53 @@ fn run_admin(command: AdminCommand) -> Result<()> {
         }
         Ok(())
     })
+}
+
+async fn run_key(command: KeyCommand) -> Result<()> {
+    use tessera_proto::meta::{MetaOp, MetaReply};
+    let config = match &command {
+        KeyCommand::Create { config, .. }
+        | KeyCommand::List { config }
+        | KeyCommand::Delete { config, .. } => config,
+    };
+    let client = tessera_client::MetaClient::from_config(&load_client_config(config)?).await?;
+    match command {
+        KeyCommand::Create { description, .. } => {
+            let (id, secret) = keys::create(&client, &description).await?;
+            println!("access key id      {id}");
+            println!("secret access key  {secret}");
+            println!("the secret is not shown again; keep it somewhere safe");
+        }
+        KeyCommand::List { .. } => {
+            let reply = client
+                .call(MetaOp::ListAccessKeys)
+                .await
+                .context("list access keys")?;
+            let MetaReply::AccessKeys(keys) = reply else {
+                anyhow::bail!("the metaserver answered {reply:?} to a key listing");
+            };
+            if keys.is_empty() {
+                println!("no access keys; create one with `tessera admin key create`");
+            }
+            for key in keys {
+                let created = std::time::UNIX_EPOCH
+                    + std::time::Duration::from_nanos(key.created_ns.max(0) as u64);
+                let age = std::time::SystemTime::now()
+                    .duration_since(created)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                println!("{}  created {} s ago  {}", key.id, age, key.description);
+            }
+        }
+        KeyCommand::Delete { id, .. } => {
+            client
+                .call(MetaOp::DeleteAccessKey { id: id.clone() })
+                .await
+                .with_context(|| format!("delete access key {id}"))?;
+            println!("deleted access key {id}");
+        }
+    }
+    Ok(())
 }
 
 fn print_status(status: &tessera_proto::meta::StatusReply) {

@@ -417,7 +417,11 @@ impl Namespace {
             | MetaOp::CommitExtents { .. }
             | MetaOp::GetLayout { .. }
             | MetaOp::Concat { .. }
-            | MetaOp::ReportPieces { .. } => Err(err(
+            | MetaOp::ReportPieces { .. }
+            | MetaOp::CreateAccessKey { .. }
+            | MetaOp::ListAccessKeys
+            | MetaOp::GetAccessKey { .. }
+            | MetaOp::DeleteAccessKey { .. } => Err(err(
                 ErrorCode::Internal,
                 format!("{} is not a namespace operation", op.name()),
             )),

@@ -76,6 +76,8 @@ fn is_read(op: &MetaOp) -> bool {
             | MetaOp::GetPolicy { .. }
             | MetaOp::GetLayout { .. }
             | MetaOp::StatFs
+            | MetaOp::ListAccessKeys
+            | MetaOp::GetAccessKey { .. }
     )
 }
 
@@ -240,6 +242,9 @@ impl MetaService {
                     used_bytes: capacity.saturating_sub(free),
                     inodes,
                 }))
+            }
+            MetaOp::ListAccessKeys | MetaOp::GetAccessKey { .. } => {
+                self.shared.read().read_keys(op)
             }
             other => self.shared.read().ns.read(other),
         }

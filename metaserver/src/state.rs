@@ -15,7 +15,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use tessera_proto::chunk::Labels;
 use tessera_proto::error::{Error, ErrorCode};
 use tessera_proto::ids::{ChunkId, InodeId, NodeId, RequestId};
-use tessera_proto::meta::{ChunkPlacement, FileKind, MetaOp, MetaReply, PieceLocation, Policy};
+use tessera_proto::meta::{
+    ACCESS_KEY_DESCRIPTION_MAX_BYTES, ACCESS_KEYS_MAX, AccessKeyInfo, ChunkPlacement, FileKind,
+    MetaOp, MetaReply, PieceLocation, Policy, validate_access_key,
+};
 use tessera_proto::token::{Capability, Rights, Token};
 
 /// How long a request id's reply is remembered: far longer than any client
@@ -49,6 +52,15 @@ pub struct NodeRecord {
     pub labels: Labels,
 }
 
+/// An S3 access key. The secret is kept as is: SigV4 signatures are
+/// HMACs keyed by it, so the gateway needs the secret itself, not a hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub secret: String,
+    pub description: String,
+    pub created_ns: i64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct ReplyRecord {
     at_ns: i64,
@@ -65,6 +77,7 @@ pub struct State {
     pub ns: Namespace,
     pub chunks: BTreeMap<ChunkId, ChunkRecord>,
     pub nodes: BTreeMap<NodeId, NodeRecord>,
+    keys: BTreeMap<String, KeyRecord>,
     requests: BTreeMap<RequestId, ReplyRecord>,
     request_times: BTreeSet<(i64, RequestId)>,
     counters: Counters,
@@ -78,6 +91,9 @@ fn chunk_key(chunk: ChunkId) -> Vec<u8> {
 }
 fn node_key(node: NodeId) -> Vec<u8> {
     [b"o".as_slice(), &node.0.to_be_bytes()].concat()
+}
+fn access_key_key(id: &str) -> Vec<u8> {
+    [b"k".as_slice(), id.as_bytes()].concat()
 }
 fn request_key(id: RequestId) -> Vec<u8> {
     [b"r".as_slice(), &id.0.to_be_bytes()].concat()
@@ -106,6 +122,7 @@ impl State {
             ns: Namespace::new(default_policy, now_ns),
             chunks: BTreeMap::new(),
             nodes: BTreeMap::new(),
+            keys: BTreeMap::new(),
             requests: BTreeMap::new(),
             request_times: BTreeSet::new(),
             counters: Counters {
@@ -279,6 +296,55 @@ impl State {
             MetaOp::AllocateChunk { .. } => {
                 Err(Error::internal("allocation goes through Command::Allocate"))
             }
+            MetaOp::CreateAccessKey {
+                id,
+                secret,
+                description,
+            } => {
+                validate_access_key(id, secret)
+                    .map_err(|e| Error::new(ErrorCode::InvalidArgument, e))?;
+                if description.len() > ACCESS_KEY_DESCRIPTION_MAX_BYTES {
+                    return Err(Error::new(
+                        ErrorCode::InvalidArgument,
+                        format!(
+                            "a key description of {} bytes; keep it within {ACCESS_KEY_DESCRIPTION_MAX_BYTES}",
+                            description.len()
+                        ),
+                    ));
+                }
+                if self.keys.contains_key(id) {
+                    return Err(Error::new(
+                        ErrorCode::AlreadyExists,
+                        format!("access key {id} exists"),
+                    ));
+                }
+                if self.keys.len() >= ACCESS_KEYS_MAX {
+                    return Err(Error::new(
+                        ErrorCode::NoSpace,
+                        format!(
+                            "the cluster holds {ACCESS_KEYS_MAX} access keys already; delete unused ones"
+                        ),
+                    ));
+                }
+                let record = KeyRecord {
+                    secret: secret.clone(),
+                    description: description.clone(),
+                    created_ns: now_ns,
+                };
+                self.keys.insert(id.clone(), record);
+                self.dirty.insert(access_key_key(id));
+                Ok(MetaReply::Done)
+            }
+            MetaOp::DeleteAccessKey { id } => {
+                if self.keys.remove(id).is_none() {
+                    return Err(Error::new(
+                        ErrorCode::NotFound,
+                        format!("no access key {id}"),
+                    ));
+                }
+                self.dirty.insert(access_key_key(id));
+                Ok(MetaReply::Done)
+            }
             other => self.ns.apply(other, now_ns),
         }
     }
@@ -386,6 +452,34 @@ impl State {
         out
     }
 
+    /// Answers the read-only access key operations.
+    pub fn read_keys(&self, op: &MetaOp) -> Result<MetaReply, Error> {
+        let info = |id: &str, record: &KeyRecord| AccessKeyInfo {
+            id: id.to_string(),
+            description: record.description.clone(),
+            created_ns: record.created_ns,
+        };
+        match op {
+            MetaOp::ListAccessKeys => Ok(MetaReply::AccessKeys(
+                self.keys.iter().map(|(id, r)| info(id, r)).collect(),
+            )),
+            MetaOp::GetAccessKey { id } => match self.keys.get(id) {
+                Some(record) => Ok(MetaReply::AccessKey {
+                    info: info(id, record),
+                    secret: record.secret.clone(),
+                }),
+                None => Err(Error::new(
+                    ErrorCode::NotFound,
+                    format!("no access key {id}"),
+                )),
+            },
+            _ => Err(Error::internal(format!(
+                "{} is not an access key read",
+                op.name()
+            ))),
+        }
+    }
+
     /// Every record changed since the last call.
     pub fn take_changes(&mut self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
         let mut out = self.ns.take_changes();
@@ -406,6 +500,10 @@ impl State {
             Some(b'x') => Some(encode(&self.counters)),
             Some(b'c') => self.chunks.get(&ChunkId(id8()?)).map(encode),
             Some(b'o') => self.nodes.get(&NodeId(id8()?)).map(encode),
+            Some(b'k') => {
+                let id = std::str::from_utf8(key.get(1..)?).ok()?;
+                self.keys.get(id).map(encode)
+            }
             Some(b'r') => {
                 let id = u128::from_be_bytes(key.get(1..17)?.try_into().ok()?);
                 self.requests.get(&RequestId(id)).map(encode)
@@ -420,6 +518,11 @@ impl State {
         out.push((KEY_COUNTERS.to_vec(), encode(&self.counters)));
         out.extend(self.chunks.iter().map(|(c, r)| (chunk_key(*c), encode(r))));
         out.extend(self.nodes.iter().map(|(n, r)| (node_key(*n), encode(r))));
+        out.extend(
+            self.keys
+                .iter()
+                .map(|(id, r)| (access_key_key(id), encode(r))),
+        );
         out.extend(
             self.requests
                 .iter()
@@ -444,6 +547,7 @@ impl State {
             ns: Namespace::from_records(ns_records)?,
             chunks: BTreeMap::new(),
             nodes: BTreeMap::new(),
+            keys: BTreeMap::new(),
             requests: BTreeMap::new(),
             request_times: BTreeSet::new(),
             counters: Counters::default(),
@@ -470,6 +574,14 @@ impl State {
                     state.nodes.insert(
                         NodeId(id),
                         postcard::from_bytes(&value).map_err(|e| decode_err("node", e))?,
+                    );
+                }
+                (Some(b'k'), _) => {
+                    let id = std::str::from_utf8(&key[1..])
+                        .map_err(|_| "access key id is not UTF-8".to_string())?;
+                    state.keys.insert(
+                        id.to_string(),
+                        postcard::from_bytes(&value).map_err(|e| decode_err("access key", e))?,
                     );
                 }
                 (Some(b'r'), _) => {
@@ -501,6 +613,54 @@ mod tests {
             op,
             now_ns: 1,
         })
+    }
+
+    #[test]
+    fn access_keys_are_created_listed_without_secrets_kept_and_deleted() {
+        let mut state = State::new(Policy::Replicas(1), 0);
+        let id = "TKAAAAAAAAAAAAAAAAAA".to_string();
+        let secret = "s3cr3t/with+symbols=0123456789".to_string();
+        let create = |id: &str, secret: &str| MetaOp::CreateAccessKey {
+            id: id.into(),
+            secret: secret.into(),
+            description: "ci".into(),
+        };
+        client(&mut state, create(&id, &secret)).unwrap();
+        let again = client(&mut state, create(&id, "another-secret-of-enough-length"));
+        assert_eq!(again.unwrap_err().code, ErrorCode::AlreadyExists);
+        for (bad_id, bad_secret) in [
+            ("short", secret.as_str()),
+            ("lowercase-not-allowed-here", secret.as_str()),
+            (id.as_str(), "too short"),
+            ("TKBBBBBBBBBBBBBBBBBB", "has a space in the middle ok"),
+        ] {
+            let result = client(&mut state, create(bad_id, bad_secret));
+            assert_eq!(
+                result.unwrap_err().code,
+                ErrorCode::InvalidArgument,
+                "{bad_id}"
+            );
+        }
+        let MetaReply::AccessKeys(list) = state.read_keys(&MetaOp::ListAccessKeys).unwrap() else {
+            panic!("list");
+        };
+        assert_eq!(list.len(), 1);
+        assert_eq!((list[0].id.as_str(), list[0].created_ns), (id.as_str(), 1));
+        // Persisted and rebuilt with the secret.
+        state.take_changes();
+        let rebuilt = State::from_records(state.records()).unwrap();
+        let got = rebuilt
+            .read_keys(&MetaOp::GetAccessKey { id: id.clone() })
+            .unwrap();
+        assert!(matches!(got, MetaReply::AccessKey { secret: s, .. } if s == secret));
+        client(&mut state, MetaOp::DeleteAccessKey { id: id.clone() }).unwrap();
+        let gone = state.read_keys(&MetaOp::GetAccessKey { id: id.clone() });
+        assert_eq!(gone.unwrap_err().code, ErrorCode::NotFound);
+        let changes = state.take_changes();
+        assert!(
+            changes.contains(&(access_key_key(&id), None)),
+            "deletion persisted"
+        );
     }
 
     #[test]

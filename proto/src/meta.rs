@@ -32,6 +32,10 @@ pub const FILE_SIZE_MAX_BYTES: u64 = 1 << 50;
 pub const LAYOUT_EXTENTS_MAX: usize = 512;
 /// Directory entries per readdir page.
 pub const READDIR_PAGE_MAX: u32 = 256;
+/// S3 access keys the cluster keeps at most.
+pub const ACCESS_KEYS_MAX: usize = 10_000;
+/// Longest description of an access key.
+pub const ACCESS_KEY_DESCRIPTION_MAX_BYTES: usize = 256;
 
 /// What kind of inode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -193,6 +197,32 @@ pub struct ChunkPlacement {
     pub token: Token,
 }
 
+/// An S3 access key as listings show it: never its secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessKeyInfo {
+    pub id: String,
+    pub description: String,
+    pub created_ns: i64,
+}
+
+/// Checks an access key id (16 to 128 of `A-Z` and `0-9`, as AWS ids are)
+/// and its secret (20 to 128 printable ASCII characters, no spaces).
+pub fn validate_access_key(id: &str, secret: &str) -> Result<(), String> {
+    if !(16..=128).contains(&id.len())
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+    {
+        return Err(format!(
+            "access key id {id:?}: use 16 to 128 characters of A-Z and 0-9"
+        ));
+    }
+    if !(20..=128).contains(&secret.len()) || !secret.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("secret key: use 20 to 128 printable ASCII characters without spaces".into());
+    }
+    Ok(())
+}
+
 /// One directory entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirEntry {
@@ -345,6 +375,21 @@ pub enum MetaOp {
     ReportPieces {
         pieces: Vec<PieceId>,
     },
+    /// Adds an S3 access key (the caller draws the id and secret).
+    CreateAccessKey {
+        id: String,
+        secret: String,
+        description: String,
+    },
+    /// Every access key, without secrets, in id order.
+    ListAccessKeys,
+    /// One access key with its secret, for the gateway's signature checks.
+    GetAccessKey {
+        id: String,
+    },
+    DeleteAccessKey {
+        id: String,
+    },
 }
 
 impl MetaOp {
@@ -377,6 +422,10 @@ impl MetaOp {
             MetaOp::GetLayout { .. } => "layout",
             MetaOp::Concat { .. } => "concat",
             MetaOp::ReportPieces { .. } => "report",
+            MetaOp::CreateAccessKey { .. } => "key_create",
+            MetaOp::ListAccessKeys => "key_list",
+            MetaOp::GetAccessKey { .. } => "key_get",
+            MetaOp::DeleteAccessKey { .. } => "key_delete",
         }
     }
 }
@@ -401,6 +450,11 @@ pub enum MetaReply {
         size: u64,
         extents: Vec<Extent>,
         chunks: Vec<ChunkPlacement>,
+    },
+    AccessKeys(Vec<AccessKeyInfo>),
+    AccessKey {
+        info: AccessKeyInfo,
+        secret: String,
     },
 }
 
