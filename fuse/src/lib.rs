@@ -26,8 +26,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     AccessFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 use tessera_client::{Client, FileReader, FileWriter};
 use tessera_proto::error::{Error, ErrorCode};
@@ -208,6 +208,8 @@ struct FileHandleState {
 struct DirHandle {
     ino: InodeId,
     entries: Vec<(Vec<u8>, InodeId, FileKind)>,
+    /// The same listing with attributes, for readdirplus.
+    plus: Vec<(Vec<u8>, Attr)>,
 }
 
 struct Shared {
@@ -515,6 +517,36 @@ impl Shared {
         }
     }
 
+    async fn load_dir_plus(&self, ino: InodeId) -> Result<Vec<(Vec<u8>, Attr)>, Error> {
+        let this = self.getattr(ino).await?;
+        let mut entries = vec![(b".".to_vec(), this.clone()), (b"..".to_vec(), this)];
+        let mut after = None;
+        loop {
+            let reply = self
+                .call(MetaOp::ReaddirPlus {
+                    ino,
+                    after: after.clone(),
+                    limit: READDIR_PAGE_MAX,
+                })
+                .await?;
+            let MetaReply::DirPlus {
+                entries: page,
+                more,
+            } = reply
+            else {
+                return Err(Error::internal(format!("readdirplus answered {reply:?}")));
+            };
+            after = page.last().map(|(e, _)| e.name.clone());
+            for (entry, mut attr) in page {
+                self.overlay(&mut attr);
+                entries.push((entry.name, attr));
+            }
+            if !more || after.is_none() {
+                return Ok(entries);
+            }
+        }
+    }
+
     fn keep_cache(&self, attr: &Attr) -> bool {
         let mut versions = lock(&self.cached_versions);
         let keep = versions.get(&attr.ino) == Some(&attr.version);
@@ -640,6 +672,12 @@ impl Filesystem for TesseraFs {
             let _ = config.set_max_readahead(max);
         }
         let _ = config.set_max_background(64);
+        // Listings carry attributes (one metaserver call per page for
+        // `ls -l`); the kernel chooses per directory whether to ask.
+        let plus = fuser::InitFlags::FUSE_DO_READDIRPLUS | fuser::InitFlags::FUSE_READDIRPLUS_AUTO;
+        if let Err(missing) = config.add_capabilities(plus) {
+            tracing::debug!(?missing, "the kernel offers no readdirplus");
+        }
         Ok(())
     }
 
@@ -1024,6 +1062,7 @@ impl Filesystem for TesseraFs {
                     let dir = DirHandle {
                         ino,
                         entries: Vec::new(),
+                        plus: Vec::new(),
                     };
                     lock(&shared.dirs).insert(fh, Arc::new(tokio::sync::Mutex::new(dir)));
                     reply.opened(FileHandle(fh), FopenFlags::empty());
@@ -1062,6 +1101,45 @@ impl Filesystem for TesseraFs {
                     index as u64 + 1,
                     file_type(*kind),
                     OsStr::from_bytes(name),
+                );
+                if full {
+                    break;
+                }
+            }
+            reply.ok();
+        });
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let Some(dir) = lock(&self.shared.dirs).get(&fh.0).cloned() else {
+            reply.error(Errno::EBADF);
+            return;
+        };
+        self.spawn(|shared| async move {
+            let mut dir = dir.lock().await;
+            if offset == 0 {
+                match shared.load_dir_plus(dir.ino).await {
+                    Ok(entries) => dir.plus = entries,
+                    Err(err) => return reply.error(errno(&err)),
+                }
+            }
+            let ttl = shared.attr_ttl.min(shared.entry_ttl);
+            let start = usize::try_from(offset).unwrap_or(usize::MAX);
+            for (index, (name, attr)) in dir.plus.iter().enumerate().skip(start) {
+                let full = reply.add(
+                    INodeNo(attr.ino.0),
+                    index as u64 + 1,
+                    OsStr::from_bytes(name),
+                    &ttl,
+                    &file_attr(attr),
+                    Generation(0),
                 );
                 if full {
                     break;

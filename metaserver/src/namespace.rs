@@ -37,10 +37,14 @@ use std::ops::Bound;
 use tessera_proto::ids::{ChunkId, InodeId};
 use tessera_proto::meta::{
     Attr, DirEntry, Extent, FILE_SIZE_MAX_BYTES, FileKind, LAYOUT_EXTENTS_MAX, MetaOp, MetaReply,
-    NAME_MAX_BYTES, Policy, READDIR_PAGE_MAX, RenameMode, SYMLINK_MAX_BYTES, SetAttr, SetTime,
-    XATTR_NAME_MAX_BYTES, XATTR_TOTAL_MAX_BYTES, XATTR_VALUE_MAX_BYTES, XattrMode,
+    NAME_MAX_BYTES, Policy, READDIR_PAGE_BYTES, READDIR_PAGE_MAX, RenameMode, SYMLINK_MAX_BYTES,
+    SetAttr, SetTime, XATTR_NAME_MAX_BYTES, XATTR_TOTAL_MAX_BYTES, XATTR_VALUE_MAX_BYTES,
+    XattrMode,
 };
 use tessera_proto::{Error, ErrorCode};
+
+/// A directory entry and, for readdirplus, its attributes.
+type ListedEntry = (DirEntry, Option<Attr>);
 
 /// Most links one inode may have, and most subdirectories plus two a
 /// directory may have (ext4's limit).
@@ -347,6 +351,7 @@ impl Namespace {
             | MetaOp::GetAttr { .. }
             | MetaOp::Readlink { .. }
             | MetaOp::Readdir { .. }
+            | MetaOp::ReaddirPlus { .. }
             | MetaOp::GetXattr { .. }
             | MetaOp::ListXattr { .. }
             | MetaOp::GetPolicy { .. } => self.read(op),
@@ -446,6 +451,9 @@ impl Namespace {
                 Ok(MetaReply::Target(node.target.clone()))
             }
             MetaOp::Readdir { ino, after, limit } => self.readdir(*ino, after.as_deref(), *limit),
+            MetaOp::ReaddirPlus { ino, after, limit } => {
+                self.readdir_plus(*ino, after.as_deref(), *limit)
+            }
             MetaOp::GetXattr { ino, name } => {
                 let node = self.node(*ino)?;
                 check_xattr_name(name)?;
@@ -1415,6 +1423,37 @@ impl Namespace {
     }
 
     fn readdir(&self, ino: InodeId, after: Option<&[u8]>, limit: u32) -> Result<MetaReply, Error> {
+        let (entries, more) = self.readdir_page(ino, after, limit, false)?;
+        Ok(MetaReply::Dir {
+            entries: entries.into_iter().map(|(entry, _)| entry).collect(),
+            more,
+        })
+    }
+
+    fn readdir_plus(
+        &self,
+        ino: InodeId,
+        after: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<MetaReply, Error> {
+        let (entries, more) = self.readdir_page(ino, after, limit, true)?;
+        let entries = entries
+            .into_iter()
+            .filter_map(|(entry, attr)| Some((entry, attr?)))
+            .collect();
+        Ok(MetaReply::DirPlus { entries, more })
+    }
+
+    /// One page of a directory in name order. A page also ends before its
+    /// reply would pass [`READDIR_PAGE_BYTES`], so 256 names of 255 bytes
+    /// (with their attributes) still fit under the header cap.
+    fn readdir_page(
+        &self,
+        ino: InodeId,
+        after: Option<&[u8]>,
+        limit: u32,
+        with_attrs: bool,
+    ) -> Result<(Vec<ListedEntry>, bool), Error> {
         self.dir_node(ino)?;
         let page = if limit == 0 {
             READDIR_PAGE_MAX
@@ -1426,22 +1465,35 @@ impl Namespace {
             None => Bound::Unbounded,
         };
         let mut entries = Vec::new();
+        let mut bytes = 0usize;
         let mut more = false;
         if let Some(dir) = self.dirs.get(&ino) {
             for (name, child) in dir.range::<[u8], _>((start, Bound::Unbounded)) {
-                if entries.len() == page {
+                let cost = name.len() + if with_attrs { 128 } else { 16 };
+                if entries.len() == page
+                    || (bytes + cost > READDIR_PAGE_BYTES && !entries.is_empty())
+                {
                     more = true;
                     break;
                 }
+                bytes += cost;
                 let kind = self.node(*child)?.kind;
-                entries.push(DirEntry {
-                    name: name.clone(),
-                    ino: *child,
-                    kind,
-                });
+                let attr = if with_attrs {
+                    Some(self.attr(*child)?)
+                } else {
+                    None
+                };
+                entries.push((
+                    DirEntry {
+                        name: name.clone(),
+                        ino: *child,
+                        kind,
+                    },
+                    attr,
+                ));
             }
         }
-        Ok(MetaReply::Dir { entries, more })
+        Ok((entries, more))
     }
 
     fn set_attr(&mut self, ino: InodeId, set: &SetAttr, now_ns: i64) -> Result<Attr, Error> {
@@ -2579,6 +2631,55 @@ mod tests {
             (1, T0 + 7)
         );
         assert_eq!(names(&mut ns, ROOT), ["d", "e", "f", "l"]);
+    }
+
+    #[test]
+    fn pages_of_long_names_stay_under_the_header_cap() {
+        let mut ns = Namespace::new(Policy::Replicas(1), T0);
+        for i in 0..300u32 {
+            create(&mut ns, ROOT, &format!("{i:03}{}", "x".repeat(252)));
+        }
+        for plus in [false, true] {
+            let mut after: Option<Vec<u8>> = None;
+            let mut seen = 0;
+            loop {
+                let op = if plus {
+                    MetaOp::ReaddirPlus {
+                        ino: ROOT,
+                        after: after.clone(),
+                        limit: 0,
+                    }
+                } else {
+                    MetaOp::Readdir {
+                        ino: ROOT,
+                        after: after.clone(),
+                        limit: 0,
+                    }
+                };
+                let reply = ns.read(&op).unwrap();
+                let encoded = postcard::to_stdvec(&reply).unwrap().len();
+                assert!(encoded < 60 * 1024, "a page of {encoded} bytes");
+                let (names, more): (Vec<Vec<u8>>, bool) = match reply {
+                    MetaReply::Dir { entries, more } => {
+                        (entries.into_iter().map(|e| e.name).collect(), more)
+                    }
+                    MetaReply::DirPlus { entries, more } => {
+                        for (entry, attr) in &entries {
+                            assert_eq!(entry.ino, attr.ino);
+                            assert_eq!(attr.kind, FileKind::File);
+                        }
+                        (entries.into_iter().map(|(e, _)| e.name).collect(), more)
+                    }
+                    other => panic!("{other:?}"),
+                };
+                seen += names.len();
+                after = names.last().cloned();
+                if !more {
+                    break;
+                }
+            }
+            assert_eq!(seen, 300, "plus: {plus}");
+        }
     }
 
     #[test]

@@ -71,6 +71,7 @@ fn is_read(op: &MetaOp) -> bool {
             | MetaOp::GetAttr { .. }
             | MetaOp::Readlink { .. }
             | MetaOp::Readdir { .. }
+            | MetaOp::ReaddirPlus { .. }
             | MetaOp::GetXattr { .. }
             | MetaOp::ListXattr { .. }
             | MetaOp::GetPolicy { .. }

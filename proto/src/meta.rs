@@ -32,6 +32,9 @@ pub const FILE_SIZE_MAX_BYTES: u64 = 1 << 50;
 pub const LAYOUT_EXTENTS_MAX: usize = 512;
 /// Directory entries per readdir page.
 pub const READDIR_PAGE_MAX: u32 = 256;
+/// Rough bytes of one readdir page: a page ends early rather than pass it,
+/// keeping replies of long names well under the header cap.
+pub const READDIR_PAGE_BYTES: usize = 48 * 1024;
 /// S3 access keys the cluster keeps at most.
 pub const ACCESS_KEYS_MAX: usize = 10_000;
 /// Longest description of an access key.
@@ -309,6 +312,13 @@ pub enum MetaOp {
         after: Option<Vec<u8>>,
         limit: u32,
     },
+    /// As `Readdir`, with each entry's attributes (for readdirplus, so
+    /// `ls -l` costs one call per page instead of one per entry).
+    ReaddirPlus {
+        ino: InodeId,
+        after: Option<Vec<u8>>,
+        limit: u32,
+    },
     GetXattr {
         ino: InodeId,
         name: Vec<u8>,
@@ -408,6 +418,7 @@ impl MetaOp {
             MetaOp::Rmdir { .. } => "rmdir",
             MetaOp::Rename { .. } => "rename",
             MetaOp::Readdir { .. } => "readdir",
+            MetaOp::ReaddirPlus { .. } => "readdirplus",
             MetaOp::GetXattr { .. } => "getxattr",
             MetaOp::SetXattr { .. } => "setxattr",
             MetaOp::ListXattr { .. } => "listxattr",
@@ -439,6 +450,10 @@ pub enum MetaReply {
     Target(Vec<u8>),
     Dir {
         entries: Vec<DirEntry>,
+        more: bool,
+    },
+    DirPlus {
+        entries: Vec<(DirEntry, Attr)>,
         more: bool,
     },
     Xattr(Vec<u8>),
