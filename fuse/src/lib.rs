@@ -205,11 +205,21 @@ struct FileHandleState {
     reader: tokio::sync::Mutex<Option<(u64, FileReader)>>,
 }
 
+/// One directory entry of a listing; attributes when a readdirplus pass
+/// loaded it.
+struct Listed {
+    name: Vec<u8>,
+    ino: InodeId,
+    kind: FileKind,
+    attr: Option<Attr>,
+}
+
+/// One listing per open directory. The kernel may start a pass with
+/// readdirplus and continue it with plain readdir (or the other way round),
+/// so both read the same snapshot by offset.
 struct DirHandle {
     ino: InodeId,
-    entries: Vec<(Vec<u8>, InodeId, FileKind)>,
-    /// The same listing with attributes, for readdirplus.
-    plus: Vec<(Vec<u8>, Attr)>,
+    entries: Vec<Listed>,
 }
 
 struct Shared {
@@ -485,65 +495,73 @@ impl Shared {
         Ok(attr)
     }
 
-    async fn load_dir(&self, ino: InodeId) -> Result<Vec<(Vec<u8>, InodeId, FileKind)>, Error> {
-        let mut entries = vec![
-            (b".".to_vec(), ino, FileKind::Dir),
-            (b"..".to_vec(), ino, FileKind::Dir),
-        ];
-        let mut after = None;
+    /// The directory as it is now, with `.` and `..` first; with
+    /// attributes when `plus`.
+    async fn load_dir(&self, ino: InodeId, plus: bool) -> Result<Vec<Listed>, Error> {
+        let this = if plus {
+            Some(self.getattr(ino).await?)
+        } else {
+            None
+        };
+        let mut entries: Vec<Listed> = [b".".to_vec(), b"..".to_vec()]
+            .into_iter()
+            .map(|name| Listed {
+                name,
+                ino,
+                kind: FileKind::Dir,
+                attr: this.clone(),
+            })
+            .collect();
+        let mut after: Option<Vec<u8>> = None;
         loop {
-            let reply = self
-                .call(MetaOp::Readdir {
+            let op = if plus {
+                MetaOp::ReaddirPlus {
                     ino,
                     after: after.clone(),
                     limit: READDIR_PAGE_MAX,
-                })
-                .await?;
-            let MetaReply::Dir {
-                entries: page,
-                more,
-            } = reply
-            else {
-                return Err(Error::internal(format!("readdir answered {reply:?}")));
-            };
-            after = page.last().map(|e| e.name.clone());
-            entries.extend(
-                page.into_iter()
-                    .map(|DirEntry { name, ino, kind }| (name, ino, kind)),
-            );
-            if !more || after.is_none() {
-                return Ok(entries);
-            }
-        }
-    }
-
-    async fn load_dir_plus(&self, ino: InodeId) -> Result<Vec<(Vec<u8>, Attr)>, Error> {
-        let this = self.getattr(ino).await?;
-        let mut entries = vec![(b".".to_vec(), this.clone()), (b"..".to_vec(), this)];
-        let mut after = None;
-        loop {
-            let reply = self
-                .call(MetaOp::ReaddirPlus {
+                }
+            } else {
+                MetaOp::Readdir {
                     ino,
                     after: after.clone(),
                     limit: READDIR_PAGE_MAX,
-                })
-                .await?;
-            let MetaReply::DirPlus {
-                entries: page,
-                more,
-            } = reply
-            else {
-                return Err(Error::internal(format!("readdirplus answered {reply:?}")));
+                }
             };
-            after = page.last().map(|(e, _)| e.name.clone());
-            for (entry, mut attr) in page {
-                self.overlay(&mut attr);
-                entries.push((entry.name, attr));
-            }
-            if !more || after.is_none() {
+            let more = match self.call(op).await? {
+                MetaReply::Dir {
+                    entries: page,
+                    more,
+                } => {
+                    entries.extend(page.into_iter().map(|DirEntry { name, ino, kind }| Listed {
+                        name,
+                        ino,
+                        kind,
+                        attr: None,
+                    }));
+                    more
+                }
+                MetaReply::DirPlus {
+                    entries: page,
+                    more,
+                } => {
+                    for (entry, mut attr) in page {
+                        self.overlay(&mut attr);
+                        entries.push(Listed {
+                            name: entry.name,
+                            ino: entry.ino,
+                            kind: entry.kind,
+                            attr: Some(attr),
+                        });
+                    }
+                    more
+                }
+                other => return Err(Error::internal(format!("a listing answered {other:?}"))),
+            };
+            let last = entries.last().map(|e| e.name.clone());
+            if !more || entries.len() <= 2 || last == after {
                 return Ok(entries);
             }
+            after = last;
         }
     }
 
@@ -1062,7 +1080,6 @@ impl Filesystem for TesseraFs {
                     let dir = DirHandle {
                         ino,
                         entries: Vec::new(),
-                        plus: Vec::new(),
                     };
                     lock(&shared.dirs).insert(fh, Arc::new(tokio::sync::Mutex::new(dir)));
                     reply.opened(FileHandle(fh), FopenFlags::empty());
@@ -1089,18 +1106,18 @@ impl Filesystem for TesseraFs {
             if offset == 0 {
                 // A fresh pass (opendir or rewinddir) sees the directory as
                 // it is now; later pages continue that snapshot.
-                match shared.load_dir(dir.ino).await {
+                match shared.load_dir(dir.ino, false).await {
                     Ok(entries) => dir.entries = entries,
                     Err(err) => return reply.error(errno(&err)),
                 }
             }
             let start = usize::try_from(offset).unwrap_or(usize::MAX);
-            for (index, (name, ino, kind)) in dir.entries.iter().enumerate().skip(start) {
+            for (index, entry) in dir.entries.iter().enumerate().skip(start) {
                 let full = reply.add(
-                    INodeNo(ino.0),
+                    INodeNo(entry.ino.0),
                     index as u64 + 1,
-                    file_type(*kind),
-                    OsStr::from_bytes(name),
+                    file_type(entry.kind),
+                    OsStr::from_bytes(&entry.name),
                 );
                 if full {
                     break;
@@ -1125,18 +1142,30 @@ impl Filesystem for TesseraFs {
         self.spawn(|shared| async move {
             let mut dir = dir.lock().await;
             if offset == 0 {
-                match shared.load_dir_plus(dir.ino).await {
-                    Ok(entries) => dir.plus = entries,
+                match shared.load_dir(dir.ino, true).await {
+                    Ok(entries) => dir.entries = entries,
                     Err(err) => return reply.error(errno(&err)),
                 }
             }
             let ttl = shared.attr_ttl.min(shared.entry_ttl);
             let start = usize::try_from(offset).unwrap_or(usize::MAX);
-            for (index, (name, attr)) in dir.plus.iter().enumerate().skip(start) {
+            for index in start..dir.entries.len() {
+                // A pass begun with plain readdir has no attributes yet.
+                if dir.entries[index].attr.is_none() {
+                    match shared.getattr(dir.entries[index].ino).await {
+                        Ok(attr) => dir.entries[index].attr = Some(attr),
+                        // Removed since the listing: skip it, as a fresh
+                        // listing would.
+                        Err(err) if err.code == ErrorCode::NotFound => continue,
+                        Err(err) => return reply.error(errno(&err)),
+                    }
+                }
+                let entry = &dir.entries[index];
+                let Some(attr) = &entry.attr else { continue };
                 let full = reply.add(
-                    INodeNo(attr.ino.0),
+                    INodeNo(entry.ino.0),
                     index as u64 + 1,
-                    OsStr::from_bytes(name),
+                    OsStr::from_bytes(&entry.name),
                     &ttl,
                     &file_attr(attr),
                     Generation(0),
