@@ -562,7 +562,26 @@ fn bad_names_and_sizes_get_clear_errors() {
 
     // The mount still answers.
     assert!(std::fs::read_dir(root).expect("list").count() >= 2);
-    mount.unmount();
+
+    // A killed mount leaves a dead mount point; mounting there again says
+    // what it is and how to clear it.
+    let mut mount = mount;
+    mount.sigkill();
+    let err = std::fs::metadata(&mount.path).expect_err("a dead mount");
+    assert_eq!(err.raw_os_error(), Some(107), "ENOTCONN expected: {err}");
+    let again = Command::new(common::tessera_bin())
+        .arg("mount")
+        .arg(&mount.path)
+        .arg("--config")
+        .arg(cluster.config())
+        .output()
+        .expect("tessera mount");
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success());
+    assert!(
+        stderr.contains("dead mount") && stderr.contains("fusermount3 -u"),
+        "{stderr}"
+    );
 }
 
 fn libc_enametoolong() -> i32 {

@@ -200,15 +200,29 @@ impl Mount {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// SIGKILL, as a crash would: the kernel keeps a dead mount behind.
+    pub fn sigkill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// SIGTERM and wait: the mount commits open files and unmounts.
     pub fn unmount(mut self) {
         self.stop();
     }
 
     fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
+        if let Some(child) = self.child.take() {
+            self.terminate(child);
+        }
+        if self.is_mounted() {
+            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+        }
+    }
+
+    fn terminate(&self, mut child: Child) {
         let _ = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status();
@@ -232,9 +246,6 @@ impl Mount {
                     break;
                 }
             }
-        }
-        if self.is_mounted() {
-            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
         }
     }
 }
