@@ -142,7 +142,7 @@ pub async fn run(options: DevOptions, stop: impl std::future::Future<Output = ()
         let client = tessera_client::Client::connect(&client)
             .await
             .context("connect the mount to the metaserver")?;
-        let mount_options = crate::mount::options(1000, 1000, crate::is_root());
+        let mount_options = crate::mount::options(1000, 1000, tessera_fuse::running_as_root());
         mounted = Some(crate::mount::start(client, path, &mount_options)?);
     }
 

@@ -601,7 +601,7 @@ fn run(cli: Cli) -> Result<()> {
             entry_timeout_ms,
             allow_other,
         } => {
-            let allow_other = allow_other.unwrap_or_else(is_root);
+            let allow_other = allow_other.unwrap_or_else(tessera_fuse::running_as_root);
             let options = mount::options(attr_timeout_ms, entry_timeout_ms, allow_other);
             files_command(&config, |client| async move {
                 let mounted = mount::start(client, &mountpoint, &options)?;
@@ -691,14 +691,6 @@ fn run(cli: Cli) -> Result<()> {
         },
     }
     Ok(())
-}
-
-fn is_root() -> bool {
-    std::env::var("USER").is_ok_and(|u| u == "root")
-        || std::fs::metadata("/proc/self").is_ok_and(|m| {
-            use std::os::unix::fs::MetadataExt;
-            m.uid() == 0
-        })
 }
 
 fn main() -> ExitCode {

@@ -119,8 +119,7 @@ pub fn mount(
         MountOption::Subtype("tessera".into()),
         MountOption::DefaultPermissions,
     ];
-    let root = rustix_is_root();
-    if root {
+    if running_as_root() {
         // Device nodes and setuid files behave as on a local disk only when
         // root mounts; for anyone else the kernel refuses these options.
         config.mount_options.push(MountOption::Dev);
@@ -141,7 +140,9 @@ pub fn mount(
     })
 }
 
-fn rustix_is_root() -> bool {
+/// Whether this process runs as root, which decides what a mount may offer
+/// (other users, device nodes, setuid files).
+pub fn running_as_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
@@ -382,6 +383,26 @@ impl Shared {
         lock(&self.handles).get(&fh.0).cloned().ok_or(Errno::EBADF)
     }
 
+    fn dir(&self, fh: FileHandle) -> Result<Arc<tokio::sync::Mutex<DirHandle>>, Errno> {
+        lock(&self.dirs).get(&fh.0).cloned().ok_or(Errno::EBADF)
+    }
+
+    /// The open directory's listing; a pass starting at offset 0
+    /// (opendir or rewinddir) lists the directory as it is now, later
+    /// pages continue that snapshot.
+    async fn listing<'d>(
+        &self,
+        dir: &'d tokio::sync::Mutex<DirHandle>,
+        offset: u64,
+        plus: bool,
+    ) -> Result<tokio::sync::MutexGuard<'d, DirHandle>, Error> {
+        let mut dir = dir.lock().await;
+        if offset == 0 {
+            dir.entries = self.load_dir(dir.ino, plus).await?;
+        }
+        Ok(dir)
+    }
+
     /// Before a name goes away: if the inode behind it is open here, ask
     /// the metaserver to keep it until the last handle closes.
     async fn pin_if_open(&self, parent: InodeId, name: &[u8]) {
@@ -480,18 +501,19 @@ impl Shared {
         // cuts them, and times set after writing (`cp -p`, `tar`) must not
         // be overwritten by a later commit.
         let file = self.file(ino);
-        let mut guard = match &file {
-            Some(file) => Some(file.writer.lock().await),
+        // Held until the change is made, so no write slips in between.
+        let _writer = match &file {
+            Some(file) => {
+                let mut slot = file.writer.lock().await;
+                file.flush_locked(&mut slot).await?;
+                Some(slot)
+            }
             None => None,
         };
-        if let (Some(file), Some(slot)) = (&file, guard.as_mut()) {
-            file.flush_locked(slot).await?;
-        }
         let attr = attr_of(self.call(MetaOp::SetAttr { ino, set }).await?)?;
         if let Some(file) = &file {
             file.generation.fetch_add(1, Ordering::AcqRel);
         }
-        drop(guard);
         Ok(attr)
     }
 
@@ -1097,20 +1119,15 @@ impl Filesystem for TesseraFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let Some(dir) = lock(&self.shared.dirs).get(&fh.0).cloned() else {
-            reply.error(Errno::EBADF);
-            return;
+        let dir = match self.shared.dir(fh) {
+            Ok(dir) => dir,
+            Err(e) => return reply.error(e),
         };
         self.spawn(|shared| async move {
-            let mut dir = dir.lock().await;
-            if offset == 0 {
-                // A fresh pass (opendir or rewinddir) sees the directory as
-                // it is now; later pages continue that snapshot.
-                match shared.load_dir(dir.ino, false).await {
-                    Ok(entries) => dir.entries = entries,
-                    Err(err) => return reply.error(errno(&err)),
-                }
-            }
+            let dir = match shared.listing(&dir, offset, false).await {
+                Ok(dir) => dir,
+                Err(err) => return reply.error(errno(&err)),
+            };
             let start = usize::try_from(offset).unwrap_or(usize::MAX);
             for (index, entry) in dir.entries.iter().enumerate().skip(start) {
                 let full = reply.add(
@@ -1135,18 +1152,15 @@ impl Filesystem for TesseraFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let Some(dir) = lock(&self.shared.dirs).get(&fh.0).cloned() else {
-            reply.error(Errno::EBADF);
-            return;
+        let dir = match self.shared.dir(fh) {
+            Ok(dir) => dir,
+            Err(e) => return reply.error(e),
         };
         self.spawn(|shared| async move {
-            let mut dir = dir.lock().await;
-            if offset == 0 {
-                match shared.load_dir(dir.ino, true).await {
-                    Ok(entries) => dir.entries = entries,
-                    Err(err) => return reply.error(errno(&err)),
-                }
-            }
+            let mut dir = match shared.listing(&dir, offset, true).await {
+                Ok(dir) => dir,
+                Err(err) => return reply.error(errno(&err)),
+            };
             let ttl = shared.attr_ttl.min(shared.entry_ttl);
             let start = usize::try_from(offset).unwrap_or(usize::MAX);
             for index in start..dir.entries.len() {

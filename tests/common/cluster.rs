@@ -70,13 +70,7 @@ impl Cluster {
 
     /// The pid of chunkserver `chunk-K`.
     pub fn chunk_pid(&self, k: usize) -> u32 {
-        let pids = std::fs::read_to_string(self.root().join("pids")).expect("pids");
-        pids.lines()
-            .find_map(|line| {
-                let (name, pid) = line.split_once(' ')?;
-                (name == format!("chunk-{k}")).then(|| pid.trim().parse().ok())?
-            })
-            .unwrap_or_else(|| panic!("no chunk-{k} in {pids}"))
+        self.pid_of(&format!("chunk-{k}"))
     }
 
     /// Which chunkserver (K of `chunk-K`) listens on `address`.
@@ -90,11 +84,7 @@ impl Cluster {
     }
 
     pub fn sigkill_chunk(&self, k: usize) {
-        let status = Command::new("kill")
-            .args(["-KILL", &self.chunk_pid(k).to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
+        self.sigkill(&format!("chunk-{k}"));
     }
 
     pub fn metrics_text(&self, port: u16) -> String {
