@@ -23,6 +23,58 @@ pub struct DevOptions {
     pub metrics_listen: Option<SocketAddr>,
     /// Where to mount the cluster, if anywhere.
     pub mount: Option<PathBuf>,
+    /// Where to serve the S3 API, if anywhere.
+    pub s3: Option<SocketAddr>,
+}
+
+/// The access key `tessera dev --s3` made, as an AWS shared credentials
+/// file so `aws` and boto3 read it as it is.
+pub const S3_CREDENTIALS_FILE: &str = "s3-credentials";
+
+fn read_credentials(path: &Path) -> Option<(String, String)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let field = |name: &str| {
+        text.lines().find_map(|line| {
+            let (key, value) = line.split_once('=')?;
+            (key.trim() == name).then(|| value.trim().to_string())
+        })
+    };
+    Some((field("aws_access_key_id")?, field("aws_secret_access_key")?))
+}
+
+/// The key in DIR/s3-credentials if the cluster still has it; otherwise a
+/// new key, written there (mode 0600).
+async fn s3_credentials(
+    meta: &tessera_client::MetaClient,
+    data: &Path,
+) -> Result<(String, String)> {
+    let path = data.join(S3_CREDENTIALS_FILE);
+    if let Some((id, secret)) = read_credentials(&path) {
+        let known = meta
+            .call(tessera_proto::meta::MetaOp::GetAccessKey { id: id.clone() })
+            .await;
+        if let Ok(tessera_proto::meta::MetaReply::AccessKey { secret: kept, .. }) = known
+            && kept == secret
+        {
+            return Ok((id, secret));
+        }
+    }
+    let (id, secret) = crate::keys::create(meta, "tessera dev").await?;
+    let text = format!("[default]\naws_access_key_id = {id}\naws_secret_access_key = {secret}\n");
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("write {}", path.display()))?;
+        file.write_all(text.as_bytes())
+            .with_context(|| format!("write {}", path.display()))?;
+    }
+    Ok((id, secret))
 }
 
 fn tls_files(ca: &Path, name: &str) -> TlsFiles {
@@ -146,6 +198,26 @@ pub async fn run(options: DevOptions, stop: impl std::future::Future<Output = ()
         mounted = Some(crate::mount::start(client, path, &mount_options)?);
     }
 
+    let mut gateway = None;
+    if let Some(addr) = options.s3 {
+        let client = tessera_client::Client::connect(&client)
+            .await
+            .context("connect the S3 gateway to the metaserver")?;
+        let (id, secret) = s3_credentials(client.meta(), &data).await?;
+        tessera_gateway::raise_fd_limit();
+        let started = tessera_gateway::Gateway::start(
+            client,
+            addr,
+            tessera_gateway::default_region(),
+            &registry,
+        )
+        .await
+        .with_context(|| {
+            format!("start the S3 gateway on {addr} (pick another --s3 address if it is in use)")
+        })?;
+        gateway = Some((started, id, secret));
+    }
+
     println!("tessera dev is running on {}", data.display());
     println!("  metaserver   {meta_addr}  (one voter, default policy {policy})");
     for (i, chunk) in chunks.iter().enumerate() {
@@ -162,6 +234,18 @@ pub async fn run(options: DevOptions, stop: impl std::future::Future<Output = ()
     if let Some(path) = &options.mount {
         println!("  mount        {}", path.display());
     }
+    if let Some((gateway, id, secret)) = &gateway {
+        println!(
+            "  s3           http://{}  (region us-east-1, path-style)",
+            gateway.addr()
+        );
+        println!("  s3 key       {id}");
+        println!("  s3 secret    {secret}");
+        println!(
+            "  s3 creds     {}",
+            data.join(S3_CREDENTIALS_FILE).display()
+        );
+    }
     println!();
     println!("try:");
     println!("  export TESSERA_CONFIG={}", client_toml.display());
@@ -169,6 +253,13 @@ pub async fn run(options: DevOptions, stop: impl std::future::Future<Output = ()
     println!("  tessera mkdir /photos && tessera ls /");
     println!("  tessera put ./file /photos/file && tessera get /photos/file ./copy");
     println!("  tessera stat /photos/file   (its chunks and the servers of each piece)");
+    if let Some((gateway, _, _)) = &gateway {
+        println!(
+            "  AWS_SHARED_CREDENTIALS_FILE={} aws --endpoint-url http://{} s3 ls",
+            data.join(S3_CREDENTIALS_FILE).display(),
+            gateway.addr()
+        );
+    }
     println!("stop with Ctrl-C; a restart with the same --data keeps everything.");
 
     match mounted {
@@ -176,6 +267,9 @@ pub async fn run(options: DevOptions, stop: impl std::future::Future<Output = ()
         None => stop.await,
     }
     println!("stopping");
+    if let Some((gateway, _, _)) = gateway {
+        gateway.shutdown();
+    }
     for chunk in chunks {
         chunk.shutdown().await;
     }

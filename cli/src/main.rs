@@ -50,6 +50,19 @@ enum Command {
         /// Also mount the cluster here (an existing empty directory).
         #[arg(long)]
         mount: Option<PathBuf>,
+        /// Also serve the S3 API here; the first start creates an access
+        /// key and writes it to DIR/s3-credentials.
+        #[arg(long)]
+        s3: Option<std::net::SocketAddr>,
+    },
+    /// Serve the S3 API over the cluster until Ctrl-C or SIGTERM.
+    Gateway {
+        /// The gateway's TOML configuration (see deploy/gateway.example.toml).
+        #[arg(long, env = "TESSERA_GATEWAY_CONFIG")]
+        config: PathBuf,
+        /// Override any configuration key (repeatable): --set listen=0.0.0.0:9000
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
     },
     /// Mount the cluster as a local filesystem until Ctrl-C or SIGTERM.
     Mount {
@@ -319,6 +332,46 @@ fn run_chunk(
     })
 }
 
+fn run_gateway(
+    path: PathBuf,
+    overrides: Vec<String>,
+    cli_log: Option<&str>,
+    cli_json: bool,
+) -> Result<()> {
+    let config: tessera_gateway::GatewayConfig =
+        tessera_proto::config::load(Some(&path), &overrides)
+            .with_context(|| format!("load gateway config {}", path.display()))?;
+    let level = cli_log.map(str::to_string).or(config.log.level.clone());
+    tessera_proto::obs::init_tracing(level.as_deref(), cli_json || config.log.json)?;
+    tessera_gateway::raise_fd_limit();
+    runtime()?.block_on(async {
+        let registry = prometheus::Registry::new();
+        let client = tessera_client::Client::connect(&config.client)
+            .await
+            .context("connect to the metaservers named in [client]")?;
+        let gateway = tessera_gateway::Gateway::start(
+            client,
+            config.listen,
+            config.region.clone(),
+            &registry,
+        )
+        .await
+        .context("start the S3 gateway")?;
+        let metrics = match config.metrics_listen {
+            Some(addr) => Some(tessera_proto::obs::serve_metrics(addr, registry).await?),
+            None => None,
+        };
+        println!("S3 gateway listening on http://{}", gateway.addr());
+        stop_signal().await;
+        tracing::info!("stop requested; shutting down");
+        gateway.shutdown();
+        if let Some((_, task)) = metrics {
+            task.abort();
+        }
+        Ok(())
+    })
+}
+
 fn run_meta(
     config: PathBuf,
     overrides: Vec<String>,
@@ -554,6 +607,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Chunk { config, overrides } => {
             return run_chunk(config, overrides, cli.log_level.as_deref(), cli.log_json);
         }
+        Command::Gateway { config, overrides } => {
+            return run_gateway(config, overrides, cli.log_level.as_deref(), cli.log_json);
+        }
         Command::Meta {
             action,
             config,
@@ -574,13 +630,16 @@ fn run(cli: Cli) -> Result<()> {
     }
     tessera_proto::obs::init_tracing(cli.log_level.as_deref(), cli.log_json)?;
     match cli.command {
-        Command::Chunk { .. } | Command::Meta { .. } => unreachable!("handled above"),
+        Command::Chunk { .. } | Command::Meta { .. } | Command::Gateway { .. } => {
+            unreachable!("handled above")
+        }
         Command::Dev {
             data,
             chunkservers,
             meta_listen,
             metrics_listen,
             mount,
+            s3,
         } => {
             if chunkservers == 0 {
                 anyhow::bail!("--chunkservers must be at least 1");
@@ -591,6 +650,7 @@ fn run(cli: Cli) -> Result<()> {
                 meta_listen,
                 metrics_listen: Some(metrics_listen),
                 mount,
+                s3,
             };
             runtime()?.block_on(dev::run(options, stop_signal()))?;
         }

@@ -1,4 +1,273 @@
-//! S3 gateway over tessera-client.
-//!
-//! This crate is laid out in the workspace; its capability lands with its own issue
-//! (see `docs/ARCHITECTURE.md`).
+//! `tessera-gateway`: the S3 API over `tessera-client`. Buckets are
+//! top-level directories and keys are paths below them, so an object put
+//! through S3 is a file in the mount and the other way round. s3s parses
+//! requests and verifies signatures; this crate maps operations onto the
+//! namespace (see docs/s3.md for what is supported).
+
+mod auth;
+mod list;
+pub mod names;
+mod s3;
+mod store;
+
+use auth::RequestInfo;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tessera_client::Client;
+use tessera_proto::config::{ClientConfig, LogConfig};
+use tessera_proto::error::Error;
+use tessera_proto::meta::{FileKind, MetaOp};
+use tokio::net::TcpListener;
+
+/// A client that sends no request headers for this long is dropped, so
+/// idle or stalled connections cannot pile up.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Staged files older than this belong to writes that died with their
+/// gateway; the sweep at start removes them.
+const STAGED_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// `tessera gateway --config F`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct GatewayConfig {
+    /// HTTP listen address of the S3 API.
+    pub listen: SocketAddr,
+    /// Prometheus endpoint (`/metrics`); none when unset.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// The region clients sign for.
+    #[serde(default = "default_region")]
+    pub region: String,
+    #[serde(default)]
+    pub log: LogConfig,
+    /// How to reach the cluster, as in `client.toml`.
+    pub client: ClientConfig,
+}
+
+pub fn default_region() -> String {
+    "us-east-1".into()
+}
+
+struct Metrics {
+    requests: IntCounterVec,
+    seconds: HistogramVec,
+    in_flight: IntGauge,
+}
+
+impl Metrics {
+    fn new(registry: &Registry) -> Result<Metrics, Error> {
+        let fail = |e: prometheus::Error| Error::internal(format!("register gateway metrics: {e}"));
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "tessera_s3_requests_total",
+                "S3 requests by operation and HTTP status",
+            ),
+            &["operation", "status"],
+        )
+        .map_err(fail)?;
+        let seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "tessera_s3_request_seconds",
+                "S3 request latency to the response head, by operation",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["operation"],
+        )
+        .map_err(fail)?;
+        let in_flight = IntGauge::new(
+            "tessera_s3_requests_in_flight",
+            "S3 requests being answered",
+        )
+        .map_err(fail)?;
+        registry
+            .register(Box::new(requests.clone()))
+            .map_err(fail)?;
+        registry.register(Box::new(seconds.clone())).map_err(fail)?;
+        registry
+            .register(Box::new(in_flight.clone()))
+            .map_err(fail)?;
+        Ok(Metrics {
+            requests,
+            seconds,
+            in_flight,
+        })
+    }
+}
+
+/// A running gateway.
+pub struct Gateway {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Gateway {
+    /// Binds `listen` and serves until [`Gateway::shutdown`].
+    pub async fn start(
+        client: Arc<Client>,
+        listen: SocketAddr,
+        region: String,
+        registry: &Registry,
+    ) -> Result<Gateway, Error> {
+        let store = Arc::new(store::Store::open(client).await?);
+        sweep_staging(&store).await;
+        let gateway = s3::Gateway::new(store.clone(), region);
+        let mut builder = s3s::service::S3ServiceBuilder::new(gateway);
+        builder.set_auth(auth::KeyAuth::new(store.clone()));
+        builder.set_access(auth::Access::new(store));
+        let service = builder.build();
+        let metrics = Arc::new(Metrics::new(registry)?);
+        let listener = TcpListener::bind(listen).await.map_err(|err| {
+            Error::io(
+                &format!("bind the S3 listener {listen} (is it in use?)"),
+                &err,
+            )
+        })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|err| Error::io("read the S3 listener address", &err))?;
+        let task = tokio::spawn(async move {
+            loop {
+                let (stream, peer) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        // Out of file descriptors, most likely: wait for
+                        // connections to close rather than spin.
+                        tracing::warn!(error = %err, "S3 listener accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let service = service.clone();
+                let metrics = metrics.clone();
+                tokio::spawn(async move {
+                    let handler =
+                        service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+                            let service = service.clone();
+                            let metrics = metrics.clone();
+                            async move {
+                                let info = RequestInfo::default();
+                                request.extensions_mut().insert(info.clone());
+                                let method = request.method().clone();
+                                let path = request.uri().path().to_string();
+                                let started = Instant::now();
+                                metrics.in_flight.inc();
+                                let response = service.call(request.map(s3s::Body::from)).await;
+                                metrics.in_flight.dec();
+                                let elapsed = started.elapsed();
+                                let status = match &response {
+                                    Ok(response) => response.status().as_u16(),
+                                    Err(_) => 500,
+                                };
+                                let operation =
+                                    info.operation().unwrap_or_else(|| "Unauthenticated".into());
+                                metrics
+                                    .requests
+                                    .with_label_values(&[operation.as_str(), &status.to_string()])
+                                    .inc();
+                                metrics
+                                    .seconds
+                                    .with_label_values(&[operation.as_str()])
+                                    .observe(elapsed.as_secs_f64());
+                                tracing::info!(
+                                    target: "tessera::s3::access",
+                                    %peer,
+                                    %method,
+                                    path = %path,
+                                    operation = %operation,
+                                    status,
+                                    ms = elapsed.as_secs_f64() * 1000.0,
+                                    key = %info.access_key().unwrap_or_else(|| "-".into()),
+                                    "s3 request"
+                                );
+                                response
+                            }
+                        });
+                    let connection = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(HEADER_TIMEOUT)
+                        .keep_alive(true)
+                        .serve_connection(TokioIo::new(stream), handler);
+                    if let Err(err) = connection.await {
+                        tracing::debug!(%peer, error = %err, "S3 connection ended with an error");
+                    }
+                });
+            }
+        });
+        Ok(Gateway { addr, task })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting connections; requests in progress are cut off.
+    pub fn shutdown(self) {
+        self.task.abort();
+    }
+}
+
+/// Raises the open-file limit to its hard maximum: every S3 connection
+/// holds a descriptor, and the usual soft limit of 1,024 would refuse
+/// clients long before the gateway runs out of anything else.
+pub fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(err) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!(error = %err, "could not raise the open-file limit");
+        }
+    }
+}
+
+/// Removes staged files left by gateways that died mid-write.
+async fn sweep_staging(store: &store::Store) {
+    let entries = match store.list_dir(store.staging, names::XATTR_ETAG).await {
+        Ok(entries) => entries,
+        Err(err) => {
+            tracing::warn!(error = %err, "could not list the staging directory");
+            return;
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0);
+    let mut removed = 0;
+    for (entry, attr, _) in entries {
+        if attr.kind == FileKind::File && now - attr.mtime_ns > STAGED_MAX_AGE.as_nanos() as i64 {
+            let unlinked = store
+                .call(MetaOp::Unlink {
+                    parent: store.staging,
+                    name: entry.name,
+                })
+                .await;
+            removed += usize::from(unlinked.is_ok());
+        }
+    }
+    if removed > 0 {
+        tracing::info!(removed, "removed staged files of interrupted uploads");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn example_config_loads() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/gateway.example.toml");
+        let config: super::GatewayConfig =
+            tessera_proto::config::load(Some(&path), &["region=eu-west-1".into()]).unwrap();
+        assert_eq!(config.region, "eu-west-1");
+        assert_eq!(config.client.meta.len(), 3);
+        let typo =
+            tessera_proto::config::load::<super::GatewayConfig>(Some(&path), &["regoin=x".into()]);
+        assert!(typo.is_err());
+    }
+}

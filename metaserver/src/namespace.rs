@@ -352,8 +352,10 @@ impl Namespace {
             | MetaOp::Readlink { .. }
             | MetaOp::Readdir { .. }
             | MetaOp::ReaddirPlus { .. }
+            | MetaOp::ReaddirXattr { .. }
             | MetaOp::GetXattr { .. }
             | MetaOp::ListXattr { .. }
+            | MetaOp::GetXattrs { .. }
             | MetaOp::GetPolicy { .. } => self.read(op),
             MetaOp::SetAttr { ino, set } => self.set_attr(*ino, set, now_ns).map(MetaReply::Attr),
             MetaOp::Create {
@@ -414,6 +416,7 @@ impl Namespace {
                 mode,
             } => self.set_xattr(*ino, name, value, *mode, now_ns),
             MetaOp::RemoveXattr { ino, name } => self.remove_xattr(*ino, name, now_ns),
+            MetaOp::SetXattrs { ino, set } => self.set_xattrs(*ino, set, now_ns),
             MetaOp::Open { ino } => self.open(*ino).map(MetaReply::Attr),
             MetaOp::Release { ino } => self.release(*ino),
             MetaOp::SetPolicy { ino, policy } => self.set_policy(*ino, *policy, now_ns),
@@ -454,6 +457,12 @@ impl Namespace {
             MetaOp::ReaddirPlus { ino, after, limit } => {
                 self.readdir_plus(*ino, after.as_deref(), *limit)
             }
+            MetaOp::ReaddirXattr {
+                ino,
+                after,
+                limit,
+                name,
+            } => self.readdir_xattr(*ino, after.as_deref(), *limit, name),
             MetaOp::GetXattr { ino, name } => {
                 let node = self.node(*ino)?;
                 check_xattr_name(name)?;
@@ -465,6 +474,15 @@ impl Namespace {
             MetaOp::ListXattr { ino } => {
                 let node = self.node(*ino)?;
                 Ok(MetaReply::XattrNames(node.xattrs.keys().cloned().collect()))
+            }
+            MetaOp::GetXattrs { ino } => {
+                let node = self.node(*ino)?;
+                Ok(MetaReply::Xattrs(
+                    node.xattrs
+                        .iter()
+                        .map(|(name, value)| (name.clone(), value.clone()))
+                        .collect(),
+                ))
             }
             MetaOp::GetPolicy { ino } => self.policy_of(*ino).map(MetaReply::Policy),
             _ => Err(err(
@@ -1444,6 +1462,34 @@ impl Namespace {
         Ok(MetaReply::DirPlus { entries, more })
     }
 
+    fn readdir_xattr(
+        &self,
+        ino: InodeId,
+        after: Option<&[u8]>,
+        limit: u32,
+        xattr: &[u8],
+    ) -> Result<MetaReply, Error> {
+        check_xattr_name(xattr)?;
+        let (listed, mut more) = self.readdir_page(ino, after, limit, true)?;
+        let mut entries = Vec::with_capacity(listed.len());
+        let mut bytes = 0usize;
+        for (entry, attr) in listed {
+            let Some(attr) = attr else { continue };
+            let value = self
+                .inodes
+                .get(&entry.ino)
+                .and_then(|node| node.xattrs.get(xattr).cloned());
+            let cost = entry.name.len() + 128 + value.as_ref().map_or(0, Vec::len);
+            if bytes + cost > READDIR_PAGE_BYTES && !entries.is_empty() {
+                more = true;
+                break;
+            }
+            bytes += cost;
+            entries.push((entry, attr, value));
+        }
+        Ok(MetaReply::DirXattr { entries, more })
+    }
+
     /// One page of a directory in name order. A page also ends before its
     /// reply would pass [`READDIR_PAGE_BYTES`], so 256 names of 255 bytes
     /// (with their attributes) still fit under the header cap.
@@ -1609,6 +1655,41 @@ impl Namespace {
         }
         self.update(ino, |node| {
             node.xattrs.insert(name.to_vec(), value.to_vec());
+            node.ctime_ns = now_ns;
+        });
+        Ok(MetaReply::Done)
+    }
+
+    fn set_xattrs(
+        &mut self,
+        ino: InodeId,
+        set: &[(Vec<u8>, Vec<u8>)],
+        now_ns: i64,
+    ) -> Result<MetaReply, Error> {
+        let node = self.node(ino)?;
+        let mut after = node.xattrs.clone();
+        for (name, value) in set {
+            check_xattr_name(name)?;
+            if value.len() > XATTR_VALUE_MAX_BYTES {
+                return Err(err(
+                    ErrorCode::TooBig,
+                    format!(
+                        "xattr value of {} bytes exceeds {XATTR_VALUE_MAX_BYTES}",
+                        value.len()
+                    ),
+                ));
+            }
+            after.insert(name.clone(), value.clone());
+        }
+        let total: usize = after.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if total > XATTR_TOTAL_MAX_BYTES {
+            return Err(err(
+                ErrorCode::NoSpace,
+                format!("{ino} would carry {total} xattr bytes, over {XATTR_TOTAL_MAX_BYTES}"),
+            ));
+        }
+        self.update(ino, |node| {
+            node.xattrs = after;
             node.ctime_ns = now_ns;
         });
         Ok(MetaReply::Done)
@@ -2793,6 +2874,69 @@ mod tests {
         // Replacing a value counts the new value, not both.
         ns.apply(&set("user.big1", vec![3; XATTR_VALUE_MAX_BYTES]), T0)
             .unwrap();
+
+        // Several at once: all or none.
+        let many = |pairs: &[(&str, Vec<u8>)]| MetaOp::SetXattrs {
+            ino: F,
+            set: pairs.iter().map(|(k, v)| (n(k), v.clone())).collect(),
+        };
+        let before = ns.apply(&MetaOp::GetXattrs { ino: F }, T0).unwrap();
+        let err = ns
+            .apply(
+                &many(&[
+                    ("user.s1", n("1")),
+                    ("user.s2", vec![2; XATTR_VALUE_MAX_BYTES]),
+                ]),
+                T0,
+            )
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::NoSpace);
+        let err = ns
+            .apply(&many(&[("user.s1", n("1")), ("", n("2"))]), T0)
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidArgument, "{err}");
+        assert_eq!(
+            ns.apply(&MetaOp::GetXattrs { ino: F }, T0).unwrap(),
+            before,
+            "a refused set leaves every attribute alone"
+        );
+        ns.apply(&many(&[("user.s1", n("1")), ("user.s2", n("2"))]), T0 + 5)
+            .unwrap();
+        assert_eq!(ns.attr(F).unwrap().ctime_ns, T0 + 5);
+        match ns.apply(&MetaOp::GetXattrs { ino: F }, T0).unwrap() {
+            MetaReply::Xattrs(all) => {
+                let names: Vec<_> = all.iter().map(|(k, _)| k.clone()).collect();
+                assert_eq!(
+                    names,
+                    vec![n("user.big1"), n("user.s1"), n("user.s2"), n("user.x")]
+                );
+                assert_eq!(all[1].1, n("1"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let listed = ns
+            .apply(
+                &MetaOp::ReaddirXattr {
+                    ino: ROOT,
+                    after: None,
+                    limit: 0,
+                    name: n("user.s1"),
+                },
+                T0,
+            )
+            .unwrap();
+        match listed {
+            MetaReply::DirXattr { entries, more } => {
+                assert!(!more);
+                assert!(entries.len() > 1);
+                for (entry, attr, value) in entries {
+                    assert_eq!(entry.ino, attr.ino);
+                    let expected = (entry.ino == F).then(|| n("1"));
+                    assert_eq!(value, expected, "{entry:?}");
+                }
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

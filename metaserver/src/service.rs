@@ -72,8 +72,10 @@ fn is_read(op: &MetaOp) -> bool {
             | MetaOp::Readlink { .. }
             | MetaOp::Readdir { .. }
             | MetaOp::ReaddirPlus { .. }
+            | MetaOp::ReaddirXattr { .. }
             | MetaOp::GetXattr { .. }
             | MetaOp::ListXattr { .. }
+            | MetaOp::GetXattrs { .. }
             | MetaOp::GetPolicy { .. }
             | MetaOp::GetLayout { .. }
             | MetaOp::StatFs

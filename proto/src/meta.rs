@@ -319,6 +319,16 @@ pub enum MetaOp {
         after: Option<Vec<u8>>,
         limit: u32,
     },
+    /// As `ReaddirPlus`, with the value of one extended attribute of each
+    /// entry (the gateway lists objects with their ETags in one call per
+    /// page). A page also ends early rather than pass
+    /// [`READDIR_PAGE_BYTES`] with the values counted.
+    ReaddirXattr {
+        ino: InodeId,
+        after: Option<Vec<u8>>,
+        limit: u32,
+        name: Vec<u8>,
+    },
     GetXattr {
         ino: InodeId,
         name: Vec<u8>,
@@ -335,6 +345,17 @@ pub enum MetaOp {
     RemoveXattr {
         ino: InodeId,
         name: Vec<u8>,
+    },
+    /// Every extended attribute with its value, in name order: one call
+    /// where a front end (the gateway's HEAD) needs them all.
+    GetXattrs {
+        ino: InodeId,
+    },
+    /// Sets several extended attributes in one step, all or none, so an
+    /// object's metadata costs one log entry and is never seen half-set.
+    SetXattrs {
+        ino: InodeId,
+        set: Vec<(Vec<u8>, Vec<u8>)>,
     },
     StatFs,
     /// Counts an open handle, which keeps an unlinked inode alive.
@@ -419,10 +440,13 @@ impl MetaOp {
             MetaOp::Rename { .. } => "rename",
             MetaOp::Readdir { .. } => "readdir",
             MetaOp::ReaddirPlus { .. } => "readdirplus",
+            MetaOp::ReaddirXattr { .. } => "readdirxattr",
             MetaOp::GetXattr { .. } => "getxattr",
             MetaOp::SetXattr { .. } => "setxattr",
             MetaOp::ListXattr { .. } => "listxattr",
             MetaOp::RemoveXattr { .. } => "removexattr",
+            MetaOp::GetXattrs { .. } => "getxattrs",
+            MetaOp::SetXattrs { .. } => "setxattrs",
             MetaOp::StatFs => "statfs",
             MetaOp::Open { .. } => "open",
             MetaOp::Release { .. } => "release",
@@ -456,8 +480,13 @@ pub enum MetaReply {
         entries: Vec<(DirEntry, Attr)>,
         more: bool,
     },
+    DirXattr {
+        entries: Vec<(DirEntry, Attr, Option<Vec<u8>>)>,
+        more: bool,
+    },
     Xattr(Vec<u8>),
     XattrNames(Vec<Vec<u8>>),
+    Xattrs(Vec<(Vec<u8>, Vec<u8>)>),
     StatFs(StatFs),
     Policy(Policy),
     Chunk(ChunkPlacement),

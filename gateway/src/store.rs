@@ -1,0 +1,554 @@
+//! The namespace operations the gateway builds on: buckets as top-level
+//! directories, keys as paths below them, hidden staging directories for
+//! uploads, and the object metadata kept in extended attributes.
+
+use crate::names::{self, error};
+use s3s::{S3Error, S3ErrorCode, S3Result};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tessera_client::{Client, MetaClient};
+use tessera_proto::error::{Error, ErrorCode};
+use tessera_proto::ids::InodeId;
+use tessera_proto::meta::{
+    Attr, DirEntry, FileKind, MetaOp, MetaReply, READDIR_PAGE_MAX, RenameMode,
+};
+
+/// The gateway's own directory at the root. Its name is not a valid bucket
+/// name, so no bucket can collide with it and listings skip it.
+pub const HIDDEN_DIR: &[u8] = b".tessera-s3";
+/// Objects being written (single PUTs, copies, completed multipart uploads
+/// before their rename into place).
+pub const STAGING_DIR: &[u8] = b"staging";
+/// One directory per multipart upload, holding its parts.
+pub const UPLOADS_DIR: &[u8] = b"uploads";
+
+/// Maps a cluster error to the S3 error a client can act on.
+pub fn s3_error(err: Error) -> S3Error {
+    let code = match err.code {
+        code if code.is_retryable() => S3ErrorCode::ServiceUnavailable,
+        ErrorCode::Overloaded => S3ErrorCode::SlowDown,
+        ErrorCode::FileTooLarge => S3ErrorCode::EntityTooLarge,
+        ErrorCode::PermissionDenied | ErrorCode::NotPermitted => S3ErrorCode::AccessDenied,
+        ErrorCode::NoSpace => {
+            let mut e = error(
+                S3ErrorCode::Custom("InsufficientStorage".into()),
+                format!("the cluster is out of space: {}", err.message),
+            );
+            e.set_status_code(http::StatusCode::INSUFFICIENT_STORAGE);
+            return e;
+        }
+        _ => S3ErrorCode::InternalError,
+    };
+    error(code, format!("{}: {}", err.code.describe(), err.message))
+}
+
+pub fn key_conflict(key: &str, why: &str) -> S3Error {
+    let mut e = error(
+        S3ErrorCode::Custom("KeyConflict".into()),
+        format!(
+            "key {key:?} {why}; keys here are paths, so one key cannot be both an object and a prefix of others (docs/s3.md)"
+        ),
+    );
+    e.set_status_code(http::StatusCode::CONFLICT);
+    e
+}
+
+/// Namespace access for the gateway.
+pub struct Store {
+    pub client: Arc<Client>,
+    pub staging: InodeId,
+    pub uploads: InodeId,
+}
+
+impl Store {
+    /// Creates the hidden directories if this is the first gateway.
+    pub async fn open(client: Arc<Client>) -> Result<Store, Error> {
+        let meta = client.meta();
+        let hidden = mkdir_p(meta, InodeId::ROOT, HIDDEN_DIR, 0o700).await?;
+        let staging = mkdir_p(meta, hidden, STAGING_DIR, 0o700).await?;
+        let uploads = mkdir_p(meta, hidden, UPLOADS_DIR, 0o700).await?;
+        Ok(Store {
+            client,
+            staging,
+            uploads,
+        })
+    }
+
+    pub fn meta(&self) -> &MetaClient {
+        self.client.meta()
+    }
+
+    pub async fn call(&self, op: MetaOp) -> Result<MetaReply, Error> {
+        self.meta().call(op).await
+    }
+
+    /// The entry `name` in `parent`, or `None` if absent.
+    pub async fn lookup(&self, parent: InodeId, name: &[u8]) -> Result<Option<Attr>, Error> {
+        match self
+            .call(MetaOp::Lookup {
+                parent,
+                name: name.to_vec(),
+            })
+            .await
+        {
+            Ok(reply) => tessera_client::path::attr_of(reply).map(Some),
+            Err(err) if matches!(err.code, ErrorCode::NotFound | ErrorCode::NotDir) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    pub async fn getattr(&self, ino: InodeId) -> Result<Attr, Error> {
+        tessera_client::path::attr_of(self.call(MetaOp::GetAttr { ino }).await?)
+    }
+
+    /// The bucket's directory, or `NoSuchBucket`.
+    pub async fn bucket(&self, bucket: &str) -> S3Result<Attr> {
+        let missing = || {
+            error(
+                S3ErrorCode::NoSuchBucket,
+                format!("bucket {bucket:?} does not exist"),
+            )
+        };
+        if !names::is_bucket_name(bucket.as_bytes()) {
+            return Err(missing());
+        }
+        match self.lookup(InodeId::ROOT, bucket.as_bytes()).await {
+            Ok(Some(attr)) if attr.kind == FileKind::Dir => Ok(attr),
+            Ok(_) => Err(missing()),
+            Err(err) => Err(s3_error(err)),
+        }
+    }
+
+    /// The inodes along `parts` below `from`, or `None` where the path
+    /// breaks off (a missing entry or a file in the middle).
+    pub async fn walk(&self, from: InodeId, parts: &[Vec<u8>]) -> S3Result<Option<Vec<Attr>>> {
+        let mut chain = Vec::with_capacity(parts.len());
+        let mut at = from;
+        for part in parts {
+            match self.lookup(at, part).await.map_err(s3_error)? {
+                Some(attr) => {
+                    at = attr.ino;
+                    let is_dir = attr.kind == FileKind::Dir;
+                    chain.push(attr);
+                    if !is_dir && chain.len() < parts.len() {
+                        return Ok(None);
+                    }
+                }
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(chain))
+    }
+
+    /// The object at `key`: a regular file. Directories (prefixes) and
+    /// anything else are not objects.
+    pub async fn object(&self, bucket: &Attr, key: &str) -> S3Result<Attr> {
+        let parts = names::key_parts(key)?;
+        let missing = || error(S3ErrorCode::NoSuchKey, format!("no object {key:?}"));
+        match self.walk(bucket.ino, &parts).await? {
+            Some(mut chain) => match chain.pop() {
+                Some(attr) if attr.kind == FileKind::File => Ok(attr),
+                _ => Err(missing()),
+            },
+            None => Err(missing()),
+        }
+    }
+
+    /// Creates the directories above a key, refusing where a component is
+    /// an object. Returns the innermost directory.
+    pub async fn ensure_dirs(
+        &self,
+        bucket: InodeId,
+        key: &str,
+        dirs: &[Vec<u8>],
+    ) -> S3Result<InodeId> {
+        let mut at = bucket;
+        for name in dirs {
+            at = match self.lookup(at, name).await.map_err(s3_error)? {
+                Some(attr) if attr.kind == FileKind::Dir => attr.ino,
+                Some(_) => return Err(key_conflict(key, "lies below an existing object")),
+                None => match mkdir(self.meta(), at, name, 0o755).await {
+                    Ok(ino) => ino,
+                    Err(err) if err.code == ErrorCode::AlreadyExists => {
+                        match self.lookup(at, name).await.map_err(s3_error)? {
+                            Some(attr) if attr.kind == FileKind::Dir => attr.ino,
+                            _ => return Err(key_conflict(key, "lies below an existing object")),
+                        }
+                    }
+                    Err(err) if err.code == ErrorCode::NotFound => {
+                        // A concurrent delete pruned the parent; the
+                        // caller's retry starts again from the bucket.
+                        return Err(s3_error(Error::new(
+                            ErrorCode::Unavailable,
+                            "a directory above the key vanished during the write",
+                        )));
+                    }
+                    Err(err) => return Err(s3_error(err)),
+                },
+            };
+        }
+        Ok(at)
+    }
+
+    /// A new empty file in the staging directory, and its name there.
+    pub async fn create_staged(&self) -> S3Result<(Attr, Vec<u8>)> {
+        let name = format!("{:032x}", rand::random::<u128>()).into_bytes();
+        let reply = self
+            .call(MetaOp::Create {
+                parent: self.staging,
+                name: name.clone(),
+                kind: FileKind::File,
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                rdev: 0,
+                exclusive: true,
+            })
+            .await
+            .map_err(s3_error)?;
+        Ok((
+            tessera_client::path::attr_of(reply).map_err(s3_error)?,
+            name,
+        ))
+    }
+
+    /// Removes a staged file that will not be installed (best effort: the
+    /// staging sweep removes what this misses).
+    pub async fn discard(&self, dir: InodeId, name: &[u8]) {
+        let _ = self
+            .call(MetaOp::Unlink {
+                parent: dir,
+                name: name.to_vec(),
+            })
+            .await;
+    }
+
+    /// Moves a finished staged file to `key` in one rename, so readers see
+    /// the old object or the whole new one, never part of it.
+    /// `replace: false` is `If-None-Match: *`.
+    pub async fn install(
+        &self,
+        bucket: &Attr,
+        key: &str,
+        staged: &[u8],
+        replace: bool,
+    ) -> S3Result<()> {
+        let mut parts = names::key_parts(key)?;
+        let Some(last) = parts.pop() else {
+            return Err(error(S3ErrorCode::InvalidArgument, "the key is empty"));
+        };
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let parent = match self.ensure_dirs(bucket.ino, key, &parts).await {
+                Ok(parent) => parent,
+                Err(err) if attempts < 5 && *err.code() == S3ErrorCode::ServiceUnavailable => {
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
+            let result = self
+                .call(MetaOp::Rename {
+                    parent: self.staging,
+                    name: staged.to_vec(),
+                    new_parent: parent,
+                    new_name: last.clone(),
+                    mode: if replace {
+                        RenameMode::Replace
+                    } else {
+                        RenameMode::NoReplace
+                    },
+                })
+                .await;
+            return match result {
+                Ok(_) => Ok(()),
+                Err(err) if err.code == ErrorCode::NotFound && attempts < 5 => continue,
+                Err(err) if matches!(err.code, ErrorCode::IsDir | ErrorCode::NotEmpty) => {
+                    Err(key_conflict(key, "is a prefix of other keys (a directory)"))
+                }
+                Err(err) if err.code == ErrorCode::NotDir => {
+                    Err(key_conflict(key, "lies below an existing object"))
+                }
+                Err(err) if err.code == ErrorCode::AlreadyExists => Err(error(
+                    S3ErrorCode::PreconditionFailed,
+                    format!("If-None-Match: * and object {key:?} exists"),
+                )),
+                Err(err) => Err(s3_error(err)),
+            };
+        }
+    }
+
+    /// Removes the now-empty directories above a deleted key, deepest
+    /// first, so a prefix disappears with its last key as in S3. Stops at
+    /// the first directory that still holds something.
+    pub async fn prune(&self, bucket: InodeId, chain: &[Attr], dirs: &[Vec<u8>]) {
+        for depth in (0..dirs.len()).rev() {
+            let parent = if depth == 0 {
+                bucket
+            } else {
+                chain[depth - 1].ino
+            };
+            let removed = self
+                .call(MetaOp::Rmdir {
+                    parent,
+                    name: dirs[depth].clone(),
+                })
+                .await;
+            if removed.is_err() {
+                break;
+            }
+        }
+    }
+
+    /// Every entry of a directory with attributes and one extended
+    /// attribute's value, in name order.
+    pub async fn list_dir(
+        &self,
+        ino: InodeId,
+        xattr: &str,
+    ) -> Result<Vec<(DirEntry, Attr, Option<Vec<u8>>)>, Error> {
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let reply = self
+                .call(MetaOp::ReaddirXattr {
+                    ino,
+                    after: after.clone(),
+                    limit: READDIR_PAGE_MAX,
+                    name: xattr.as_bytes().to_vec(),
+                })
+                .await?;
+            let MetaReply::DirXattr { entries, more } = reply else {
+                return Err(Error::internal(format!(
+                    "readdir answered {}",
+                    reply_name(&reply)
+                )));
+            };
+            after = entries.last().map(|(entry, _, _)| entry.name.clone());
+            out.extend(entries);
+            if !more || after.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
+    pub async fn xattrs(&self, ino: InodeId) -> Result<BTreeMap<String, Vec<u8>>, Error> {
+        match self.call(MetaOp::GetXattrs { ino }).await? {
+            MetaReply::Xattrs(all) => Ok(all
+                .into_iter()
+                .filter_map(|(name, value)| Some((String::from_utf8(name).ok()?, value)))
+                .collect()),
+            other => Err(Error::internal(format!(
+                "getxattrs answered {}",
+                reply_name(&other)
+            ))),
+        }
+    }
+
+    pub async fn set_xattrs(&self, ino: InodeId, set: Vec<(String, Vec<u8>)>) -> S3Result<()> {
+        if set.is_empty() {
+            return Ok(());
+        }
+        let set = set
+            .into_iter()
+            .map(|(name, value)| (name.into_bytes(), value))
+            .collect();
+        match self.call(MetaOp::SetXattrs { ino, set }).await {
+            Ok(_) => Ok(()),
+            Err(err) if matches!(err.code, ErrorCode::NoSpace | ErrorCode::TooBig) => Err(error(
+                S3ErrorCode::MetadataTooLarge,
+                format!("the object's metadata does not fit: {}", err.message),
+            )),
+            Err(err) if err.code == ErrorCode::Range => Err(error(
+                S3ErrorCode::InvalidArgument,
+                format!("a metadata name is too long: {}", err.message),
+            )),
+            Err(err) => Err(s3_error(err)),
+        }
+    }
+}
+
+fn reply_name(reply: &MetaReply) -> String {
+    let text = format!("{reply:?}");
+    text.split(['(', ' ', '{'])
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+async fn mkdir(
+    meta: &MetaClient,
+    parent: InodeId,
+    name: &[u8],
+    mode: u32,
+) -> Result<InodeId, Error> {
+    let reply = meta
+        .call(MetaOp::Mkdir {
+            parent,
+            name: name.to_vec(),
+            mode,
+            uid: 0,
+            gid: 0,
+        })
+        .await?;
+    Ok(tessera_client::path::attr_of(reply)?.ino)
+}
+
+async fn mkdir_p(
+    meta: &MetaClient,
+    parent: InodeId,
+    name: &[u8],
+    mode: u32,
+) -> Result<InodeId, Error> {
+    match mkdir(meta, parent, name, mode).await {
+        Ok(ino) => Ok(ino),
+        Err(err) if err.code == ErrorCode::AlreadyExists => {
+            let attr = tessera_client::path::attr_of(
+                meta.call(MetaOp::Lookup {
+                    parent,
+                    name: name.to_vec(),
+                })
+                .await?,
+            )?;
+            if attr.kind != FileKind::Dir {
+                return Err(Error::new(
+                    ErrorCode::NotDir,
+                    format!(
+                        "{} exists and is not a directory; the gateway keeps its uploads there",
+                        String::from_utf8_lossy(name)
+                    ),
+                ));
+            }
+            Ok(attr.ino)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// Content headers and user metadata of an object.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ObjectMeta {
+    pub content_type: Option<String>,
+    pub content_encoding: Option<String>,
+    pub content_language: Option<String>,
+    pub cache_control: Option<String>,
+    pub content_disposition: Option<String>,
+    pub user: BTreeMap<String, String>,
+}
+
+impl ObjectMeta {
+    pub fn xattrs(&self) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut put = |name: &str, value: &Option<String>| {
+            if let Some(value) = value {
+                out.push((name.to_string(), value.clone().into_bytes()));
+            }
+        };
+        put(names::XATTR_CONTENT_TYPE, &self.content_type);
+        put(names::XATTR_CONTENT_ENCODING, &self.content_encoding);
+        put(names::XATTR_CONTENT_LANGUAGE, &self.content_language);
+        put(names::XATTR_CACHE_CONTROL, &self.cache_control);
+        put(names::XATTR_CONTENT_DISPOSITION, &self.content_disposition);
+        for (name, value) in &self.user {
+            out.push((
+                format!("{}{}", names::XATTR_USER_META, name.to_ascii_lowercase()),
+                value.clone().into_bytes(),
+            ));
+        }
+        out
+    }
+
+    pub fn from_xattrs(all: &BTreeMap<String, Vec<u8>>) -> ObjectMeta {
+        let get = |name: &str| {
+            all.get(name)
+                .and_then(|v| String::from_utf8(v.clone()).ok())
+        };
+        ObjectMeta {
+            content_type: get(names::XATTR_CONTENT_TYPE),
+            content_encoding: get(names::XATTR_CONTENT_ENCODING),
+            content_language: get(names::XATTR_CONTENT_LANGUAGE),
+            cache_control: get(names::XATTR_CACHE_CONTROL),
+            content_disposition: get(names::XATTR_CONTENT_DISPOSITION),
+            user: all
+                .iter()
+                .filter_map(|(name, value)| {
+                    let key = name.strip_prefix(names::XATTR_USER_META)?;
+                    Some((key.to_string(), String::from_utf8(value.clone()).ok()?))
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The value stored in [`names::XATTR_ETAG`].
+pub fn etag_record(etag: &str, attr: &Attr) -> Vec<u8> {
+    format!("{etag} {} {}", attr.mtime_ns, attr.size).into_bytes()
+}
+
+/// The object's ETag (without quotes): the recorded one while the file is
+/// as the gateway wrote it; otherwise one derived from the inode, its
+/// modification time and size, marked with a `-1` suffix as a multipart
+/// ETag is, so no client mistakes it for an MD5 of the content.
+pub fn etag_of(attr: &Attr, record: Option<&[u8]>) -> String {
+    if let Some(record) = record.and_then(|r| std::str::from_utf8(r).ok()) {
+        let mut fields = record.split(' ');
+        if let (Some(etag), Some(mtime), Some(size), None) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+            && mtime.parse::<i64>().ok() == Some(attr.mtime_ns)
+            && size.parse::<u64>().ok() == Some(attr.size)
+        {
+            return etag.to_string();
+        }
+    }
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&attr.ino.0.to_le_bytes());
+    hasher.update(&attr.mtime_ns.to_le_bytes());
+    hasher.update(&attr.size.to_le_bytes());
+    format!("{}-1", names::hex(&hasher.finalize().as_bytes()[..16]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attr(mtime_ns: i64, size: u64) -> Attr {
+        Attr {
+            ino: InodeId(42),
+            kind: FileKind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size,
+            nlink: 1,
+            atime_ns: 0,
+            mtime_ns,
+            ctime_ns: 0,
+            rdev: 0,
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn etags_hold_while_the_file_is_unchanged() {
+        let written = attr(1_000, 5);
+        let record = etag_record("abc", &written);
+        assert_eq!(etag_of(&written, Some(&record)), "abc");
+        let changed = etag_of(&attr(2_000, 5), Some(&record));
+        assert!(changed.ends_with("-1") && changed.len() == 34, "{changed}");
+        assert_ne!(changed, etag_of(&attr(1_000, 6), Some(&record)));
+        assert_eq!(etag_of(&written, None), etag_of(&written, Some(b"garbage")));
+    }
+
+    #[test]
+    fn metadata_round_trips_through_xattrs() {
+        let meta = ObjectMeta {
+            content_type: Some("text/plain".into()),
+            cache_control: Some("no-cache".into()),
+            user: BTreeMap::from([("color".to_string(), "blue".to_string())]),
+            ..Default::default()
+        };
+        let all: BTreeMap<String, Vec<u8>> = meta.xattrs().into_iter().collect();
+        assert_eq!(all["user.s3.meta.color"], b"blue");
+        assert_eq!(ObjectMeta::from_xattrs(&all), meta);
+    }
+}
