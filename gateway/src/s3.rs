@@ -7,8 +7,9 @@ use crate::store::{ObjectMeta, Store, etag_of, etag_record, s3_error};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use md5::{Digest, Md5};
+use s3s::checksum::ChecksumHasher;
 use s3s::dto::*;
-use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
+use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, TrailingHeaders};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -48,12 +49,16 @@ impl Gateway {
     }
 
     /// Streams a request body into file `ino`, returning its MD5 and size.
+    /// Promised checksums (headers, or trailers after an `aws-chunked`
+    /// body) are verified before the file can become an object.
     async fn write_body(
         &self,
         ino: InodeId,
         body: Option<StreamingBlob>,
         declared: Option<i64>,
+        promised: Promised,
     ) -> S3Result<([u8; 16], u64)> {
+        let mut sums = promised.hasher();
         let mut md5 = Md5::new();
         let mut writer = FileWriter::new(self.store.client.clone(), ino);
         let mut buffer = Vec::with_capacity(IO_BYTES);
@@ -68,6 +73,7 @@ impl Gateway {
                     ),
                 })?;
                 md5.update(&chunk);
+                sums.update(&chunk);
                 buffer.extend_from_slice(&chunk);
                 if buffer.len() >= IO_BYTES {
                     writer.write(offset, &buffer).await.map_err(s3_error)?;
@@ -88,6 +94,7 @@ impl Gateway {
                 format!("Content-Length said {declared} bytes, the body held {offset}"),
             ));
         }
+        promised.verify(sums.finalize())?;
         writer.flush().await.map_err(s3_error)?;
         Ok((md5.finalize().into(), offset))
     }
@@ -226,6 +233,103 @@ impl Gateway {
             S3ErrorCode::InternalError,
             "parts kept arriving while the upload was removed; retry the abort",
         ))
+    }
+}
+
+const CHECKSUMS: [&str; 5] = [
+    "x-amz-checksum-crc32",
+    "x-amz-checksum-crc32c",
+    "x-amz-checksum-sha1",
+    "x-amz-checksum-sha256",
+    "x-amz-checksum-crc64nvme",
+];
+
+/// The checksums a request promises for its body: values in headers, and
+/// names announced in `x-amz-trailer` whose values follow the body.
+#[derive(Default)]
+struct Promised {
+    /// By algorithm, in [`CHECKSUMS`] order.
+    headers: [Option<String>; 5],
+    announced: [bool; 5],
+    trailers: Option<TrailingHeaders>,
+}
+
+impl Promised {
+    fn new<T>(req: &S3Request<T>, headers: [Option<String>; 5]) -> Promised {
+        let mut announced = [false; 5];
+        for value in req.headers.get_all("x-amz-trailer") {
+            for name in value.to_str().unwrap_or_default().split(',') {
+                let name = name.trim().to_ascii_lowercase();
+                if let Some(i) = CHECKSUMS.iter().position(|c| *c == name) {
+                    announced[i] = true;
+                }
+            }
+        }
+        Promised {
+            headers,
+            announced,
+            trailers: req.trailing_headers.clone(),
+        }
+    }
+
+    fn wanted(&self, i: usize) -> bool {
+        self.headers[i].is_some() || self.announced[i]
+    }
+
+    fn hasher(&self) -> ChecksumHasher {
+        ChecksumHasher {
+            crc32: self.wanted(0).then(Default::default),
+            crc32c: self.wanted(1).then(Default::default),
+            sha1: self.wanted(2).then(Default::default),
+            sha256: self.wanted(3).then(Default::default),
+            crc64nvme: self.wanted(4).then(Default::default),
+        }
+    }
+
+    fn verify(&self, computed: Checksum) -> S3Result<()> {
+        let computed = [
+            computed.checksum_crc32,
+            computed.checksum_crc32c,
+            computed.checksum_sha1,
+            computed.checksum_sha256,
+            computed.checksum_crc64nvme,
+        ];
+        for (i, name) in CHECKSUMS.iter().enumerate() {
+            let trailer = || {
+                self.trailers.as_ref().and_then(|t| {
+                    t.read(|h| {
+                        h.get(*name)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_string)
+                    })
+                    .flatten()
+                })
+            };
+            let expected = match &self.headers[i] {
+                Some(value) => Some(value.clone()),
+                None if self.announced[i] => match trailer() {
+                    Some(value) => Some(value),
+                    None => {
+                        return Err(error(
+                            S3ErrorCode::InvalidRequest,
+                            format!(
+                                "x-amz-trailer announced {name}, but the body carried no such trailer"
+                            ),
+                        ));
+                    }
+                },
+                None => None,
+            };
+            if let Some(expected) = expected
+                && computed[i].as_deref() != Some(expected.trim())
+            {
+                return Err(error(
+                    S3ErrorCode::BadDigest,
+                    format!("{name} does not match the body that arrived"),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -639,6 +743,16 @@ impl S3 for Gateway {
         &self,
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
+        let promised = Promised::new(
+            &req,
+            [
+                req.input.checksum_crc32.clone(),
+                req.input.checksum_crc32c.clone(),
+                req.input.checksum_sha1.clone(),
+                req.input.checksum_sha256.clone(),
+                req.input.checksum_crc64nvme.clone(),
+            ],
+        );
         let input = req.input;
         let bucket = self.store.bucket(&input.bucket).await?;
         names::key_parts(&input.key)?;
@@ -680,7 +794,7 @@ impl S3 for Gateway {
         let (staged, name) = self.store.create_staged().await?;
         let written = async {
             let (md5, _) = self
-                .write_body(staged.ino, input.body, input.content_length)
+                .write_body(staged.ino, input.body, input.content_length, promised)
                 .await?;
             check_md5(input.content_md5.as_deref(), &md5)?;
             Ok(md5)
@@ -1157,6 +1271,16 @@ impl S3 for Gateway {
         &self,
         req: S3Request<UploadPartInput>,
     ) -> S3Result<S3Response<UploadPartOutput>> {
+        let promised = Promised::new(
+            &req,
+            [
+                req.input.checksum_crc32.clone(),
+                req.input.checksum_crc32c.clone(),
+                req.input.checksum_sha1.clone(),
+                req.input.checksum_sha256.clone(),
+                req.input.checksum_crc64nvme.clone(),
+            ],
+        );
         let input = req.input;
         if !(1..=PART_NUMBER_MAX).contains(&input.part_number) {
             return Err(error(
@@ -1192,7 +1316,7 @@ impl S3 for Gateway {
         let part = tessera_client::path::attr_of(reply).map_err(s3_error)?;
         let result = async {
             let (md5, _) = self
-                .write_body(part.ino, input.body, input.content_length)
+                .write_body(part.ino, input.body, input.content_length, promised)
                 .await?;
             check_md5(input.content_md5.as_deref(), &md5)?;
             let etag = names::hex(&md5);
