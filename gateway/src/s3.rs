@@ -1192,7 +1192,9 @@ impl S3 for Gateway {
         };
         Ok(S3Response::new(ListObjectsOutput {
             name: Some(input.bucket.clone()),
-            prefix: Some(enc(&prefix)),
+            // Clients decode every field but Prefix in a v1 listing (as S3
+            // sends it).
+            prefix: Some(prefix.clone()),
             delimiter: input.delimiter.as_deref().map(enc),
             marker: Some(enc(&after)),
             max_keys: Some(max as i32),
@@ -1213,8 +1215,8 @@ impl S3 for Gateway {
         req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         let input = req.input;
-        self.store.bucket(&input.bucket).await?;
-        names::key_parts(&input.key)?;
+        let bucket = self.store.bucket(&input.bucket).await?;
+        self.store.check_installable(&bucket, &input.key).await?;
         let meta = ObjectMeta {
             content_type: input.content_type.clone(),
             content_encoding: stored_encoding(input.content_encoding.clone()),
@@ -1588,6 +1590,9 @@ impl S3 for Gateway {
             name.starts_with(names::XATTR_PREFIX) && !name.starts_with("user.s3.upload.")
         });
         let meta = ObjectMeta::from_xattrs(&meta_xattrs);
+        // Checked before the parts are spent, so a conflict leaves the
+        // upload whole for a retry once the conflict is gone.
+        self.store.check_installable(&bucket, &input.key).await?;
 
         let (staged, name) = self.store.create_staged().await?;
         for batch in sources.chunks(CONCAT_BATCH) {
@@ -1627,7 +1632,9 @@ impl Gateway {
     /// Deletes the object at `key` if there is one; a key that names
     /// nothing, or a prefix, deletes nothing and succeeds, as in S3.
     async fn delete_key(&self, bucket: &Attr, key: &str) -> S3Result<()> {
-        let mut parts = names::key_parts(key)?;
+        let Ok(mut parts) = names::key_parts(key) else {
+            return Ok(());
+        };
         let Some(last) = parts.pop() else {
             return Ok(());
         };

@@ -142,9 +142,11 @@ impl Store {
 
     /// The object at `key`: a regular file. Directories (prefixes) and
     /// anything else are not objects.
+    /// A key that cannot be a path names no object: reads of it are 404,
+    /// as for any absent key.
     pub async fn object(&self, bucket: &Attr, key: &str) -> S3Result<Attr> {
-        let parts = names::key_parts(key)?;
         let missing = || error(S3ErrorCode::NoSuchKey, format!("no object {key:?}"));
+        let parts = names::key_parts(key).map_err(|_| missing())?;
         match self.walk(bucket.ino, &parts).await? {
             Some(mut chain) => match chain.pop() {
                 Some(attr) if attr.kind == FileKind::File => Ok(attr),
@@ -152,6 +154,28 @@ impl Store {
             },
             None => Err(missing()),
         }
+    }
+
+    /// Refuses a key that cannot be installed as things stand: one below an
+    /// object, or one that names a directory. Multipart uploads check this
+    /// before their parts are spent.
+    pub async fn check_installable(&self, bucket: &Attr, key: &str) -> S3Result<()> {
+        let parts = names::key_parts(key)?;
+        let mut at = bucket.ino;
+        for (depth, part) in parts.iter().enumerate() {
+            match self.lookup(at, part).await.map_err(s3_error)? {
+                None => return Ok(()),
+                Some(attr) if attr.kind == FileKind::Dir => {
+                    if depth + 1 == parts.len() {
+                        return Err(key_conflict(key, "is a prefix of other keys (a directory)"));
+                    }
+                    at = attr.ino;
+                }
+                Some(_) if depth + 1 == parts.len() => return Ok(()),
+                Some(_) => return Err(key_conflict(key, "lies below an existing object")),
+            }
+        }
+        Ok(())
     }
 
     /// Creates the directories above a key, refusing where a component is
