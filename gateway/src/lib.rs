@@ -154,10 +154,32 @@ impl Gateway {
                                 let info = RequestInfo::default();
                                 request.extensions_mut().insert(info.clone());
                                 let method = request.method().clone();
+                                let has_body = request
+                                    .headers()
+                                    .get(http::header::CONTENT_LENGTH)
+                                    .is_some_and(|v| v.as_bytes() != b"0")
+                                    || request
+                                        .headers()
+                                        .contains_key(http::header::TRANSFER_ENCODING);
                                 let path = request.uri().path().to_string();
                                 let started = Instant::now();
                                 metrics.in_flight.inc();
-                                let response = service.call(request.map(s3s::Body::from)).await;
+                                let mut response = service.call(request.map(s3s::Body::from)).await;
+                                // A request refused before its body was read
+                                // (a client that sent `Expect: 100-continue`
+                                // then withheld the body, say) leaves the
+                                // connection at an unknown point of the
+                                // stream: close it rather than read the next
+                                // request from the middle of a body.
+                                if let Ok(response) = &mut response
+                                    && has_body
+                                    && response.status().as_u16() >= 400
+                                {
+                                    response.headers_mut().insert(
+                                        http::header::CONNECTION,
+                                        http::HeaderValue::from_static("close"),
+                                    );
+                                }
                                 metrics.in_flight.dec();
                                 let elapsed = started.elapsed();
                                 let status = match &response {
