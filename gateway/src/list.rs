@@ -4,43 +4,178 @@
 //! directory's entries are ordered with `/` appended to directory names,
 //! and the walk descends depth-first: that yields every key in byte order.
 //!
+//! Each directory is read in pages from where the listing resumes, not
+//! from its start, so a page of a listing costs about one page of reads
+//! however large the directory: the metaserver pages in name order, and a
+//! small buffer holds back each directory until the names that sort
+//! before its `/` have passed. Nothing is cached between requests, so a
+//! listing always shows the namespace as it is.
+//!
 //! A directory whose path already holds the delimiter after the prefix
 //! (with `/`, every directory) is one common prefix and is not walked;
 //! otherwise the walk folds keys into prefixes as it meets them.
-//! A directory's ordered entries are cached by its inode and version, so
-//! paging through a large directory reads it once, not once per page.
 
 use crate::names;
 use crate::store::{Store, etag_of, s3_error};
 use s3s::S3Result;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, VecDeque};
+use tessera_proto::error::Error;
 use tessera_proto::ids::InodeId;
-use tessera_proto::meta::{Attr, FileKind};
+use tessera_proto::meta::{Attr, FileKind, MetaOp, MetaReply, READDIR_PAGE_MAX};
 
-/// Directories whose ordered entries are kept.
-const CACHED_DIRS: usize = 64;
-
-/// One entry of an ordered listing.
-pub struct Entry {
+/// One entry of a directory in key order.
+struct Entry {
     /// The name, with `/` appended for a directory.
-    pub sort_name: String,
-    pub attr: Attr,
-    pub etag_record: Option<Vec<u8>>,
+    sort_name: String,
+    attr: Attr,
+    etag_record: Option<Vec<u8>>,
 }
 
 impl Entry {
     fn is_dir(&self) -> bool {
         self.attr.kind == FileKind::Dir
     }
+
+    /// Names that are not UTF-8 (made through the mount) cannot be keys;
+    /// entries that are neither files nor directories are not objects.
+    fn new(name: Vec<u8>, attr: Attr, etag_record: Option<Vec<u8>>) -> Option<Entry> {
+        let name = String::from_utf8(name).ok()?;
+        let sort_name = match attr.kind {
+            FileKind::Dir => format!("{name}/"),
+            FileKind::File => name,
+            _ => return None,
+        };
+        Some(Entry {
+            sort_name,
+            attr,
+            etag_record,
+        })
+    }
 }
 
-/// A directory's entries in key order, with the version they were read at.
-type Ordered = (u64, Arc<Vec<Entry>>);
+/// A directory's entries in key order, from a lower bound on.
+struct DirStream {
+    ino: InodeId,
+    /// Key prefix of every entry (the directory's path with its `/`).
+    prefix: String,
+    /// The last raw name read; the next page starts after it.
+    cursor: Option<Vec<u8>>,
+    done: bool,
+    raw: VecDeque<Entry>,
+    /// Entries read but not yet due: a directory `d` (sorting as `d/`)
+    /// waits here while names like `d.txt` and `d-1` still come.
+    held: BTreeMap<String, Entry>,
+}
 
-#[derive(Default)]
-pub struct DirCache {
-    dirs: Mutex<HashMap<InodeId, Ordered>>,
+impl DirStream {
+    /// The entries of `ino` whose keys may sort after `after`, limited to
+    /// names starting with `name_prefix`.
+    async fn open(
+        store: &Store,
+        ino: InodeId,
+        prefix: String,
+        name_prefix: &str,
+        after: &str,
+    ) -> Result<DirStream, Error> {
+        let mut stream = DirStream {
+            ino,
+            prefix,
+            cursor: None,
+            done: false,
+            raw: VecDeque::new(),
+            held: BTreeMap::new(),
+        };
+        // The part of `after` inside this directory, if it points here.
+        let rest = after.strip_prefix(stream.prefix.as_str()).unwrap_or("");
+        let segment = rest.split('/').next().unwrap_or("");
+        let lower = segment.max(name_prefix);
+        if lower.is_empty() {
+            return Ok(stream);
+        }
+        // Names from `lower` on, in name order...
+        stream.cursor = Some(lower.as_bytes().to_vec());
+        let mut exact = vec![lower.to_string()];
+        // ...and directories named by a proper prefix of `lower` followed
+        // by a byte below `/`: `d` sorts as `d/`, after `d-1` and `d.txt`.
+        for (at, byte) in lower.bytes().enumerate().skip(1) {
+            if byte < b'/' && lower.is_char_boundary(at) {
+                exact.push(lower[..at].to_string());
+            }
+        }
+        for name in exact {
+            // `after` comes from the client: a name no entry can have is
+            // not looked up (and `.` would find the directory itself).
+            if !name.starts_with(name_prefix)
+                || name.len() > names::SEGMENT_MAX_BYTES
+                || name.contains('\0')
+                || name == "."
+                || name == ".."
+            {
+                continue;
+            }
+            let Some(attr) = store.lookup(ino, name.as_bytes()).await? else {
+                continue;
+            };
+            if name != lower && attr.kind != FileKind::Dir {
+                continue;
+            }
+            let record = if attr.kind == FileKind::File {
+                store.xattrs(attr.ino).await?.remove(names::XATTR_ETAG)
+            } else {
+                None
+            };
+            if let Some(entry) = Entry::new(name.into_bytes(), attr, record) {
+                stream.held.insert(entry.sort_name.clone(), entry);
+            }
+        }
+        Ok(stream)
+    }
+
+    async fn fill(&mut self, store: &Store) -> Result<(), Error> {
+        let reply = store
+            .call(MetaOp::ReaddirXattr {
+                ino: self.ino,
+                after: self.cursor.clone(),
+                limit: READDIR_PAGE_MAX,
+                name: names::XATTR_ETAG.as_bytes().to_vec(),
+            })
+            .await?;
+        let MetaReply::DirXattr { entries, more } = reply else {
+            return Err(Error::internal("readdir answered with something else"));
+        };
+        self.done = !more || entries.is_empty();
+        for (entry, attr, record) in entries {
+            self.cursor = Some(entry.name.clone());
+            if let Some(entry) = Entry::new(entry.name, attr, record) {
+                self.raw.push_back(entry);
+            }
+        }
+        Ok(())
+    }
+
+    /// The next entry in key order.
+    async fn next(&mut self, store: &Store) -> Result<Option<Entry>, Error> {
+        loop {
+            if self.raw.is_empty() && !self.done {
+                self.fill(store).await?;
+                continue;
+            }
+            match (self.held.first_key_value(), self.raw.front()) {
+                // Every later raw name is at least the next raw name, so
+                // whatever is held below it is due.
+                (Some((held, _)), Some(raw)) if held.as_bytes() < raw.sort_name.as_bytes() => {
+                    return Ok(self.held.pop_first().map(|(_, e)| e));
+                }
+                (_, Some(_)) => match self.raw.pop_front() {
+                    Some(entry) if entry.is_dir() => {
+                        self.held.insert(entry.sort_name.clone(), entry);
+                    }
+                    entry => return Ok(entry),
+                },
+                (_, None) => return Ok(self.held.pop_first().map(|(_, e)| e)),
+            }
+        }
+    }
 }
 
 pub struct Listed {
@@ -52,51 +187,9 @@ pub struct Listed {
 }
 
 impl Store {
-    /// A directory's entries in key order. Names that are not UTF-8 (made
-    /// through the mount) cannot be keys and are left out, as are entries
-    /// that are neither files nor directories.
-    async fn ordered(&self, cache: &DirCache, dir: &Attr) -> S3Result<Arc<Vec<Entry>>> {
-        if let Ok(dirs) = cache.dirs.lock()
-            && let Some((version, entries)) = dirs.get(&dir.ino)
-            && *version == dir.version
-        {
-            return Ok(entries.clone());
-        }
-        let listed = self
-            .list_dir(dir.ino, names::XATTR_ETAG)
-            .await
-            .map_err(s3_error)?;
-        let mut entries: Vec<Entry> = listed
-            .into_iter()
-            .filter_map(|(entry, attr, etag_record)| {
-                let name = String::from_utf8(entry.name).ok()?;
-                let sort_name = match attr.kind {
-                    FileKind::Dir => format!("{name}/"),
-                    FileKind::File => name,
-                    _ => return None,
-                };
-                Some(Entry {
-                    sort_name,
-                    attr,
-                    etag_record,
-                })
-            })
-            .collect();
-        entries.sort_by(|a, b| a.sort_name.as_bytes().cmp(b.sort_name.as_bytes()));
-        let entries = Arc::new(entries);
-        if let Ok(mut dirs) = cache.dirs.lock() {
-            if dirs.len() >= CACHED_DIRS {
-                dirs.clear();
-            }
-            dirs.insert(dir.ino, (dir.version, entries.clone()));
-        }
-        Ok(entries)
-    }
-
     /// Up to `max` keys and common prefixes after `after`, in key order.
     pub async fn list(
         &self,
-        cache: &DirCache,
         bucket: &Attr,
         prefix: &str,
         delimiter: Option<&str>,
@@ -109,6 +202,9 @@ impl Store {
             truncated: false,
             last: None,
         };
+        if max == 0 {
+            return Ok(out);
+        }
         let delimiter = delimiter.filter(|d| !d.is_empty());
         // The directory that holds every key with this prefix.
         let (base, name_prefix) = match prefix.rfind('/') {
@@ -116,49 +212,38 @@ impl Store {
             None => ("", prefix),
         };
         let start = if base.is_empty() {
-            bucket.clone()
+            bucket.ino
         } else {
             let Ok(parts) = names::key_parts(base.trim_end_matches('/')) else {
                 return Ok(out);
             };
             match self.walk(bucket.ino, &parts).await? {
                 Some(chain) => match chain.last() {
-                    Some(attr) if attr.kind == FileKind::Dir => attr.clone(),
+                    Some(attr) if attr.kind == FileKind::Dir => attr.ino,
                     _ => return Ok(out),
                 },
                 None => return Ok(out),
             }
         };
-
-        struct Frame {
-            prefix: String,
-            entries: Arc<Vec<Entry>>,
-            index: usize,
-        }
-        let first = self.ordered(cache, &start).await?;
-        let index = first.partition_point(|e| e.sort_name.as_str() < name_prefix);
-        let mut stack = vec![Frame {
-            prefix: base.to_string(),
-            entries: first,
-            index,
-        }];
+        let first = DirStream::open(self, start, base.to_string(), name_prefix, after)
+            .await
+            .map_err(s3_error)?;
+        let mut stack = vec![first];
         let mut emitted = 0usize;
         let mut last_prefix: Option<String> = None;
         loop {
             let depth = stack.len();
             let Some(frame) = stack.last_mut() else { break };
-            let Some(entry) = frame.entries.get(frame.index) else {
+            let Some(entry) = frame.next(self).await.map_err(s3_error)? else {
                 stack.pop();
                 continue;
             };
-            frame.index += 1;
             let key = format!("{}{}", frame.prefix, entry.sort_name);
             if depth == 1 && !entry.sort_name.starts_with(name_prefix) {
                 // Past the names that carry the prefix.
-                stack.clear();
                 break;
             }
-            // The common prefix this key (or subtree) folds into, if any.
+            // The common prefix this key (or whole subtree) folds into.
             let folded = match delimiter {
                 Some("/") if entry.is_dir() => Some(key.clone()),
                 Some(delimiter) => key[prefix.len()..]
@@ -171,12 +256,10 @@ impl Store {
                 if after >= key.as_str() && !after.starts_with(&key) {
                     continue;
                 }
-                let entries = self.ordered(cache, &entry.attr).await?;
-                stack.push(Frame {
-                    prefix: key,
-                    entries,
-                    index: 0,
-                });
+                let below = DirStream::open(self, entry.attr.ino, key, "", after)
+                    .await
+                    .map_err(s3_error)?;
+                stack.push(below);
                 continue;
             }
             let item = folded.clone().unwrap_or_else(|| key.clone());
@@ -196,7 +279,7 @@ impl Store {
                 }
                 None => {
                     let etag = etag_of(&entry.attr, entry.etag_record.as_deref());
-                    out.objects.push((key, entry.attr.clone(), etag));
+                    out.objects.push((key, entry.attr, etag));
                 }
             }
         }

@@ -1,7 +1,6 @@
 //! The S3 operations: s3s parses and signs, this maps each operation onto
 //! the namespace and the data path.
 
-use crate::list::DirCache;
 use crate::names::{self, error};
 use crate::store::{ObjectMeta, Store, etag_of, etag_record, s3_error};
 use bytes::Bytes;
@@ -36,16 +35,11 @@ const OWNER_ID: &str = "tessera";
 pub struct Gateway {
     pub store: Arc<Store>,
     pub region: String,
-    dirs: DirCache,
 }
 
 impl Gateway {
     pub fn new(store: Arc<Store>, region: String) -> Gateway {
-        Gateway {
-            store,
-            region,
-            dirs: DirCache::default(),
-        }
+        Gateway { store, region }
     }
 
     /// Streams a request body into file `ino`, returning its MD5 and size.
@@ -1119,14 +1113,7 @@ impl S3 for Gateway {
         let prefix = input.prefix.clone().unwrap_or_default();
         let listed = self
             .store
-            .list(
-                &self.dirs,
-                &bucket,
-                &prefix,
-                input.delimiter.as_deref(),
-                &after,
-                max,
-            )
+            .list(&bucket, &prefix, input.delimiter.as_deref(), &after, max)
             .await?;
         let url = input.encoding_type.as_ref().map(|e| e.as_str()) == Some(EncodingType::URL);
         let enc = |text: &str| {
@@ -1173,14 +1160,7 @@ impl S3 for Gateway {
         let prefix = input.prefix.clone().unwrap_or_default();
         let listed = self
             .store
-            .list(
-                &self.dirs,
-                &bucket,
-                &prefix,
-                input.delimiter.as_deref(),
-                &after,
-                max,
-            )
+            .list(&bucket, &prefix, input.delimiter.as_deref(), &after, max)
             .await?;
         let url = input.encoding_type.as_ref().map(|e| e.as_str()) == Some(EncodingType::URL);
         let enc = |text: &str| {

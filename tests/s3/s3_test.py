@@ -710,23 +710,30 @@ LIST_EXTRAS = [
 
 
 def list_model(keys, prefix, delimiter, start_after):
-    """The entries S3 lists, in order: ('k', key) or ('p', common prefix)."""
+    """The entries S3 lists, in order: ('k', key) or ('p', common prefix).
+
+    The start-after key (or marker) is compared with what each key lists
+    as: a key rolled into a common prefix at or before it is not listed, so
+    a marker that is itself a common prefix (v1's NextMarker) resumes after
+    that prefix instead of repeating it.
+    """
     out, seen = [], set()
     sa = (start_after or "").encode()
     for k in sorted(keys, key=lambda k: k.encode()):
         if not k.startswith(prefix):
             continue
-        if start_after and k.encode() <= sa:
-            continue
+        item = ("k", k)
         if delimiter:
             i = k.find(delimiter, len(prefix))
             if i >= 0:
-                cp = k[: i + len(delimiter)]
-                if cp not in seen:
-                    seen.add(cp)
-                    out.append(("p", cp))
+                item = ("p", k[: i + len(delimiter)])
+        if start_after and item[1].encode() <= sa:
+            continue
+        if item[0] == "p":
+            if item[1] in seen:
                 continue
-        out.append(("k", k))
+            seen.add(item[1])
+        out.append(item)
     return out
 
 
@@ -920,6 +927,45 @@ def check_listing():
     delete_keys(b, gone)
     keys = [k for k in keys if k not in gone]
     run(keys, [("", "/", None, (7, 1000)), ("d3/", "/", None, (1000,)), ("", None, "d8/s19/k5", (100,))])
+
+
+@check("listing_order", timeout=600)
+def check_listing_order():
+    """keys whose names sort around '/' (d, d-1, d.txt, d/x, d0): every page boundary, every resume point"""
+    c = s3()
+    b = new_bucket("order")
+    rng = random.Random(7)
+    alphabet = ["a", "-", ".", "0", " ", "~"]
+    keys = set()
+    while len(keys) < 300:
+        depth = rng.choice((1, 1, 2, 2, 3))
+        parts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 3))) for _ in range(depth)]
+        if any(p in (".", "..") for p in parts):
+            continue
+        key = "/".join(parts)
+        # a key cannot also be a prefix of another key (keys are paths)
+        if any(k.startswith(key + "/") or key.startswith(k + "/") for k in keys):
+            continue
+        keys.add(key)
+    keys = sorted(keys)
+    parallel(lambda k: c.put_object(Bucket=b, Key=k, Body=k.encode()), keys, workers=16)
+    pages = 0
+    starts = [None] + rng.sample(keys, 8) + [k.rsplit("/", 1)[0] + "/" for k in rng.sample(keys, 4) if "/" in k]
+    prefixes = ["", "a", "a-", "a/", "-", "0", "a.", "~"]
+    for prefix in prefixes:
+        for delim in (None, "/", "-"):
+            for start in starts[:4] if prefix else starts:
+                want = list_model(keys, prefix, delim, start)
+                for mk in (1, 7) if start is None else (7,):
+                    for fn, name in ((list_v2, "v2"), (list_v1, "v1")):
+                        got, n = fn(c, b, prefix, delim, start, mk)
+                        pages += n
+                        if got != want:
+                            raise CheckFailed(
+                                f"list {name} prefix={prefix!r} delimiter={delim!r} start={start!r} "
+                                f"max-keys={mk}: {_diff(got, want)}"
+                            )
+    note(f"{len(keys)} keys, {pages} list pages")
 
 
 @check("delete_objects")
