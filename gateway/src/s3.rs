@@ -849,16 +849,8 @@ impl S3 for Gateway {
                 (r.start, r.end, Some(range_text))
             }
         };
-        let reader = match FileReader::open(self.store.client.clone(), attr.ino).await {
-            Ok(reader) => reader,
-            Err(err) if err.code == ErrorCode::NotFound => {
-                return Err(error(
-                    S3ErrorCode::NoSuchKey,
-                    format!("no object {:?}", input.key),
-                ));
-            }
-            Err(err) => return Err(s3_error(err)),
-        };
+        // Pinned before the reader learns the layout, so the chunks it
+        // learns about stay until the last byte is sent.
         let pin = if end - start > PIN_ABOVE_BYTES {
             match self.store.call(MetaOp::Open { ino: attr.ino }).await {
                 Ok(_) => Some(Pin {
@@ -876,7 +868,43 @@ impl S3 for Gateway {
         } else {
             None
         };
-        let body = stream_body(reader, start, end, pin);
+        let mut reader = match FileReader::open(self.store.client.clone(), attr.ino).await {
+            Ok(reader) => reader,
+            Err(err) if err.code == ErrorCode::NotFound => {
+                return Err(error(
+                    S3ErrorCode::NoSuchKey,
+                    format!("no object {:?}", input.key),
+                ));
+            }
+            Err(err) => return Err(s3_error(err)),
+        };
+        let body = if pin.is_some() {
+            stream_body(reader, start, end, pin)
+        } else {
+            // Small enough to read before answering: a failure is then an
+            // error response, not a body cut short.
+            let mut data = Vec::with_capacity((end - start) as usize);
+            while (data.len() as u64) < end - start {
+                let at = start + data.len() as u64;
+                let bytes = reader
+                    .read(at, end - at)
+                    .await
+                    .map_err(|err| match err.code {
+                        ErrorCode::NotFound => {
+                            error(S3ErrorCode::NoSuchKey, format!("no object {:?}", input.key))
+                        }
+                        _ => s3_error(err),
+                    })?;
+                if bytes.is_empty() {
+                    return Err(error(
+                        S3ErrorCode::ServiceUnavailable,
+                        "the object changed while it was read; retry",
+                    ));
+                }
+                data.extend_from_slice(&bytes);
+            }
+            StreamingBlob::from(s3s::Body::from(Bytes::from(data)))
+        };
         let partial = content_range.is_some();
         let output = GetObjectOutput {
             accept_ranges: Some("bytes".into()),
