@@ -65,7 +65,26 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts `tessera ARGS...` and waits for its "listening on ADDR" line.
+    /// A port the test chose can be held for a moment by a socket the
+    /// kernel has not finished closing; a start refused for that is retried.
     pub fn start(args: &[&str], log: &Path) -> Daemon {
+        for _ in 0..4 {
+            if let Some(daemon) = Daemon::try_start(args, log) {
+                return daemon;
+            }
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            if !text.contains("Address already in use") {
+                break;
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        panic!(
+            "tessera {args:?} did not start; log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    }
+
+    fn try_start(args: &[&str], log: &Path) -> Option<Daemon> {
         let log_file = std::fs::File::create(log).expect("log file");
         let mut child = Command::new(tessera_bin())
             .args(args)
@@ -88,13 +107,11 @@ impl Daemon {
             Ok(addr) => addr.parse().expect("listen address"),
             Err(_) => {
                 let _ = child.kill();
-                panic!(
-                    "tessera {args:?} did not start; log:\n{}",
-                    std::fs::read_to_string(log).unwrap_or_default()
-                );
+                let _ = child.wait();
+                return None;
             }
         };
-        Daemon { child, addr }
+        Some(Daemon { child, addr })
     }
 
     /// SIGKILL, as a crash would.
