@@ -32,6 +32,38 @@ const LIST_MAX: usize = 1000;
 const CONCAT_BATCH: usize = 500;
 const OWNER_ID: &str = "tessera";
 
+/// The checksums an upload's request promises (`PutObject` and
+/// `UploadPart` name them alike).
+macro_rules! promised {
+    ($req:expr) => {
+        Promised::new(
+            &$req,
+            [
+                $req.input.checksum_crc32.clone(),
+                $req.input.checksum_crc32c.clone(),
+                $req.input.checksum_sha1.clone(),
+                $req.input.checksum_sha256.clone(),
+                $req.input.checksum_crc64nvme.clone(),
+            ],
+        )
+    };
+}
+
+/// The content headers and user metadata of a PUT, a copy with `REPLACE`
+/// or a multipart upload (their inputs name them alike).
+macro_rules! object_meta {
+    ($input:expr) => {
+        ObjectMeta {
+            content_type: $input.content_type.clone(),
+            content_encoding: stored_encoding($input.content_encoding.clone()),
+            content_language: $input.content_language.clone(),
+            cache_control: $input.cache_control.clone(),
+            content_disposition: $input.content_disposition.clone(),
+            user: user_metadata($input.metadata),
+        }
+    };
+}
+
 pub struct Gateway {
     pub store: Arc<Store>,
     pub region: String,
@@ -360,6 +392,22 @@ fn timestamp(ns: i64) -> Timestamp {
 
 fn seconds(ts: &Timestamp) -> i64 {
     time::OffsetDateTime::from(ts.clone()).unix_timestamp()
+}
+
+/// The bytes a `Range` asks for (all of them without one), and the
+/// `Content-Range` to answer with.
+fn byte_range(range: Option<&Range>, size: u64) -> S3Result<(u64, u64, Option<String>)> {
+    let Some(range) = range else {
+        return Ok((0, size, None));
+    };
+    let r = range.check(size).map_err(|_| {
+        error(
+            S3ErrorCode::InvalidRange,
+            format!("the range is outside the object's {size} bytes"),
+        )
+    })?;
+    let text = format!("bytes {}-{}/{size}", r.start, r.end.saturating_sub(1));
+    Ok((r.start, r.end, Some(text)))
 }
 
 fn etag_matches(condition: &ETagCondition, etag: &str) -> bool {
@@ -763,16 +811,7 @@ impl S3 for Gateway {
         &self,
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
-        let promised = Promised::new(
-            &req,
-            [
-                req.input.checksum_crc32.clone(),
-                req.input.checksum_crc32c.clone(),
-                req.input.checksum_sha1.clone(),
-                req.input.checksum_sha256.clone(),
-                req.input.checksum_crc64nvme.clone(),
-            ],
-        );
+        let promised = promised!(req);
         let input = req.input;
         let bucket = self.store.bucket(&input.bucket).await?;
         names::key_parts(&input.key)?;
@@ -803,14 +842,7 @@ impl S3 for Gateway {
                 ));
             }
         }
-        let meta = ObjectMeta {
-            content_type: input.content_type.clone(),
-            content_encoding: stored_encoding(input.content_encoding.clone()),
-            content_language: input.content_language.clone(),
-            cache_control: input.cache_control.clone(),
-            content_disposition: input.content_disposition.clone(),
-            user: user_metadata(input.metadata),
-        };
+        let meta = object_meta!(input);
         let (staged, name) = self.store.create_staged().await?;
         let written = async {
             let (md5, _) = self
@@ -857,24 +889,7 @@ impl S3 for Gateway {
             input.if_unmodified_since.as_ref(),
             S3ErrorCode::NotModified,
         )?;
-        let (start, end, content_range) = match &input.range {
-            None => (0, attr.size, None),
-            Some(range) => {
-                let r = range.check(attr.size).map_err(|_| {
-                    error(
-                        S3ErrorCode::InvalidRange,
-                        format!("the range is outside the object's {} bytes", attr.size),
-                    )
-                })?;
-                let range_text = format!(
-                    "bytes {}-{}/{}",
-                    r.start,
-                    r.end.saturating_sub(1),
-                    attr.size
-                );
-                (r.start, r.end, Some(range_text))
-            }
-        };
+        let (start, end, content_range) = byte_range(input.range.as_ref(), attr.size)?;
         // Pinned before the reader learns the layout, so the chunks it
         // learns about stay until the last byte is sent.
         let pin = if end - start > PIN_ABOVE_BYTES {
@@ -975,26 +990,8 @@ impl S3 for Gateway {
             input.if_unmodified_since.as_ref(),
             S3ErrorCode::NotModified,
         )?;
-        let (length, content_range) = match &input.range {
-            None => (attr.size, None),
-            Some(range) => {
-                let r = range.check(attr.size).map_err(|_| {
-                    error(
-                        S3ErrorCode::InvalidRange,
-                        format!("the range is outside the object's {} bytes", attr.size),
-                    )
-                })?;
-                (
-                    r.end - r.start,
-                    Some(format!(
-                        "bytes {}-{}/{}",
-                        r.start,
-                        r.end.saturating_sub(1),
-                        attr.size
-                    )),
-                )
-            }
-        };
+        let (start, end, content_range) = byte_range(input.range.as_ref(), attr.size)?;
+        let length = end - start;
         Ok(S3Response::new(HeadObjectOutput {
             accept_ranges: Some("bytes".into()),
             content_length: Some(length as i64),
@@ -1113,14 +1110,7 @@ impl S3 for Gateway {
             ));
         }
         let meta = if replace_meta {
-            ObjectMeta {
-                content_type: input.content_type.clone(),
-                content_encoding: stored_encoding(input.content_encoding.clone()),
-                content_language: input.content_language.clone(),
-                cache_control: input.cache_control.clone(),
-                content_disposition: input.content_disposition.clone(),
-                user: user_metadata(input.metadata),
-            }
+            object_meta!(input)
         } else {
             source_meta
         };
@@ -1251,14 +1241,7 @@ impl S3 for Gateway {
         let input = req.input;
         let bucket = self.store.bucket(&input.bucket).await?;
         self.store.check_installable(&bucket, &input.key).await?;
-        let meta = ObjectMeta {
-            content_type: input.content_type.clone(),
-            content_encoding: stored_encoding(input.content_encoding.clone()),
-            content_language: input.content_language.clone(),
-            cache_control: input.cache_control.clone(),
-            content_disposition: input.content_disposition.clone(),
-            user: user_metadata(input.metadata),
-        };
+        let meta = object_meta!(input);
         let upload_id = format!("{:032x}", rand::random::<u128>());
         let reply = self
             .store
@@ -1307,16 +1290,7 @@ impl S3 for Gateway {
         &self,
         req: S3Request<UploadPartInput>,
     ) -> S3Result<S3Response<UploadPartOutput>> {
-        let promised = Promised::new(
-            &req,
-            [
-                req.input.checksum_crc32.clone(),
-                req.input.checksum_crc32c.clone(),
-                req.input.checksum_sha1.clone(),
-                req.input.checksum_sha256.clone(),
-                req.input.checksum_crc64nvme.clone(),
-            ],
-        );
+        let promised = promised!(req);
         let input = req.input;
         if !(1..=PART_NUMBER_MAX).contains(&input.part_number) {
             return Err(error(

@@ -244,6 +244,19 @@ fn check_new_name(name: &[u8]) -> Result<(), Error> {
     Ok(())
 }
 
+fn check_xattr_value(value: &[u8]) -> Result<(), Error> {
+    if value.len() > XATTR_VALUE_MAX_BYTES {
+        return Err(err(
+            ErrorCode::TooBig,
+            format!(
+                "xattr value of {} bytes exceeds {XATTR_VALUE_MAX_BYTES}",
+                value.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn check_xattr_name(name: &[u8]) -> Result<(), Error> {
     if name.is_empty() {
         return Err(err(ErrorCode::InvalidArgument, "empty xattr name"));
@@ -1620,15 +1633,7 @@ impl Namespace {
     ) -> Result<MetaReply, Error> {
         let node = self.node(ino)?;
         check_xattr_name(name)?;
-        if value.len() > XATTR_VALUE_MAX_BYTES {
-            return Err(err(
-                ErrorCode::TooBig,
-                format!(
-                    "xattr value of {} bytes exceeds {XATTR_VALUE_MAX_BYTES}",
-                    value.len()
-                ),
-            ));
-        }
+        check_xattr_value(value)?;
         let existing = node.xattrs.contains_key(name);
         match mode {
             XattrMode::Create if existing => {
@@ -1640,24 +1645,7 @@ impl Namespace {
             XattrMode::Replace if !existing => return Err(no_attr(ino, name)),
             _ => {}
         }
-        let others: usize = node
-            .xattrs
-            .iter()
-            .filter(|(key, _)| key.as_slice() != name)
-            .map(|(key, value)| key.len() + value.len())
-            .sum();
-        let total = others + name.len() + value.len();
-        if total > XATTR_TOTAL_MAX_BYTES {
-            return Err(err(
-                ErrorCode::NoSpace,
-                format!("{ino} would carry {total} xattr bytes, over {XATTR_TOTAL_MAX_BYTES}"),
-            ));
-        }
-        self.update(ino, |node| {
-            node.xattrs.insert(name.to_vec(), value.to_vec());
-            node.ctime_ns = now_ns;
-        });
-        Ok(MetaReply::Done)
+        self.set_xattrs(ino, &[(name.to_vec(), value.to_vec())], now_ns)
     }
 
     fn set_xattrs(
@@ -1670,15 +1658,7 @@ impl Namespace {
         let mut after = node.xattrs.clone();
         for (name, value) in set {
             check_xattr_name(name)?;
-            if value.len() > XATTR_VALUE_MAX_BYTES {
-                return Err(err(
-                    ErrorCode::TooBig,
-                    format!(
-                        "xattr value of {} bytes exceeds {XATTR_VALUE_MAX_BYTES}",
-                        value.len()
-                    ),
-                ));
-            }
+            check_xattr_value(value)?;
             after.insert(name.clone(), value.clone());
         }
         let total: usize = after.iter().map(|(k, v)| k.len() + v.len()).sum();
