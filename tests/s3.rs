@@ -158,6 +158,8 @@ fn s3_clients_against_tessera_dev() {
         assert!(metrics.contains(needle), "metrics lack {needle}");
     }
 
+    standalone_gateway(&dev, &aws, dir.path());
+
     // A restart keeps the key the first start made.
     let before = std::fs::read_to_string(dev.credentials()).expect("credentials");
     assert!(before.contains("aws_access_key_id = TK"), "{before}");
@@ -166,4 +168,73 @@ fn s3_clients_against_tessera_dev() {
     let after = std::fs::read_to_string(dev.credentials()).expect("credentials");
     assert_eq!(before, after, "a restart made a new key");
     dev.stop();
+}
+
+/// `tessera gateway --config F` as its own process over the dev cluster:
+/// the same key works there, it serves what the other gateway wrote, and
+/// SIGTERM stops it cleanly.
+fn standalone_gateway(dev: &Dev, aws: &Path, dir: &Path) {
+    let client = std::fs::read_to_string(dev.data.join("client.toml")).expect("client.toml");
+    let mut config = String::from("listen = \"127.0.0.1:31010\"\n[client]\n");
+    for line in client.lines() {
+        match line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            Some(table) => config.push_str(&format!("[client.{table}]\n")),
+            None => config.push_str(&format!("{line}\n")),
+        }
+    }
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, config).expect("write gateway.toml");
+    let mut gateway = common::Daemon::start(
+        &["gateway", "--config", path.to_str().expect("utf-8 path")],
+        &dir.join("gateway.log"),
+    );
+    let run = |args: &[&str]| {
+        let out = Command::new(aws)
+            .args(args)
+            .args(["--endpoint-url", "http://127.0.0.1:31010"])
+            .env("AWS_SHARED_CREDENTIALS_FILE", dev.credentials())
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .output()
+            .expect("run aws");
+        assert!(
+            out.status.success(),
+            "aws {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let source = dir.join("standalone.txt");
+    std::fs::write(&source, b"through the standalone gateway\n").expect("write");
+    run(&["s3", "mb", "s3://standalone"]);
+    run(&[
+        "s3",
+        "cp",
+        source.to_str().expect("utf-8"),
+        "s3://standalone/a/b.txt",
+    ]);
+    let listed = run(&["s3", "ls", "--recursive", "s3://standalone"]);
+    assert!(listed.contains("a/b.txt"), "{listed}");
+    let got = run(&["s3", "cp", "s3://standalone/a/b.txt", "-"]);
+    assert_eq!(got, "through the standalone gateway\n");
+    run(&["s3", "rm", "s3://standalone/a/b.txt"]);
+    run(&["s3", "rb", "s3://standalone"]);
+    let _ = Command::new("kill")
+        .args(["-TERM", &gateway.child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(status)) = gateway.child.try_wait() {
+            assert!(
+                status.success(),
+                "tessera gateway exited with {status} on SIGTERM"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tessera gateway did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -361,7 +361,11 @@ fn run_gateway(
             Some(addr) => Some(tessera_proto::obs::serve_metrics(addr, registry).await?),
             None => None,
         };
-        println!("S3 gateway listening on http://{}", gateway.addr());
+        println!("S3 gateway listening on {}", gateway.addr());
+        println!(
+            "  plain HTTP, path-style, region {}; keys from `tessera admin key create`",
+            config.region
+        );
         stop_signal().await;
         tracing::info!("stop requested; shutting down");
         gateway.shutdown();
