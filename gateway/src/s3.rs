@@ -1187,7 +1187,11 @@ impl S3 for Gateway {
             is_truncated: Some(listed.truncated),
             start_after: input.start_after.as_deref().map(enc),
             encoding_type: input.encoding_type.clone(),
-            contents: Some(objects_out(listed.objects, &enc)),
+            contents: Some(objects_out(
+                listed.objects,
+                &enc,
+                input.fetch_owner == Some(true),
+            )),
             common_prefixes: Some(prefixes_out(listed.prefixes, &enc)),
             ..Default::default()
         }))
@@ -1228,7 +1232,7 @@ impl S3 for Gateway {
                 .then(|| listed.last.as_deref().map(enc))
                 .flatten(),
             encoding_type: input.encoding_type.clone(),
-            contents: Some(objects_out(listed.objects, &enc)),
+            contents: Some(objects_out(listed.objects, &enc, true)),
             common_prefixes: Some(prefixes_out(listed.prefixes, &enc)),
             ..Default::default()
         }))
@@ -1694,11 +1698,18 @@ fn owner() -> Owner {
     }
 }
 
-fn objects_out(objects: Vec<(String, Attr, String)>, enc: &dyn Fn(&str) -> String) -> Vec<Object> {
+/// Listed objects; `with_owner` as v1 always answers and v2 does with
+/// `fetch-owner=true`.
+fn objects_out(
+    objects: Vec<(String, Attr, String)>,
+    enc: &dyn Fn(&str) -> String,
+    with_owner: bool,
+) -> Vec<Object> {
     objects
         .into_iter()
         .map(|(key, attr, etag)| Object {
             key: Some(enc(&key)),
+            owner: with_owner.then(owner),
             e_tag: Some(ETag::Strong(etag)),
             last_modified: Some(timestamp(attr.mtime_ns)),
             size: Some(attr.size as i64),
