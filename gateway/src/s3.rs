@@ -24,6 +24,10 @@ const IO_BYTES: usize = 4 * 1024 * 1024;
 /// concurrent overwrite or delete cannot free their chunks mid-read.
 /// Smaller ones are fetched in one read and need no pin.
 const PIN_ABOVE_BYTES: u64 = IO_BYTES as u64;
+/// A client that sends no body bytes for this long (or, on a GET, takes
+/// none) is given up on, so a stalled connection cannot hold a staged
+/// upload or a pinned object forever.
+const BODY_IDLE: Duration = Duration::from_secs(60);
 pub const PART_NUMBER_MAX: i32 = 10_000;
 /// Every part but the last must be at least this large, as in S3.
 pub const PART_MIN_BYTES: u64 = 5 * 1024 * 1024;
@@ -90,8 +94,21 @@ impl Gateway {
         let mut buffer = Vec::with_capacity(IO_BYTES);
         let mut offset = 0u64;
         if let Some(mut body) = body {
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(body_error)?;
+            loop {
+                let next = tokio::time::timeout(BODY_IDLE, body.next()).await;
+                let chunk = match next {
+                    Ok(Some(chunk)) => chunk.map_err(body_error)?,
+                    Ok(None) => break,
+                    Err(_) => {
+                        return Err(error(
+                            S3ErrorCode::RequestTimeout,
+                            format!(
+                                "no body bytes arrived for {} s; the upload was dropped",
+                                BODY_IDLE.as_secs()
+                            ),
+                        ));
+                    }
+                };
                 md5.update(&chunk);
                 sums.update(&chunk);
                 buffer.extend_from_slice(&chunk);
@@ -589,7 +606,13 @@ fn stream_body(mut reader: FileReader, start: u64, end: u64, pin: Option<Pin>) -
                 }
                 Ok(bytes) => {
                     at += bytes.len() as u64;
-                    tx.send(Ok(bytes)).await
+                    match tokio::time::timeout(BODY_IDLE, tx.send(Ok(bytes))).await {
+                        Ok(sent) => sent,
+                        Err(_) => {
+                            tracing::info!(ino = %reader.ino(), "GET client stopped reading; body cut off");
+                            break;
+                        }
+                    }
                 }
                 Err(err) => {
                     tracing::warn!(ino = %reader.ino(), error = %err, "GET failed mid-body");
