@@ -1164,7 +1164,6 @@ impl S3 for Gateway {
         req: S3Request<ListObjectsV2Input>,
     ) -> S3Result<S3Response<ListObjectsV2Output>> {
         let input = req.input;
-        let bucket = self.store.bucket(&input.bucket).await?;
         let after = match &input.continuation_token {
             Some(token) => names::unhex(token)
                 .and_then(|bytes| String::from_utf8(bytes).ok())
@@ -1176,20 +1175,17 @@ impl S3 for Gateway {
                 })?,
             None => input.start_after.clone().unwrap_or_default(),
         };
-        let max = input.max_keys.unwrap_or(1000).clamp(0, LIST_MAX as i32) as usize;
         let prefix = input.prefix.clone().unwrap_or_default();
-        let listed = self
-            .store
-            .list(&bucket, &prefix, input.delimiter.as_deref(), &after, max)
+        let (listed, max) = self
+            .list_page(
+                &input.bucket,
+                &prefix,
+                input.delimiter.as_deref(),
+                &after,
+                input.max_keys,
+            )
             .await?;
-        let url = input.encoding_type.as_ref().map(|e| e.as_str()) == Some(EncodingType::URL);
-        let enc = |text: &str| {
-            if url {
-                names::url_encode(text)
-            } else {
-                text.to_string()
-            }
-        };
+        let enc = key_encoder(input.encoding_type.as_ref());
         let key_count = (listed.objects.len() + listed.prefixes.len()) as i32;
         Ok(S3Response::new(ListObjectsV2Output {
             name: Some(input.bucket.clone()),
@@ -1225,22 +1221,18 @@ impl S3 for Gateway {
         req: S3Request<ListObjectsInput>,
     ) -> S3Result<S3Response<ListObjectsOutput>> {
         let input = req.input;
-        let bucket = self.store.bucket(&input.bucket).await?;
         let after = input.marker.clone().unwrap_or_default();
-        let max = input.max_keys.unwrap_or(1000).clamp(0, LIST_MAX as i32) as usize;
         let prefix = input.prefix.clone().unwrap_or_default();
-        let listed = self
-            .store
-            .list(&bucket, &prefix, input.delimiter.as_deref(), &after, max)
+        let (listed, max) = self
+            .list_page(
+                &input.bucket,
+                &prefix,
+                input.delimiter.as_deref(),
+                &after,
+                input.max_keys,
+            )
             .await?;
-        let url = input.encoding_type.as_ref().map(|e| e.as_str()) == Some(EncodingType::URL);
-        let enc = |text: &str| {
-            if url {
-                names::url_encode(text)
-            } else {
-                text.to_string()
-            }
-        };
+        let enc = key_encoder(input.encoding_type.as_ref());
         Ok(S3Response::new(ListObjectsOutput {
             name: Some(input.bucket.clone()),
             // Clients decode every field but Prefix in a v1 listing (as S3
@@ -1664,6 +1656,25 @@ impl S3 for Gateway {
 }
 
 impl Gateway {
+    /// One page of a v1 or v2 listing, with the page size it used
+    /// (`max-keys`, 1,000 by default and at most).
+    async fn list_page(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        delimiter: Option<&str>,
+        after: &str,
+        max_keys: Option<i32>,
+    ) -> S3Result<(crate::list::Listed, usize)> {
+        let bucket = self.store.bucket(bucket).await?;
+        let max = max_keys.unwrap_or(1000).clamp(0, LIST_MAX as i32) as usize;
+        let listed = self
+            .store
+            .list(&bucket, prefix, delimiter, after, max)
+            .await?;
+        Ok((listed, max))
+    }
+
     /// Deletes the object at `key` if there is one; a key that names
     /// nothing, or a prefix, deletes nothing and succeeds, as in S3.
     async fn delete_key(&self, bucket: &Attr, key: &str) -> S3Result<()> {
@@ -1680,10 +1691,7 @@ impl Gateway {
             return Ok(());
         }
         let parent = chain.last().map_or(bucket.ino, |attr| attr.ino);
-        match self.store.lookup(parent, &last).await.map_err(s3_error)? {
-            Some(attr) if attr.kind != FileKind::Dir => {}
-            _ => return Ok(()),
-        }
+        // Unlink refuses a directory with IsDir: a prefix is not deleted.
         match self.store.call(MetaOp::Unlink { parent, name: last }).await {
             Ok(_) => {
                 self.store.prune(bucket.ino, &chain, &parts).await;
@@ -1723,6 +1731,18 @@ fn owner() -> Owner {
 
 /// Listed objects; `with_owner` as v1 always answers and v2 does with
 /// `fetch-owner=true`.
+/// How a listing writes keys: URL-encoded under `encoding-type=url`.
+fn key_encoder(encoding: Option<&EncodingType>) -> impl Fn(&str) -> String + Copy {
+    let url = encoding.map(|e| e.as_str()) == Some(EncodingType::URL);
+    move |text: &str| {
+        if url {
+            names::url_encode(text)
+        } else {
+            text.to_string()
+        }
+    }
+}
+
 fn objects_out(
     objects: Vec<(String, Attr, String)>,
     enc: &dyn Fn(&str) -> String,
