@@ -3,6 +3,8 @@
 #
 #   deploy/local-cluster.sh up DIR [--meta N] [--chunk N] [--bin PATH]
 #                                  [--base-port P] [--timeout SECONDS]
+#                                  [--meta-toml TOML] [--chunk-toml TOML]
+#                                  [--disk-cap-mib N]
 #   deploy/local-cluster.sh down DIR
 #   deploy/local-cluster.sh status DIR
 #
@@ -15,6 +17,7 @@ usage() {
     cat <<EOF
 usage:
   $PROG up DIR [--meta N] [--chunk N] [--bin PATH] [--base-port P] [--timeout SECONDS]
+               [--meta-toml TOML] [--chunk-toml TOML] [--disk-cap-mib N]
       Start N metaservers (default 3) and N chunkservers (default 4) as separate
       processes on 127.0.0.1, each with its own config, data and log under DIR,
       and return once the cluster has a leader, every metaserver is a voter and
@@ -24,6 +27,12 @@ usage:
       P+2100.. (P defaults to 7500). --timeout defaults to 60.
       Binary: --bin, else \$TESSERA_BIN, else tessera on PATH, else
       ./target/release/tessera, else ~/.cache/tessera/target/{release,debug}/tessera.
+      --meta-toml and --chunk-toml append TOML tables (for example
+      \$'[repair]\ndown_after_s = 5') to the configurations the first run writes;
+      a [scrub] table there replaces the chunkservers' default one.
+      --disk-cap-mib caps what each chunkserver's disk may hold (they all share
+      one file system here), so disk use differs between them as it would on
+      disks of their own.
   $PROG down DIR
       Stop exactly the processes recorded in DIR/pids: SIGTERM, up to 10 s, then
       SIGKILL. Data stays; \`up DIR\` brings the same cluster back.
@@ -207,6 +216,9 @@ $(tls_section "$name")
 
 [transport]
 mtu_upper_bound_bytes = $MTU
+${META_TOML:+
+# From --meta-toml.
+$META_TOML}
 EOF
 }
 
@@ -232,11 +244,20 @@ mtu_upper_bound_bytes = $MTU
 [[disks]]
 path = $(toml_str "$DIR/$name/disk")
 reserve_bytes = 268435456
+${DISK_CAP_MIB:+capacity_bytes = $((DISK_CAP_MIB * 1048576))}
 
-[scrub]
-# Every chunkserver shares one disk here; keep verification in the background.
-rate_mb_per_s = 4.0
+$(default_scrub)
+${CHUNK_TOML:+
+# From --chunk-toml.
+$CHUNK_TOML}
 EOF
+}
+
+# Every chunkserver shares one disk here; keep verification in the
+# background, unless --chunk-toml brings its own [scrub].
+default_scrub() {
+    [[ $CHUNK_TOML == *"[scrub]"* ]] && return 0
+    printf '[scrub]\nrate_mb_per_s = 4.0\n'
 }
 
 # Starts one daemon detached (own session: no SIGHUP when the terminal goes,
@@ -338,7 +359,8 @@ on_up_exit() {
 
 cmd_up() {
     local meta_flag='' chunk_flag='' base_flag=''
-    BIN_FLAG='' TIMEOUT=60
+    BIN_FLAG='' TIMEOUT=60 META_TOML='' CHUNK_TOML='' DISK_CAP_MIB=''
+
     while (($#)); do
         case $1 in
         --meta) meta_flag=${2:-}; shift 2 || die "--meta needs a number" ;;
@@ -346,6 +368,9 @@ cmd_up() {
         --bin) BIN_FLAG=${2:-}; shift 2 || die "--bin needs a path" ;;
         --base-port) base_flag=${2:-}; shift 2 || die "--base-port needs a port" ;;
         --timeout) TIMEOUT=${2:-}; shift 2 || die "--timeout needs seconds" ;;
+        --meta-toml) META_TOML=${2:-}; shift 2 || die "--meta-toml needs TOML" ;;
+        --chunk-toml) CHUNK_TOML=${2:-}; shift 2 || die "--chunk-toml needs TOML" ;;
+        --disk-cap-mib) DISK_CAP_MIB=${2:-}; shift 2 || die "--disk-cap-mib needs a number" ;;
         -h | --help) usage; exit 0 ;;
         *) usage >&2; die "unknown argument: $1" ;;
         esac
@@ -357,6 +382,7 @@ cmd_up() {
     [[ -z $base_flag || ($base_flag =~ ^[0-9]+$ && $base_flag -ge 1024 && $base_flag -le 63000) ]] ||
         die "--base-port takes 1024 to 63000 (it uses P up to P+2199), not $base_flag"
     [[ $TIMEOUT =~ ^[0-9]+$ && $TIMEOUT -ge 1 ]] || die "--timeout takes whole seconds, not $TIMEOUT"
+    [[ -z $DISK_CAP_MIB || $DISK_CAP_MIB =~ ^[1-9][0-9]*$ ]] || die "--disk-cap-mib takes MiB, not $DISK_CAP_MIB"
     resolve_bin
 
     mkdir -p "$DIR"

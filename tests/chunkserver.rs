@@ -555,11 +555,13 @@ async fn bad_requests_get_typed_errors_and_nothing_half_sealed() {
     let other_node = common_node_two(root.path(), &pki);
     let other = start(&other_node);
     let copy = CopyPiece {
+        job: 0,
         piece: piece(10),
+        source_piece: piece(10),
         source: addr.to_string(),
         source_token: pki.token(10, Rights::READ),
         length: len,
-        checksum: sum,
+        checksum: Some(sum),
     };
     let err = client
         .call(Peer::new(other.addr, Role::Chunk), &copy, opts())
@@ -575,8 +577,56 @@ async fn bad_requests_get_typed_errors_and_nothing_half_sealed() {
             .unwrap()
             == data
     );
+    // Sent again (a new leader repeats its jobs): nothing to do, success.
+    meta.call(Peer::new(other.addr, Role::Chunk), &copy, opts())
+        .await
+        .unwrap();
+    // Replicas hold the same bytes under other piece indexes; a copy without
+    // a recorded checksum takes the one the source's block hashes give.
+    let index_two = PieceId {
+        chunk: ChunkId(10),
+        index: 2,
+    };
+    let renamed = CopyPiece {
+        piece: index_two,
+        checksum: None,
+        ..copy.clone()
+    };
+    let reply = meta
+        .call(Peer::new(other.addr, Role::Chunk), &renamed, opts())
+        .await
+        .unwrap();
+    assert_eq!(reply.length, len);
+    assert!(
+        read_piece(&client, other.addr, &pki, index_two, 0, len)
+            .await
+            .unwrap()
+            == data
+    );
+    // A source whose bytes do not match the chunk map's checksum: nothing
+    // is stored.
+    let index_three = PieceId {
+        chunk: ChunkId(10),
+        index: 3,
+    };
+    let mismatch = CopyPiece {
+        piece: index_three,
+        checksum: Some([7; 32]),
+        ..copy.clone()
+    };
+    let err = meta
+        .call(Peer::new(other.addr, Role::Chunk), &mismatch, opts())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::ChecksumMismatch, "{err}");
+    let err = read_piece(&client, other.addr, &pki, index_three, 0, 1)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::NotFound, "{err}");
+    assert_eq!(temporaries(&other_node.disk), 0);
     let mut bad_copy = copy.clone();
     bad_copy.piece = piece(12);
+    bad_copy.source_piece = piece(12);
     bad_copy.source_token = pki.token(12, Rights::READ);
     let err = meta
         .call(Peer::new(other.addr, Role::Chunk), &bad_copy, opts())

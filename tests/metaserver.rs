@@ -690,6 +690,11 @@ async fn chunkservers_register_and_chunks_are_placed_committed_and_collected() {
         ino: file,
         extents: vec![extent],
         chunk_lengths: vec![(placement.chunk, data.len() as u64)],
+        piece_checksums: placement
+            .pieces
+            .iter()
+            .map(|piece| (placement.chunk, piece.index, checksum_of(&data)))
+            .collect(),
         min_size: data.len() as u64,
     };
     client.call(commit).await.unwrap();

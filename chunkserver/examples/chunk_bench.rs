@@ -75,11 +75,13 @@ fn config(dir: &Path) -> ChunkConfig {
         disks: vec![DiskConfig {
             path: dir.join("disk"),
             reserve_bytes: 0,
+            capacity_bytes: None,
         }],
         scrub: ScrubConfig {
             enabled: false,
             ..ScrubConfig::default()
         },
+        repair: Default::default(),
     }
 }
 

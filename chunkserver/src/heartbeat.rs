@@ -3,19 +3,28 @@
 //!
 //! The loop: register (trying each configured metaserver, following
 //! `NotLeader` redirects), send the full inventory in pages, then heartbeat
-//! every interval with space, load and newly corrupt pieces. A reply may ask
-//! the node to register again (the metaserver lost track of it, for example
-//! after a leader change); repeated failures also start over from
-//! registration. While no metaserver answers, the node keeps serving reads and
-//! writes for tokens already issued.
+//! every interval with space, load, newly corrupt pieces, the inventory's
+//! changes since the last heartbeat, and the repair jobs that ended or still
+//! run. A reply may ask the node to register again (the metaserver lost
+//! track of it, for example after a leader change); repeated failures also
+//! start over from registration. While no metaserver answers, the node keeps
+//! serving reads and writes for tokens already issued.
+//!
+//! Everything a heartbeat carries is kept until a heartbeat carrying it
+//! succeeds: corrupt pieces and inventory changes go back to the store, job
+//! results stay with the job runner. A full inventory report supersedes the
+//! pending changes, so they are dropped at registration; job results are
+//! not, since no inventory tells how a job ended.
 
+use crate::changes::Changes;
+use crate::jobs::Job;
 use crate::service::ChunkService;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_proto::chunk::{
-    ChunkCommand, Heartbeat, HeartbeatReply, INVENTORY_PAGE_MAX, InventoryReport, Labels,
-    LoadReport, RegisterChunkserver,
+    ChunkCommand, HEARTBEAT_CHANGES_MAX, Heartbeat, HeartbeatReply, INVENTORY_PAGE_MAX,
+    InventoryReport, Labels, LoadReport, RegisterChunkserver,
 };
 use tessera_proto::error::{Error, ErrorCode};
 use tessera_proto::ids::NodeId;
@@ -133,6 +142,10 @@ async fn send_inventory(
     session: &Session,
 ) -> Result<(), Error> {
     let report: u64 = rand::random();
+    // The report lists the inventory as it is from here on; a change made
+    // while it is being listed shows in it, in the next heartbeat, or both,
+    // all of which the metaserver applies harmlessly.
+    service.store().clear_changes();
     let mut after = None;
     loop {
         let (pieces, more) = service.store().list(after, INVENTORY_PAGE_MAX as usize);
@@ -156,12 +169,15 @@ async fn send_inventory(
     }
 }
 
+/// Carries out a heartbeat reply's commands without holding up the loop:
+/// deletions and quarantine clean-up on their own tasks, repair jobs through
+/// the job runner (which skips jobs it already knows).
 fn execute(service: &Arc<ChunkService>, reply: HeartbeatReply) {
     for command in reply.commands {
-        let service = service.clone();
-        tokio::spawn(async move {
-            match command {
-                ChunkCommand::Delete(pieces) => {
+        match command {
+            ChunkCommand::Delete(pieces) => {
+                let service = service.clone();
+                tokio::spawn(async move {
                     let count = pieces.len();
                     match service.delete(pieces).await {
                         Ok(done) => tracing::debug!(
@@ -171,17 +187,29 @@ fn execute(service: &Arc<ChunkService>, reply: HeartbeatReply) {
                         ),
                         Err(err) => tracing::warn!(count, error = %err, "could not delete pieces"),
                     }
-                }
-                ChunkCommand::Copy(copy) => match service.copy(&copy).await {
-                    Ok(_) => {
-                        tracing::info!(piece = %copy.piece, source = %copy.source, "repaired piece by copy")
-                    }
-                    Err(err) => {
-                        tracing::warn!(piece = %copy.piece, source = %copy.source, error = %err, "repair copy failed")
-                    }
-                },
+                });
             }
-        });
+            ChunkCommand::Copy(copy) => service.jobs().submit(Job::Copy(copy)),
+            ChunkCommand::Rebuild(rebuild) => service.jobs().submit(Job::Rebuild(rebuild)),
+            ChunkCommand::DropQuarantined(pieces) => {
+                let store = service.store().clone();
+                tokio::spawn(async move {
+                    let count = pieces.len();
+                    match tokio::task::spawn_blocking(move || store.drop_quarantined(&pieces)).await
+                    {
+                        Ok(Ok(files)) => {
+                            tracing::debug!(count, files, "dropped quarantined copies")
+                        }
+                        Ok(Err(err)) => {
+                            tracing::warn!(count, error = %err, "could not drop quarantined copies; they stay until asked again")
+                        }
+                        Err(err) => {
+                            tracing::error!(error = %err, "quarantine clean-up task failed")
+                        }
+                    }
+                });
+            }
+        }
     }
 }
 
@@ -231,18 +259,30 @@ pub async fn run(
                 _ = tokio::time::sleep(session.interval) => {}
                 _ = shutdown.changed() => return,
             }
-            let metrics = service.store().metrics();
-            let corrupt = service.store().take_corrupt();
+            if service.store().changes_overflowed() {
+                tracing::warn!(
+                    "too many inventory changes piled up; registering again to send a full inventory"
+                );
+                break;
+            }
+            let store = service.store();
+            let metrics = store.metrics();
+            let changes = store.take_changes(HEARTBEAT_CHANGES_MAX);
+            let (jobs, running) = service.jobs().report();
             let beat = Heartbeat {
                 node: session.node,
-                disks: service.store().disk_reports(),
+                disks: store.disk_reports(),
                 load: LoadReport {
                     reads_in_flight: metrics.reads_in_flight.get().max(0) as u32,
                     writes_in_flight: metrics.writes_in_flight.get().max(0) as u32,
                 },
-                corrupt: corrupt.clone(),
+                corrupt: store.take_corrupt(HEARTBEAT_CHANGES_MAX),
+                added: changes.added,
+                removed: changes.removed,
+                jobs,
+                running,
             };
-            service.store().refresh_gauges();
+            store.refresh_gauges();
             match client
                 .call(
                     Peer::new(session.leader, Role::Meta),
@@ -258,6 +298,7 @@ pub async fn run(
             {
                 Ok(reply) => {
                     failures = 0;
+                    service.jobs().delivered(&beat.jobs);
                     let again = reply.register_again;
                     execute(&service, reply);
                     if again {
@@ -265,8 +306,16 @@ pub async fn run(
                     }
                 }
                 Err(err) => {
-                    // Keep the corrupt list for the next attempt.
-                    service.store().return_corrupt(corrupt);
+                    // Keep what it carried for the next attempt; job results
+                    // stay with the runner until delivered.
+                    let Heartbeat {
+                        corrupt,
+                        added,
+                        removed,
+                        ..
+                    } = beat;
+                    store.return_corrupt(corrupt);
+                    store.return_changes(Changes { added, removed });
                     failures += 1;
                     tracing::debug!(error = %err, failures, "heartbeat failed");
                     if failures >= HEARTBEAT_FAILURES_MAX || err.code == ErrorCode::NotLeader {

@@ -1,7 +1,9 @@
 //! Chunkserver metrics, labelled with the server's name so several
 //! chunkservers in one process (`tessera dev`) stay apart.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 const LATENCY_BUCKETS_S: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -24,6 +26,14 @@ pub struct ChunkMetrics {
     pub scrub_passes: IntCounter,
     pub writes_in_flight: IntGauge,
     pub reads_in_flight: IntGauge,
+    /// Repair jobs ended, by `kind` (`copy`, `rebuild`) and `result` (`ok`,
+    /// `error`).
+    pub repair_jobs: IntCounterVec,
+    /// Bytes of pieces repair jobs sealed, here or on a rebuild's targets,
+    /// by `kind`.
+    pub repair_bytes: IntCounterVec,
+    /// Repair jobs holding one of the `repair.jobs_max` slots.
+    pub repair_jobs_running: IntGauge,
 }
 
 impl ChunkMetrics {
@@ -91,7 +101,33 @@ impl ChunkMetrics {
                 "tessera_chunk_reads_in_flight",
                 "Piece reads in progress",
             ))?,
+            repair_jobs: IntCounterVec::new(
+                opts(
+                    "tessera_chunk_repair_jobs_total",
+                    "Repair jobs (copies, rebuilds) ended, by kind and result",
+                ),
+                &["kind", "result"],
+            )?,
+            repair_bytes: IntCounterVec::new(
+                opts(
+                    "tessera_chunk_repair_bytes_total",
+                    "Bytes of pieces sealed by repair jobs, by kind",
+                ),
+                &["kind"],
+            )?,
+            repair_jobs_running: IntGauge::with_opts(opts(
+                "tessera_chunk_repair_jobs_running",
+                "Repair jobs running now",
+            ))?,
         };
+        // Every series exists from the start, so a dashboard shows 0 rather
+        // than nothing before the first repair.
+        for kind in ["copy", "rebuild"] {
+            metrics.repair_bytes.with_label_values(&[kind]);
+            for result in ["ok", "error"] {
+                metrics.repair_jobs.with_label_values(&[kind, result]);
+            }
+        }
         registry.register(Box::new(metrics.bytes_written.clone()))?;
         registry.register(Box::new(metrics.bytes_read.clone()))?;
         registry.register(Box::new(metrics.pieces_written.clone()))?;
@@ -107,6 +143,9 @@ impl ChunkMetrics {
         registry.register(Box::new(metrics.scrub_passes.clone()))?;
         registry.register(Box::new(metrics.writes_in_flight.clone()))?;
         registry.register(Box::new(metrics.reads_in_flight.clone()))?;
+        registry.register(Box::new(metrics.repair_jobs.clone()))?;
+        registry.register(Box::new(metrics.repair_bytes.clone()))?;
+        registry.register(Box::new(metrics.repair_jobs_running.clone()))?;
         Ok(metrics)
     }
 

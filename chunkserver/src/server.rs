@@ -1,6 +1,7 @@
 //! The chunkserver daemon: configuration, start-up and shutdown.
 
 use crate::heartbeat::{self, HeartbeatConfig};
+use crate::jobs::{JobRunner, RepairConfig};
 use crate::metrics::ChunkMetrics;
 use crate::scrub::{self, ScrubConfig};
 use crate::service::ChunkService;
@@ -42,6 +43,8 @@ pub struct ChunkConfig {
     pub disks: Vec<DiskConfig>,
     #[serde(default)]
     pub scrub: ScrubConfig,
+    #[serde(default)]
+    pub repair: RepairConfig,
 }
 
 fn default_heartbeat_interval_ms() -> u64 {
@@ -52,6 +55,7 @@ fn default_heartbeat_interval_ms() -> u64 {
 pub struct ChunkServer {
     rpc: RpcServer,
     store: Arc<Store>,
+    jobs: Arc<JobRunner>,
     shutdown_tx: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     addr: SocketAddr,
@@ -65,6 +69,7 @@ impl ChunkServer {
         config: ChunkConfig,
         registry: &prometheus::Registry,
     ) -> Result<ChunkServer, Error> {
+        config.repair.validate()?;
         let identity = config.node.tls.load_for(Role::Chunk)?;
         let token_key = TokenKey::load(&config.token_key)?;
         let metric_error =
@@ -78,7 +83,8 @@ impl ChunkServer {
         let store = Arc::new(store);
         let bind_any = config.node.client_bind_addr();
         let client = RpcClient::new(&identity, &config.node.transport, bind_any)?;
-        let service = Arc::new(ChunkService::new(store.clone(), token_key, client.clone()));
+        let jobs = JobRunner::new(store.clone(), client.clone(), &config.repair);
+        let service = Arc::new(ChunkService::new(store.clone(), token_key, jobs.clone()));
         let rpc = RpcServer::start(
             &identity,
             &config.node.transport,
@@ -126,6 +132,7 @@ impl ChunkServer {
         Ok(ChunkServer {
             rpc,
             store,
+            jobs,
             shutdown_tx,
             tasks,
             addr,
@@ -146,6 +153,7 @@ impl ChunkServer {
         for task in &self.tasks {
             task.abort();
         }
+        self.jobs.shutdown();
         self.rpc.shutdown().await;
         tracing::info!(addr = %self.addr, "chunkserver stopped");
     }
@@ -163,6 +171,16 @@ mod tests {
             tessera_proto::config::load(Some(&path), &["scrub.rate_mb_per_s=5".into()]).unwrap();
         assert_eq!(config.disks.len(), 2);
         assert_eq!(config.scrub.rate_mb_per_s, 5.0);
+        assert_eq!(config.repair, RepairConfig::default());
+        config.repair.validate().unwrap();
+        let zero: ChunkConfig =
+            tessera_proto::config::load(Some(&path), &["repair.jobs_max=0".into()]).unwrap();
+        let err = zero.repair.validate().unwrap_err();
+        assert!(err.message.contains("repair.jobs_max"), "{err}");
+        let err =
+            tessera_proto::config::load::<ChunkConfig>(Some(&path), &["repair.jobs=1".into()])
+                .unwrap_err();
+        assert!(err.message.contains("jobs"), "{err}");
         assert_eq!(config.node.name, "chunk-1");
         let err = tessera_proto::config::load::<ChunkConfig>(Some(&path), &["scrub.rate=5".into()])
             .unwrap_err();

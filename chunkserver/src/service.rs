@@ -2,15 +2,19 @@
 //! pieces.
 //!
 //! Disk work never runs on the async workers: each write streams into a
-//! blocking task through a bounded queue (so the network and the disk overlap
-//! and a slow disk pushes back on its sender), and each read is produced by
-//! a blocking task a few batches ahead of the sender. Each disk bounds its
-//! own blocking work, so one slow disk stalls only the calls that need it.
+//! blocking task through a bounded queue ([`crate::local_write`]), and each
+//! read is produced by a blocking task a few batches ahead of the sender.
+//! Each disk bounds its own blocking work, so one slow disk stalls only the
+//! calls that need it. Copies ordered by a direct `CopyPiece` call run
+//! through the repair job runner ([`crate::jobs`]), so they share its slots
+//! and its rate limit with the jobs heartbeats hand out.
 
-use crate::store::{PieceWrite, Store};
+use crate::jobs::JobRunner;
+use crate::local_write::{LocalWrite, join_error};
+use crate::store::Store;
 use bytes::Bytes;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tessera_proto::checksum::{BLOCK_BYTES, block_count};
 use tessera_proto::chunk::{
     CopyPiece, DeletePieces, DeletePiecesReply, INVENTORY_PAGE_MAX, ListPieces, ListPiecesReply,
@@ -19,7 +23,7 @@ use tessera_proto::chunk::{
 };
 use tessera_proto::error::{Error, ErrorCode};
 use tessera_proto::ids::PieceId;
-use tessera_proto::rpc::{BulkReader, Call, CallOptions, Peer, RpcClient, Service};
+use tessera_proto::rpc::{BulkReader, Call, Service};
 use tessera_proto::tls::Role;
 use tessera_proto::token::{Rights, Token, TokenKey, unix_now_ms};
 use tessera_proto::wire::Method;
@@ -32,37 +36,28 @@ const WRITE_QUEUE_DEPTH: usize = 8;
 const READ_BATCH_BLOCKS: u64 = 16;
 /// Batches read ahead of the network on the read path.
 const READ_AHEAD_BATCHES: usize = 2;
-/// Deadline for fetching a piece from another chunkserver during repair.
-const COPY_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub struct ChunkService {
     store: Arc<Store>,
     token_key: TokenKey,
-    client: RpcClient,
-}
-
-fn join_error(err: tokio::task::JoinError) -> Error {
-    Error::internal(format!("disk task failed: {err}"))
-}
-
-enum WriteOp {
-    Data(Bytes),
-    /// Seal, first declaring the final length and checksum if the writer
-    /// only learned them at the end.
-    Seal(Option<PieceTrailer>),
+    jobs: Arc<JobRunner>,
 }
 
 impl ChunkService {
-    pub fn new(store: Arc<Store>, token_key: TokenKey, client: RpcClient) -> ChunkService {
+    pub fn new(store: Arc<Store>, token_key: TokenKey, jobs: Arc<JobRunner>) -> ChunkService {
         ChunkService {
             store,
             token_key,
-            client,
+            jobs,
         }
     }
 
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    pub fn jobs(&self) -> &Arc<JobRunner> {
+        &self.jobs
     }
 
     fn check_token(&self, token: &Token, piece: PieceId, rights: Rights) -> Result<(), Error> {
@@ -104,91 +99,38 @@ impl ChunkService {
         checksum: [u8; 32],
         bulk: &mut BulkReader,
     ) -> Result<PieceInfo, Error> {
-        let metrics = self.store.metrics().clone();
-        metrics.writes_in_flight.inc();
-        let started = Instant::now();
-        let result = async {
-            let store = self.store.clone();
-            let write: PieceWrite =
-                tokio::task::spawn_blocking(move || store.begin_write(piece, length, checksum))
-                    .await
-                    .map_err(join_error)??;
-            let disk = write.disk().clone();
-            let _permit = disk
-                .io_slots
-                .acquire()
-                .await
-                .map_err(|_| Error::internal("disk slots closed"))?;
-            let (tx, mut rx) = mpsc::channel::<WriteOp>(WRITE_QUEUE_DEPTH);
-            let disk_task = tokio::task::spawn_blocking(move || {
-                let mut write = write;
-                while let Some(op) = rx.blocking_recv() {
-                    match op {
-                        WriteOp::Data(data) => write.append(&data)?,
-                        WriteOp::Seal(trailer) => {
-                            if let Some(trailer) = trailer {
-                                write.declare(trailer.length, trailer.checksum)?;
-                            }
-                            return write.seal();
+        let mut write =
+            LocalWrite::begin(&self.store, piece, length, checksum, WRITE_QUEUE_DEPTH).await?;
+        loop {
+            match bulk.next().await {
+                Ok(Some(data)) => write.append(data).await?,
+                Ok(None) => {
+                    let trailer = match bulk.trailer() {
+                        None if !bulk.is_framed() => Ok(None),
+                        None => Err(Error::new(
+                            ErrorCode::Truncated,
+                            "streamed piece ended without its trailer",
+                        )),
+                        Some(bytes) => {
+                            tessera_proto::wire::decode_message::<PieceTrailer>(bytes).map(Some)
                         }
-                    }
+                    };
+                    return match trailer {
+                        Ok(trailer) => write.seal(trailer).await,
+                        Err(err) => {
+                            write.abort().await;
+                            Err(err)
+                        }
+                    };
                 }
-                // The sender gave up: dropping the write removes the file.
-                Err(Error::new(
-                    ErrorCode::Cancelled,
-                    format!("write of {piece} abandoned"),
-                ))
-            });
-            let mut network_error = None;
-            loop {
-                match bulk.next().await {
-                    Ok(Some(data)) => {
-                        if tx.send(WriteOp::Data(data)).await.is_err() {
-                            break;
-                        }
-                    }
-                    Ok(None) => {
-                        let trailer = match bulk.trailer() {
-                            None if !bulk.is_framed() => Ok(None),
-                            None => Err(Error::new(
-                                ErrorCode::Truncated,
-                                "streamed piece ended without its trailer",
-                            )),
-                            Some(bytes) => {
-                                tessera_proto::wire::decode_message::<PieceTrailer>(bytes).map(Some)
-                            }
-                        };
-                        match trailer {
-                            Ok(trailer) => {
-                                let _ = tx.send(WriteOp::Seal(trailer)).await;
-                            }
-                            Err(err) => network_error = Some(err),
-                        }
-                        break;
-                    }
-                    Err(err) => {
-                        network_error = Some(err);
-                        break;
-                    }
+                Err(err) => {
+                    // Wait for the temporary file to go, so a retry of the
+                    // same piece is not refused as "being written".
+                    write.abort().await;
+                    return Err(err);
                 }
             }
-            drop(tx);
-            let sealed = disk_task.await.map_err(join_error)?;
-            match (network_error, sealed) {
-                (Some(err), _) => Err(err),
-                (None, result) => result,
-            }
         }
-        .await;
-        metrics.writes_in_flight.dec();
-        if let Ok(info) = &result {
-            metrics.bytes_written.inc_by(info.length);
-            metrics.pieces_written.inc();
-            metrics
-                .write_seconds
-                .observe(started.elapsed().as_secs_f64());
-        }
-        result
     }
 
     async fn read(&self, call: &mut Call) -> Result<(), Error> {
@@ -288,56 +230,6 @@ impl ChunkService {
         Ok(())
     }
 
-    /// Fetches a piece from another chunkserver and stores it here.
-    pub async fn copy(&self, msg: &CopyPiece) -> Result<PieceInfo, Error> {
-        if let Some(info) = self.store.info(msg.piece) {
-            if info.checksum == msg.checksum {
-                return Ok(info);
-            }
-            return Err(Error::new(
-                ErrorCode::AlreadyExists,
-                format!("piece {} is stored here with another checksum", msg.piece),
-            ));
-        }
-        let source = tokio::net::lookup_host(&msg.source)
-            .await
-            .ok()
-            .and_then(|mut addrs| addrs.next())
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorCode::InvalidArgument,
-                    format!("copy source {:?} is not an address", msg.source),
-                )
-            })?;
-        let request = ReadPiece {
-            piece: msg.piece,
-            offset: 0,
-            length: msg.length,
-            token: msg.source_token,
-        };
-        let call = self
-            .client
-            .open(
-                Peer::new(source, Role::Chunk),
-                &request,
-                0,
-                CallOptions::with_timeout(COPY_TIMEOUT),
-            )
-            .await?;
-        let mut response = call.finish().await?;
-        if response.message.piece_length != msg.length {
-            return Err(Error::new(
-                ErrorCode::LengthMismatch,
-                format!(
-                    "source holds {} bytes of {}, expected {}",
-                    response.message.piece_length, msg.piece, msg.length
-                ),
-            ));
-        }
-        self.store_stream(msg.piece, msg.length, msg.checksum, response.bulk())
-            .await
-    }
-
     pub async fn delete(&self, pieces: Vec<PieceId>) -> Result<DeletePiecesReply, Error> {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
@@ -401,7 +293,7 @@ impl Service for ChunkService {
             CopyPiece::ID => {
                 call.peer().require_role(&[Role::Meta], CopyPiece::NAME)?;
                 let msg: CopyPiece = call.decode()?;
-                let info = self.copy(&msg).await?;
+                let info = self.jobs.copy_now(&msg).await?;
                 call.respond(
                     &WritePieceReply {
                         length: info.length,

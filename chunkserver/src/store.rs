@@ -15,6 +15,7 @@
 //! derived from piece ids alone; no byte is returned to a reader before the
 //! hash of its block matched.
 
+use crate::changes::{ChangeLog, Changes};
 use crate::metrics::ChunkMetrics;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
@@ -45,6 +46,11 @@ pub struct DiskConfig {
     /// are refused up front.
     #[serde(default = "default_reserve_bytes")]
     pub reserve_bytes: u64,
+    /// Most bytes of pieces this disk may hold, for a file system shared
+    /// with other data (or with other chunkservers on one machine); the
+    /// capacity and free space reported and placed against respect it.
+    #[serde(default)]
+    pub capacity_bytes: Option<u64>,
 }
 
 fn default_reserve_bytes() -> u64 {
@@ -161,6 +167,9 @@ pub struct Disk {
     /// of the runtime's blocking threads.
     pub io_slots: Arc<tokio::sync::Semaphore>,
     pieces: AtomicU64,
+    /// Data bytes of the sealed pieces here.
+    stored_bytes: AtomicU64,
+    capacity_cap: Option<u64>,
 }
 
 /// Concurrent blocking operations allowed per disk.
@@ -186,7 +195,14 @@ impl Disk {
     pub fn space(&self) -> Result<(u64, u64), Error> {
         let stat = rustix::fs::statvfs(&self.root)
             .map_err(|err| io_err(format_args!("statvfs {}", self.root.display()), err.into()))?;
-        Ok((stat.f_blocks * stat.f_frsize, stat.f_bavail * stat.f_frsize))
+        let (capacity, free) = (stat.f_blocks * stat.f_frsize, stat.f_bavail * stat.f_frsize);
+        Ok(match self.capacity_cap {
+            Some(cap) => {
+                let left = cap.saturating_sub(self.stored_bytes.load(Ordering::Relaxed));
+                (capacity.min(cap), free.min(left))
+            }
+            None => (capacity, free),
+        })
     }
 
     pub fn report(&self) -> DiskReport {
@@ -220,6 +236,8 @@ struct State {
     writing: BTreeSet<PieceId>,
     /// Quarantined since the last heartbeat took the list.
     corrupt: Vec<PieceId>,
+    /// Sealed and deleted since the last heartbeat took them.
+    changes: ChangeLog,
 }
 
 /// The store over all disks.
@@ -250,6 +268,8 @@ impl Store {
                 reserved_bytes: AtomicU64::new(0),
                 io_slots: Arc::new(tokio::sync::Semaphore::new(DISK_IO_SLOTS)),
                 pieces: AtomicU64::new(0),
+                stored_bytes: AtomicU64::new(0),
+                capacity_cap: config.capacity_bytes,
             });
             for dir in [disk.pieces_dir(), disk.tmp_dir(), disk.quarantine_dir()] {
                 std::fs::create_dir_all(&dir)
@@ -268,6 +288,7 @@ impl Store {
                 sealed,
                 writing: BTreeSet::new(),
                 corrupt: Vec::new(),
+                changes: ChangeLog::default(),
             }),
             metrics,
         };
@@ -339,9 +360,13 @@ impl Store {
         self.lock().sealed.len()
     }
 
-    /// Takes the pieces quarantined since the last call.
-    pub fn take_corrupt(&self) -> Vec<PieceId> {
-        std::mem::take(&mut self.lock().corrupt)
+    /// Takes the oldest pieces quarantined since the last call, at most
+    /// `max`, so a heartbeat stays under the header cap even after a whole
+    /// disk went bad; the rest follow with later heartbeats.
+    pub fn take_corrupt(&self, max: usize) -> Vec<PieceId> {
+        let mut state = self.lock();
+        let take = state.corrupt.len().min(max);
+        state.corrupt.drain(..take).collect()
     }
 
     /// Puts back corrupt-piece reports a failed heartbeat could not deliver.
@@ -349,6 +374,32 @@ impl Store {
         let mut state = self.lock();
         pieces.append(&mut state.corrupt);
         state.corrupt = pieces;
+    }
+
+    /// Takes the oldest inventory changes (pieces sealed and deleted), at
+    /// most `max` each way.
+    pub fn take_changes(&self, max: usize) -> Changes {
+        self.lock().changes.take(max)
+    }
+
+    /// Puts back changes a failed heartbeat could not deliver.
+    pub fn return_changes(&self, changes: Changes) {
+        if !changes.is_empty() {
+            self.lock().changes.restore(changes);
+        }
+    }
+
+    /// Drops pending inventory changes because a full inventory report is
+    /// about to be listed: whatever changes after this call is both in the
+    /// report or after it and in the next heartbeat, which is harmless.
+    pub fn clear_changes(&self) {
+        self.lock().changes.clear();
+    }
+
+    /// Whether pending changes were dropped for lack of room, so only a full
+    /// inventory report can bring the metaserver up to date.
+    pub fn changes_overflowed(&self) -> bool {
+        self.lock().changes.take_overflowed()
     }
 
     /// The disk holding `piece`, if sealed.
@@ -436,11 +487,55 @@ impl Store {
         if let Some(parent) = path.parent() {
             fsync_dir(parent)?;
         }
-        if self.lock().sealed.remove(&piece).is_some() {
-            disk.pieces.fetch_sub(1, Ordering::Relaxed);
+        {
+            let mut state = self.lock();
+            if let Some(entry) = state.sealed.remove(&piece) {
+                disk.pieces.fetch_sub(1, Ordering::Relaxed);
+                disk.stored_bytes.fetch_sub(entry.length, Ordering::Relaxed);
+                state.changes.removed(piece);
+            }
+            self.metrics.pieces.set(state.sealed.len() as i64);
         }
-        self.metrics.pieces.set(self.piece_count() as i64);
         Ok(true)
+    }
+
+    /// Deletes the quarantined copies of `pieces` on every disk (files kept
+    /// for inspection until the metaserver says their repair committed).
+    /// Returns how many files went. Blocking.
+    pub fn drop_quarantined(&self, pieces: &[PieceId]) -> Result<usize, Error> {
+        let names: BTreeSet<String> = pieces.iter().map(|p| piece_file_name(*p)).collect();
+        let mut dropped = 0;
+        for disk in &self.disks {
+            let dir = disk.quarantine_dir();
+            let entries = std::fs::read_dir(&dir)
+                .map_err(|err| io_err(format_args!("list {}", dir.display()), err))?;
+            let mut removed_here = 0;
+            for entry in entries {
+                let entry =
+                    entry.map_err(|err| io_err(format_args!("list {}", dir.display()), err))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !quarantined_name_matches(&name, &names) {
+                    continue;
+                }
+                let path = entry.path();
+                match std::fs::remove_file(&path) {
+                    Ok(()) => removed_here += 1,
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(err) => {
+                        return Err(io_err(
+                            format_args!("delete quarantined {}", path.display()),
+                            err,
+                        ));
+                    }
+                }
+            }
+            if removed_here > 0 {
+                fsync_dir(&dir)?;
+                tracing::info!(disk = %disk.root.display(), files = removed_here, "dropped quarantined pieces whose repair committed");
+            }
+            dropped += removed_here;
+        }
+        Ok(dropped)
     }
 
     /// Moves a piece that failed verification out of the inventory, keeping
@@ -459,9 +554,11 @@ impl Store {
             tracing::error!(%piece, error = %err, "could not move a corrupt piece to quarantine; it stays out of the inventory");
         }
         let mut state = self.lock();
-        if state.sealed.remove(&piece).is_some() {
+        if let Some(entry) = state.sealed.remove(&piece) {
             disk.pieces.fetch_sub(1, Ordering::Relaxed);
+            disk.stored_bytes.fetch_sub(entry.length, Ordering::Relaxed);
             state.corrupt.push(piece);
+            state.changes.quarantined(piece);
             self.metrics.quarantined.inc();
             tracing::warn!(%piece, disk = %disk.root.display(), reason, "quarantined corrupt piece");
         }
@@ -493,6 +590,21 @@ impl Store {
     }
 }
 
+/// Whether a file in `quarantine/` is a copy of one of the pieces named
+/// `names`: the piece's file name alone (a bad header found at start-up) or
+/// followed by `.<unix ms>` (found on a read or by the scrubber).
+fn quarantined_name_matches(name: &str, names: &BTreeSet<String>) -> bool {
+    if names.contains(name) {
+        return true;
+    }
+    match name.rsplit_once('.') {
+        Some((base, stamp)) => {
+            !stamp.is_empty() && stamp.bytes().all(|b| b.is_ascii_digit()) && names.contains(base)
+        }
+        None => false,
+    }
+}
+
 fn remove_temporaries(tmp: &Path) -> Result<usize, Error> {
     let mut removed = 0;
     let entries = std::fs::read_dir(tmp)
@@ -514,6 +626,7 @@ fn scan_disk(disk: &Arc<Disk>, sealed: &mut BTreeMap<PieceId, Entry>) -> Result<
     let shards = std::fs::read_dir(&pieces_dir)
         .map_err(|err| io_err(format_args!("list {}", pieces_dir.display()), err))?;
     let mut count = 0;
+    let mut bytes = 0;
     for shard in shards {
         let shard = shard.map_err(|err| io_err("list pieces", err))?;
         if !shard.path().is_dir() {
@@ -540,6 +653,7 @@ fn scan_disk(disk: &Arc<Disk>, sealed: &mut BTreeMap<PieceId, Entry>) -> Result<
                         },
                     );
                     count += 1;
+                    bytes += entry_header.length;
                 }
                 Ok(_) => {
                     tracing::warn!(%piece, path = %path.display(), "piece stored on two disks; keeping the first");
@@ -553,6 +667,7 @@ fn scan_disk(disk: &Arc<Disk>, sealed: &mut BTreeMap<PieceId, Entry>) -> Result<
         }
     }
     disk.pieces.store(count, Ordering::Relaxed);
+    disk.stored_bytes.store(bytes, Ordering::Relaxed);
     Ok(())
 }
 
@@ -741,9 +856,13 @@ impl PieceWrite {
                     checksum,
                 },
             );
+            state.changes.sealed(info);
             self.store.metrics.pieces.set(state.sealed.len() as i64);
         }
         self.disk.pieces.fetch_add(1, Ordering::Relaxed);
+        self.disk
+            .stored_bytes
+            .fetch_add(self.length, Ordering::Relaxed);
         Ok(info)
     }
 }
@@ -896,6 +1015,7 @@ mod tests {
                 &[DiskConfig {
                     path: dir.to_path_buf(),
                     reserve_bytes: 0,
+                    capacity_bytes: None,
                 }],
                 ChunkMetrics::unregistered(),
             )
@@ -1015,7 +1135,7 @@ mod tests {
             ErrorCode::Corrupt
         );
         assert_eq!(s.piece_count(), 0);
-        assert_eq!(s.take_corrupt(), vec![piece(4)]);
+        assert_eq!(s.take_corrupt(10), vec![piece(4)]);
         assert_eq!(s.metrics().checksum_failures.get(), 1);
         assert_eq!(
             s.open_reader(piece(4)).err().map(|e| e.code),
@@ -1052,6 +1172,82 @@ mod tests {
     }
 
     #[test]
+    fn seals_and_deletes_are_tracked_for_heartbeats() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let one = write(&s, piece(1), &[1; 10]).unwrap();
+        let two = write(&s, piece(2), &[2; 10]).unwrap();
+        write(&s, piece(3), &[3; 10]).unwrap();
+        assert!(s.delete(piece(3)).unwrap());
+        assert!(!s.delete(piece(4)).unwrap(), "a missing piece is no change");
+        let changes = s.take_changes(1);
+        assert_eq!(changes.added, vec![one]);
+        assert_eq!(changes.removed, vec![piece(3)]);
+        // A failed heartbeat puts them back, ahead of the rest.
+        s.return_changes(changes);
+        let changes = s.take_changes(10);
+        assert_eq!(changes.added, vec![one, two]);
+        assert_eq!(changes.removed, vec![piece(3)]);
+        assert!(s.take_changes(10).is_empty());
+        // A full inventory supersedes pending changes.
+        write(&s, piece(5), &[5; 10]).unwrap();
+        s.clear_changes();
+        assert!(s.take_changes(10).is_empty());
+    }
+
+    #[test]
+    fn corrupt_reports_are_bounded_and_kept_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        for n in 1..=3 {
+            write(&s, piece(n), &[7; 10]).unwrap();
+            s.quarantine(piece(n), "test");
+        }
+        let first = s.take_corrupt(2);
+        assert_eq!(first, vec![piece(1), piece(2)]);
+        s.return_corrupt(first);
+        assert_eq!(s.take_corrupt(10), vec![piece(1), piece(2), piece(3)]);
+        // Quarantined pieces are reported as corrupt, not as added.
+        assert!(s.take_changes(10).added.is_empty());
+    }
+
+    #[test]
+    fn dropping_quarantined_copies_touches_only_those_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let one = PieceId {
+            chunk: ChunkId(0xabc),
+            index: 1,
+        };
+        let twelve = PieceId {
+            chunk: ChunkId(0xabc),
+            index: 12,
+        };
+        for id in [one, twelve] {
+            write(&s, id, &[1; 100]).unwrap();
+            s.quarantine(id, "test");
+        }
+        // As start-up quarantines a bad header: the bare file name.
+        std::fs::write(
+            dir.path().join("quarantine").join(piece_file_name(one)),
+            b"x",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("quarantine").join("notes.txt"), b"x").unwrap();
+        assert_eq!(s.drop_quarantined(&[one]).unwrap(), 2);
+        let left: Vec<String> = std::fs::read_dir(dir.path().join("quarantine"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert!(
+            left.iter()
+                .any(|name| name.starts_with("0000000000000abc.12."))
+        );
+        assert_eq!(s.drop_quarantined(&[one]).unwrap(), 0);
+    }
+
+    #[test]
     fn reserve_is_enforced_up_front() {
         let dir = tempfile::tempdir().unwrap();
         let s = Arc::new(
@@ -1059,6 +1255,7 @@ mod tests {
                 &[DiskConfig {
                     path: dir.path().to_path_buf(),
                     reserve_bytes: u64::MAX / 2,
+                    capacity_bytes: None,
                 }],
                 ChunkMetrics::unregistered(),
             )

@@ -136,6 +136,7 @@ pub async fn run(options: DevOptions, stop: impl std::future::Future<Output = ()
         default_policy: policy.clone(),
         chunk_heartbeat_interval_ms: 1_000,
         raft: RaftSettings::default(),
+        repair: Default::default(),
     };
     let meta = MetaServer::start(meta_config, &registry, true)
         .await
@@ -158,8 +159,10 @@ pub async fn run(options: DevOptions, stop: impl std::future::Future<Output = ()
             disks: vec![DiskConfig {
                 path: disk,
                 reserve_bytes: 256 * 1024 * 1024,
+                capacity_bytes: None,
             }],
             scrub: ScrubConfig::default(),
+            repair: Default::default(),
         };
         chunks.push(
             ChunkServer::start(config, &registry)

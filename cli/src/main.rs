@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use tessera_proto::tls::{self, Role};
 
+mod admin;
 mod dev;
 mod files;
 mod keys;
@@ -157,7 +158,7 @@ enum Command {
     /// Cluster administration.
     Admin {
         #[command(subcommand)]
-        command: AdminCommand,
+        command: admin::AdminCommand,
     },
     /// Manage the cluster certificate authority and node certificates.
     Ca {
@@ -188,72 +189,6 @@ enum PolicyCommand {
 enum MetaAction {
     /// Start this member as the first voter of a new group, then keep running.
     Init,
-}
-
-#[derive(Subcommand)]
-enum AdminCommand {
-    /// Members, leader, term and commit index, live chunkservers with free space.
-    Status {
-        /// Client configuration (client.toml) naming the metaservers.
-        #[arg(long, env = "TESSERA_CONFIG")]
-        config: PathBuf,
-    },
-    /// Metaserver group membership (needs a metaserver certificate).
-    Member {
-        #[command(subcommand)]
-        command: MemberCommand,
-    },
-    /// S3 access keys, kept in the metaservers' replicated state.
-    Key {
-        #[command(subcommand)]
-        command: KeyCommand,
-    },
-}
-
-#[derive(Subcommand)]
-enum KeyCommand {
-    /// Create a key and print its id and secret (shown only this once).
-    Create {
-        #[arg(long, env = "TESSERA_CONFIG")]
-        config: PathBuf,
-        /// What the key is for, shown by `list`.
-        #[arg(long, default_value = "")]
-        description: String,
-    },
-    /// List keys (ids, descriptions, creation times; never secrets).
-    List {
-        #[arg(long, env = "TESSERA_CONFIG")]
-        config: PathBuf,
-    },
-    /// Delete a key: requests signed with it are refused from then on.
-    Delete {
-        id: String,
-        #[arg(long, env = "TESSERA_CONFIG")]
-        config: PathBuf,
-    },
-}
-
-#[derive(Subcommand)]
-enum MemberCommand {
-    /// Add a metaserver: it joins as a learner, catches up (from a snapshot if
-    /// needed), then becomes a voter unless --learner.
-    Add {
-        #[arg(long, env = "TESSERA_CONFIG")]
-        config: PathBuf,
-        #[arg(long)]
-        node: u64,
-        #[arg(long)]
-        address: String,
-        #[arg(long)]
-        learner: bool,
-    },
-    /// Remove a metaserver from the group.
-    Remove {
-        #[arg(long, env = "TESSERA_CONFIG")]
-        config: PathBuf,
-        #[arg(long)]
-        node: u64,
-    },
 }
 
 #[derive(Subcommand)]
@@ -405,194 +340,6 @@ fn load_client_config(path: &std::path::Path) -> Result<tessera_proto::config::C
         .with_context(|| format!("load client config {}", path.display()))
 }
 
-fn run_admin(command: AdminCommand) -> Result<()> {
-    runtime()?.block_on(async {
-        match command {
-            AdminCommand::Status { config } => {
-                let client =
-                    tessera_client::MetaClient::from_config(&load_client_config(&config)?).await?;
-                let status = client
-                    .any_call(&tessera_proto::meta::Status)
-                    .await
-                    .context(
-                        "ask the metaservers for status (are they running? is client.toml right?)",
-                    )?;
-                // The leader alone knows chunkserver liveness; ask it when a
-                // follower answered first.
-                let leader_address = status
-                    .leader
-                    .filter(|leader| *leader != status.answered_by)
-                    .and_then(|leader| status.members.iter().find(|m| m.node == leader))
-                    .and_then(|m| m.address.parse().ok());
-                let status = match leader_address {
-                    Some(addr) => client
-                        .rpc()
-                        .call(
-                            tessera_proto::rpc::Peer::new(addr, Role::Meta),
-                            &tessera_proto::meta::Status,
-                            tessera_proto::rpc::CallOptions::default(),
-                        )
-                        .await
-                        .unwrap_or(status),
-                    None => status,
-                };
-                print_status(&status);
-            }
-            AdminCommand::Key { command } => run_key(command).await?,
-            AdminCommand::Member { command } => match command {
-                MemberCommand::Add {
-                    config,
-                    node,
-                    address,
-                    learner,
-                } => {
-                    let client =
-                        tessera_client::MetaClient::from_config(&load_client_config(&config)?)
-                            .await?;
-                    let message = tessera_proto::meta::AddMember {
-                        node: tessera_proto::NodeId(node),
-                        address: address.clone(),
-                        voter: !learner,
-                    };
-                    client
-                        .leader_call(&message)
-                        .await
-                        .context("add the member")?;
-                    println!(
-                        "added metaserver {node} at {address} as a {}",
-                        if learner { "learner" } else { "voter" }
-                    );
-                }
-                MemberCommand::Remove { config, node } => {
-                    let client =
-                        tessera_client::MetaClient::from_config(&load_client_config(&config)?)
-                            .await?;
-                    let message = tessera_proto::meta::RemoveMember {
-                        node: tessera_proto::NodeId(node),
-                    };
-                    client
-                        .leader_call(&message)
-                        .await
-                        .context("remove the member")?;
-                    println!("removed metaserver {node}");
-                }
-            },
-        }
-        Ok(())
-    })
-}
-
-async fn run_key(command: KeyCommand) -> Result<()> {
-    use tessera_proto::meta::{MetaOp, MetaReply};
-    let config = match &command {
-        KeyCommand::Create { config, .. }
-        | KeyCommand::List { config }
-        | KeyCommand::Delete { config, .. } => config,
-    };
-    let client = tessera_client::MetaClient::from_config(&load_client_config(config)?).await?;
-    match command {
-        KeyCommand::Create { description, .. } => {
-            let (id, secret) = keys::create(&client, &description).await?;
-            println!("access key id      {id}");
-            println!("secret access key  {secret}");
-            println!("the secret is not shown again; keep it somewhere safe");
-        }
-        KeyCommand::List { .. } => {
-            let reply = client
-                .call(MetaOp::ListAccessKeys)
-                .await
-                .context("list access keys")?;
-            let MetaReply::AccessKeys(keys) = reply else {
-                anyhow::bail!("the metaserver answered {reply:?} to a key listing");
-            };
-            if keys.is_empty() {
-                println!("no access keys; create one with `tessera admin key create`");
-            }
-            for key in keys {
-                let created = std::time::UNIX_EPOCH
-                    + std::time::Duration::from_nanos(key.created_ns.max(0) as u64);
-                let age = std::time::SystemTime::now()
-                    .duration_since(created)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0);
-                println!("{}  created {} s ago  {}", key.id, age, key.description);
-            }
-        }
-        KeyCommand::Delete { id, .. } => {
-            client
-                .call(MetaOp::DeleteAccessKey { id: id.clone() })
-                .await
-                .with_context(|| format!("delete access key {id}"))?;
-            println!("deleted access key {id}");
-        }
-    }
-    Ok(())
-}
-
-fn print_status(status: &tessera_proto::meta::StatusReply) {
-    let leader = status
-        .leader
-        .map(|l| l.0.to_string())
-        .unwrap_or_else(|| "none".into());
-    println!(
-        "metaservers (answered by {}, leader {leader}, term {}, commit index {}, applied {})",
-        status.answered_by.0,
-        status.term,
-        status
-            .commit_index
-            .map(|i| i.to_string())
-            .unwrap_or_else(|| "-".into()),
-        status
-            .applied_index
-            .map(|i| i.to_string())
-            .unwrap_or_else(|| "-".into()),
-    );
-    for member in &status.members {
-        println!(
-            "  {:>4}  {:<22} {:<9} matched {:<8} last contact {}",
-            member.node.0,
-            member.address,
-            member.role,
-            member
-                .matched_index
-                .map(|i| i.to_string())
-                .unwrap_or_else(|| "-".into()),
-            member
-                .last_contact_ms
-                .map(|ms| format!("{ms} ms ago"))
-                .unwrap_or_else(|| "-".into())
-        );
-    }
-    let answered_by_leader = status.leader == Some(status.answered_by);
-    if answered_by_leader {
-        println!(
-            "chunkservers ({} chunks under-replicated)",
-            status.chunks_under_replicated
-        );
-    } else {
-        println!("chunkservers (liveness and space are known to the leader only)");
-    }
-    for cs in &status.chunkservers {
-        println!(
-            "  {:>4}  {:<12} {:<22} {:<5} free {:>8} MiB of {:>8} MiB  pieces {:>6}  rack {:?}",
-            cs.node.0,
-            cs.name,
-            cs.address,
-            if !answered_by_leader {
-                "?"
-            } else if cs.alive {
-                "up"
-            } else {
-                "DOWN"
-            },
-            cs.free_bytes >> 20,
-            cs.capacity_bytes >> 20,
-            cs.pieces,
-            cs.rack
-        );
-    }
-}
-
 /// Runs a file command with a metadata client built from `config`.
 fn files_command<F, Fut>(config: &std::path::Path, command: F) -> Result<()>
 where
@@ -723,7 +470,7 @@ fn run(cli: Cli) -> Result<()> {
                 files::policy_get(client.meta(), &path).await
             })?,
         },
-        Command::Admin { command } => run_admin(command)?,
+        Command::Admin { command } => runtime()?.block_on(admin::run(command))?,
         Command::Ca { command } => match command {
             CaCommand::Init { dir } => {
                 tls::ca_init(&dir).context("create the cluster CA")?;

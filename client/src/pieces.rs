@@ -32,7 +32,7 @@ pub(crate) struct PieceStream {
     pub piece: PieceId,
     pub node: NodeId,
     tx: Option<mpsc::Sender<PieceMsg>>,
-    task: Option<JoinHandle<Result<u64, Error>>>,
+    task: Option<JoinHandle<Result<PieceTrailer, Error>>>,
     pub error: Option<Error>,
 }
 
@@ -112,7 +112,7 @@ impl PieceStream {
         }
     }
 
-    async fn join(&mut self, timeout: Duration) -> Result<u64, Error> {
+    async fn join(&mut self, timeout: Duration) -> Result<PieceTrailer, Error> {
         let Some(task) = self.task.as_mut() else {
             return Err(self
                 .error
@@ -135,9 +135,11 @@ impl PieceStream {
         result
     }
 
-    /// Waits for the seal's acknowledgement: the piece's length once it is
-    /// durable on its server.
-    pub async fn sealed(&mut self, timeout: Duration) -> Result<u64, Error> {
+    /// Waits for the seal's acknowledgement: the piece's length and checksum
+    /// once it is durable on its server. The server refuses a seal whose
+    /// bytes differ from the trailer, so the trailer is what it stored, and
+    /// what the commit records for repair to verify against.
+    pub async fn sealed(&mut self, timeout: Duration) -> Result<PieceTrailer, Error> {
         if let Some(error) = &self.error {
             return Err(error.clone());
         }
@@ -164,7 +166,7 @@ async fn stream_piece(
     message: WritePieceStream,
     mut rx: mpsc::Receiver<PieceMsg>,
     hash: bool,
-) -> Result<u64, Error> {
+) -> Result<PieceTrailer, Error> {
     let peer = client.chunkserver(&address).await?;
     let options = CallOptions {
         timeout: PIECE_CALL_DEADLINE,
@@ -207,7 +209,7 @@ async fn stream_piece(
                         ),
                     ));
                 }
-                return Ok(trailer.length);
+                return Ok(trailer);
             }
         }
     }

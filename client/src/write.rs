@@ -240,8 +240,8 @@ impl ChunkSink {
     }
 
     /// Sends what is pending and seals every healthy piece. Returns the
-    /// chunk's length and the pieces that did not make it.
-    async fn seal(mut self) -> Result<(u64, Vec<PieceId>), Error> {
+    /// chunk's length and what the commit must say about its pieces.
+    async fn seal(mut self) -> Result<SealedPieces, Error> {
         if !self.pending.is_empty() {
             let rest = self.pending.split().freeze();
             self.dispatch(rest).await;
@@ -276,16 +276,19 @@ impl ChunkSink {
             .collect();
         let results = join_all(self.streams.iter_mut().map(|s| s.sealed(SEAL_TIMEOUT))).await;
         let mut lost = Vec::new();
+        let mut checksums = Vec::new();
         let mut errors = Vec::new();
         for ((stream, result), want) in self.streams.iter_mut().zip(results).zip(expected) {
             match result {
-                Ok(got) if got == want => {}
-                Ok(got) => {
+                Ok(trailer) if trailer.length == want => {
+                    checksums.push((stream.piece.index, trailer.checksum));
+                }
+                Ok(trailer) => {
                     stream.fail(Error::new(
                         ErrorCode::LengthMismatch,
                         format!(
-                            "piece {} sealed with {got} bytes, expected {want}",
-                            stream.piece
+                            "piece {} sealed with {} bytes, expected {want}",
+                            stream.piece, trailer.length
                         ),
                     ));
                     lost.push(stream.piece);
@@ -313,8 +316,21 @@ impl ChunkSink {
         if !lost.is_empty() {
             tracing::warn!(chunk = %self.placement.chunk, ?lost, "chunk sealed with missing pieces; repair restores them");
         }
-        Ok((length, lost))
+        Ok(SealedPieces {
+            length,
+            lost,
+            checksums,
+        })
     }
+}
+
+/// What sealing a chunk left: its length, the pieces that did not make it
+/// (reported for repair) and the checksum of every piece that did, as its
+/// server sealed it (committed so repair can verify what it rebuilds).
+struct SealedPieces {
+    length: u64,
+    lost: Vec<PieceId>,
+    checksums: Vec<(u8, [u8; 32])>,
 }
 
 /// Splits one stripe into its k data cells and encodes its m parity cells.
@@ -361,10 +377,9 @@ struct OpenChunk {
 
 struct Sealed {
     chunk: ChunkId,
-    length: u64,
+    pieces: SealedPieces,
     extents: Vec<Extent>,
     min_size: u64,
-    lost: Vec<PieceId>,
 }
 
 /// Writes one regular file. Not shared between tasks: a front end keeps one
@@ -557,13 +572,12 @@ impl FileWriter {
             min_size,
         } = open;
         self.sealing.push_back(tokio::spawn(async move {
-            let (length, lost) = sink.seal().await?;
+            let pieces = sink.seal().await?;
             Ok(Sealed {
                 chunk,
-                length,
+                pieces,
                 extents,
                 min_size,
-                lost,
             })
         }));
         while self.sealing.len() > SEALS_IN_FLIGHT {
@@ -581,13 +595,19 @@ impl FileWriter {
             Ok(Err(err)) => return Err(self.poison(err)),
             Err(join) => return Err(self.poison(Error::internal(format!("seal task: {join}")))),
         };
-        if !sealed.lost.is_empty() {
-            self.client.report(sealed.lost.clone()).await;
+        if !sealed.pieces.lost.is_empty() {
+            self.client.report(sealed.pieces.lost.clone()).await;
         }
         let commit = MetaOp::CommitExtents {
             ino: self.ino,
             extents: sealed.extents,
-            chunk_lengths: vec![(sealed.chunk, sealed.length)],
+            chunk_lengths: vec![(sealed.chunk, sealed.pieces.length)],
+            piece_checksums: sealed
+                .pieces
+                .checksums
+                .iter()
+                .map(|&(index, checksum)| (sealed.chunk, index, checksum))
+                .collect(),
             min_size: sealed.min_size,
         };
         match self.client.meta().call(commit).await {

@@ -68,6 +68,7 @@ fn config(dir: &Path, id: u64, port: u16) -> MetaConfig {
         default_policy: "replicas:3".into(),
         chunk_heartbeat_interval_ms: 2000,
         raft: RaftSettings::default(),
+        repair: Default::default(),
     }
 }
 

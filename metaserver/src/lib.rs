@@ -15,6 +15,7 @@
 //! ids, placements and tokens, and bytes go between clients and chunkservers.
 
 pub mod batcher;
+pub mod healing;
 pub mod log_store;
 pub mod metrics;
 pub mod namespace;

@@ -3,7 +3,8 @@
 
 use crate::types::TypeConfig;
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 #[derive(Clone)]
@@ -18,6 +19,12 @@ pub struct MetaMetrics {
     pub live_chunkservers: IntGauge,
     pub under_replicated: IntGauge,
     pub pieces_reported: IntCounter,
+    pub chunks_by_margin: IntGaugeVec,
+    pub repair_jobs: IntCounterVec,
+    pub repair_bytes: IntCounterVec,
+    pub repair_queue: IntGauge,
+    pub repair_running: IntGauge,
+    pub drain_remaining: IntGaugeVec,
 }
 
 impl MetaMetrics {
@@ -70,8 +77,44 @@ impl MetaMetrics {
             ))?,
             under_replicated: IntGauge::with_opts(opts(
                 "tessera_meta_chunks_under_replicated",
-                "Committed chunks missing a piece",
+                "Committed chunks below full redundancy",
             ))?,
+            chunks_by_margin: IntGaugeVec::new(
+                opts(
+                    "tessera_meta_chunks_by_margin",
+                    "Committed chunks by healthy pieces minus pieces needed (-1: unreadable)",
+                ),
+                &["margin"],
+            )?,
+            repair_jobs: IntCounterVec::new(
+                opts(
+                    "tessera_meta_repair_jobs_total",
+                    "Repair, drain and rebalance jobs by kind and result (started, ok, failed, cancelled)",
+                ),
+                &["kind", "result"],
+            )?,
+            repair_bytes: IntCounterVec::new(
+                opts(
+                    "tessera_meta_repair_bytes_total",
+                    "Bytes of pieces rebuilt or moved, by kind",
+                ),
+                &["kind"],
+            )?,
+            repair_queue: IntGauge::with_opts(opts(
+                "tessera_meta_repair_queue_length",
+                "Chunks waiting for a repair or a move",
+            ))?,
+            repair_running: IntGauge::with_opts(opts(
+                "tessera_meta_repair_jobs_running",
+                "Jobs handed to chunkservers and not ended yet",
+            ))?,
+            drain_remaining: IntGaugeVec::new(
+                opts(
+                    "tessera_meta_drain_remaining_pieces",
+                    "Pieces the chunk map still places on a drained chunkserver",
+                ),
+                &["node"],
+            )?,
         };
         registry.register(Box::new(metrics.term.clone()))?;
         registry.register(Box::new(metrics.is_leader.clone()))?;
@@ -83,6 +126,12 @@ impl MetaMetrics {
         registry.register(Box::new(metrics.live_chunkservers.clone()))?;
         registry.register(Box::new(metrics.under_replicated.clone()))?;
         registry.register(Box::new(metrics.pieces_reported.clone()))?;
+        registry.register(Box::new(metrics.chunks_by_margin.clone()))?;
+        registry.register(Box::new(metrics.repair_jobs.clone()))?;
+        registry.register(Box::new(metrics.repair_bytes.clone()))?;
+        registry.register(Box::new(metrics.repair_queue.clone()))?;
+        registry.register(Box::new(metrics.repair_running.clone()))?;
+        registry.register(Box::new(metrics.drain_remaining.clone()))?;
         Ok(metrics)
     }
 

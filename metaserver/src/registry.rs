@@ -17,6 +17,9 @@ pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(10);
 /// An unknown piece is deleted only after this long, so a write still in
 /// flight (sealed, not yet committed) is never collected under its writer.
 pub const ORPHAN_GRACE: Duration = Duration::from_secs(120);
+/// A surplus piece of a committed chunk (its full set confirmed elsewhere)
+/// waits this long, so readers holding the old layout finish first.
+pub const SURPLUS_GRACE: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Debug)]
 pub struct Live {
@@ -48,12 +51,6 @@ pub struct Registry {
     pub live: BTreeMap<NodeId, Live>,
     /// Unknown pieces by node, with when they were first seen.
     orphans: BTreeMap<(NodeId, PieceId), Instant>,
-    /// Committed pieces found missing, waiting for repair.
-    pub repair_queue: BTreeSet<(ChunkId, u8)>,
-    /// Pieces clients reported bad or unreachable, with when. They stay in
-    /// the repair queue across reconciliations (an inventory cannot tell a
-    /// piece that is present but unreadable) until they age out.
-    reported: BTreeMap<PieceId, Instant>,
 }
 
 /// Reports only matter for committed chunks: anything else is either still
@@ -64,11 +61,6 @@ fn is_committed(state: &State, chunk: ChunkId) -> bool {
         .get(&chunk)
         .is_some_and(|r| matches!(r.state, ChunkState::Committed { .. }))
 }
-
-/// How long a client's report keeps a piece in the repair queue.
-pub const REPORT_TTL: Duration = Duration::from_secs(3600);
-/// Reports remembered at most; the oldest go first.
-const REPORTED_MAX: usize = 100_000;
 
 impl Registry {
     pub fn heartbeat(
@@ -130,27 +122,6 @@ impl Registry {
         }
     }
 
-    /// Queues pieces of committed chunks that a client reported.
-    pub fn report(&mut self, state: &State, pieces: &[PieceId], now: Instant) {
-        for piece in pieces {
-            if is_committed(state, piece.chunk) {
-                self.reported.insert(*piece, now);
-                self.repair_queue.insert((piece.chunk, piece.index));
-            }
-        }
-        while self.reported.len() > REPORTED_MAX {
-            let oldest = self
-                .reported
-                .iter()
-                .min_by_key(|(_, at)| **at)
-                .map(|(piece, _)| *piece);
-            match oldest {
-                Some(piece) => self.reported.remove(&piece),
-                None => break,
-            };
-        }
-    }
-
     /// Chooses `policy.width()` distinct live nodes with room for a chunk:
     /// most free space first, lighter load breaking ties. When every live
     /// node carries a rack label, no two pieces share a rack. Nodes in
@@ -185,6 +156,7 @@ impl Registry {
             .filter(|(node, live)| {
                 now.duration_since(live.last_seen) < LIVENESS_TIMEOUT
                     && state.nodes.contains_key(node)
+                    && state.admin_state(**node).is_none()
                     && !skip.contains(node)
             })
             .filter(|(_, live)| live.free_bytes() >= chunk_bytes)
@@ -230,7 +202,11 @@ impl Registry {
             let unheard = state
                 .nodes
                 .keys()
-                .filter(|node| !self.live.contains_key(node) && !skip.contains(node))
+                .filter(|node| {
+                    !self.live.contains_key(node)
+                        && !skip.contains(node)
+                        && state.admin_state(**node).is_none()
+                })
                 .count();
             if unheard > 0 && !racks_known && candidates.len() + unheard >= width {
                 return Err(Error::new(
@@ -265,41 +241,9 @@ impl Registry {
         Ok(chosen)
     }
 
-    /// Compares reported inventories with the chunk map: pieces the map
-    /// expects but a live node lacks go to the repair queue; pieces the map
-    /// does not know are remembered as orphans. Returns the number of
-    /// committed chunks missing at least one piece.
-    pub fn reconcile(&mut self, state: &State, now: Instant) -> u64 {
-        let mut missing_chunks = BTreeSet::new();
-        self.repair_queue.clear();
-        self.reported.retain(|piece, at| {
-            now.duration_since(*at) < REPORT_TTL && is_committed(state, piece.chunk)
-        });
-        for piece in self.reported.keys() {
-            missing_chunks.insert(piece.chunk);
-            self.repair_queue.insert((piece.chunk, piece.index));
-        }
-        for (chunk, record) in &state.chunks {
-            if !matches!(record.state, ChunkState::Committed { .. }) {
-                continue;
-            }
-            for (index, node) in record.nodes.iter().enumerate() {
-                let piece = PieceId {
-                    chunk: *chunk,
-                    index: index as u8,
-                };
-                let present = self.is_alive(*node, now)
-                    && self
-                        .live
-                        .get(node)
-                        .and_then(|l| l.inventory.as_ref())
-                        .is_none_or(|inv| inv.contains(&piece));
-                if !present {
-                    missing_chunks.insert(*chunk);
-                    self.repair_queue.insert((*chunk, index as u8));
-                }
-            }
-        }
+    /// Remembers pieces that inventories list but the chunk map does not
+    /// place there (leftovers of deletions, moves and uncommitted writes).
+    pub fn reconcile(&mut self, state: &State, now: Instant) {
         for (node, live) in &self.live {
             let Some(inventory) = &live.inventory else {
                 continue;
@@ -320,15 +264,64 @@ impl Registry {
                 .get(&piece.chunk)
                 .is_none_or(|r| r.nodes.get(piece.index as usize) != Some(node))
         });
-        missing_chunks.len() as u64
     }
 
-    /// Orphans on `node` older than the grace period, to delete now.
-    pub fn expired_orphans(&mut self, node: NodeId, now: Instant) -> Vec<PieceId> {
+    /// Adds and removes pieces a heartbeat reported, so the inventory stays
+    /// current between full reports.
+    pub fn inventory_changes(&mut self, node: NodeId, added: &[PieceId], removed: &[PieceId]) {
+        if let Some(inventory) = self.live.get_mut(&node).and_then(|l| l.inventory.as_mut()) {
+            inventory.extend(added.iter().copied());
+            for piece in removed {
+                inventory.remove(piece);
+            }
+        }
+    }
+
+    /// Whether every piece of a committed chunk sits, per a current
+    /// inventory, on a live node the map places it on: only then may a
+    /// surplus copy go.
+    fn full_set_confirmed(&self, state: &State, chunk: ChunkId, now: Instant) -> bool {
+        let Some(record) = state.chunks.get(&chunk) else {
+            return true;
+        };
+        record.nodes.iter().enumerate().all(|(index, node)| {
+            let piece = PieceId {
+                chunk,
+                index: index as u8,
+            };
+            self.is_alive(*node, now)
+                && state.admin_state(*node).is_none()
+                && self
+                    .live
+                    .get(node)
+                    .and_then(|l| l.inventory.as_ref())
+                    .is_some_and(|inv| inv.contains(&piece))
+        })
+    }
+
+    /// Orphans on `node` older than the grace period, to delete now. A
+    /// surplus piece of a committed chunk (the old copy after a move, or a
+    /// node back from a partition whose pieces were rebuilt meanwhile) goes
+    /// only once the full set is confirmed elsewhere, so a move never drops
+    /// a chunk below its policy.
+    pub fn expired_orphans(&mut self, state: &State, node: NodeId, now: Instant) -> Vec<PieceId> {
         let expired: Vec<PieceId> = self
             .orphans
             .iter()
-            .filter(|((n, _), seen)| *n == node && now.duration_since(**seen) >= ORPHAN_GRACE)
+            .filter(|((n, _), _)| *n == node)
+            .filter(|((_, piece), seen)| {
+                let age = now.duration_since(**seen);
+                // A job's new piece is reported before the job's end is
+                // committed; it is not a leftover.
+                if state.jobs.values().any(|j| j.chunk == piece.chunk) {
+                    return false;
+                }
+                if is_committed(state, piece.chunk) {
+                    age >= SURPLUS_GRACE && self.full_set_confirmed(state, piece.chunk, now)
+                } else {
+                    age >= ORPHAN_GRACE
+                }
+            })
             .map(|((_, piece), _)| *piece)
             .collect();
         for piece in &expired {

@@ -69,6 +69,9 @@ pub struct MetaConfig {
     pub chunk_heartbeat_interval_ms: u64,
     #[serde(default)]
     pub raft: RaftSettings,
+    /// Self-healing: grace period, job limits (see docs/healing.md).
+    #[serde(default)]
+    pub repair: crate::healing::RepairSettings,
 }
 
 fn default_policy() -> String {
@@ -120,6 +123,10 @@ impl MetaServer {
             config.default_policy.parse().map_err(|e: String| {
                 Error::new(ErrorCode::InvalidArgument, format!("default_policy: {e}"))
             })?;
+        config
+            .repair
+            .validate()
+            .map_err(|e| Error::new(ErrorCode::InvalidArgument, e))?;
         let token_key = TokenKey::load(&config.token_key)?;
         let metric_error =
             |err: prometheus::Error| Error::internal(format!("register metrics: {err}"));
@@ -193,6 +200,10 @@ impl MetaServer {
             shared,
             batcher,
             registry: Arc::new(Mutex::new(Registry::default())),
+            healing: Arc::new(Mutex::new(crate::healing::Healing::new(
+                config.repair.clone(),
+                std::time::Instant::now(),
+            ))),
             token_key,
             metrics,
             leader_address,

@@ -43,6 +43,98 @@ pub struct ChunkRecord {
     /// Node holding each piece, by piece index.
     pub nodes: Vec<NodeId>,
     pub state: ChunkState,
+    /// Piece checksums by index, as the writer sealed them (all zero where
+    /// unknown). Repair verifies every rebuilt piece against them.
+    pub checksums: Vec<[u8; 32]>,
+}
+
+/// The chunk record as written before checksums were recorded; read back
+/// with empty checksums.
+#[derive(Deserialize)]
+struct ChunkRecordV1 {
+    policy: Policy,
+    nodes: Vec<NodeId>,
+    state: ChunkState,
+}
+
+fn decode_chunk(value: &[u8]) -> Result<ChunkRecord, postcard::Error> {
+    match postcard::from_bytes::<ChunkRecord>(value) {
+        Ok(record) => Ok(record),
+        Err(err) => match postcard::from_bytes::<ChunkRecordV1>(value) {
+            Ok(old) => Ok(ChunkRecord {
+                policy: old.policy,
+                nodes: old.nodes,
+                state: old.state,
+                checksums: Vec::new(),
+            }),
+            Err(_) => Err(err),
+        },
+    }
+}
+
+impl ChunkRecord {
+    /// The recorded checksum of piece `index`, if any.
+    pub fn checksum(&self, index: u8) -> Option<[u8; 32]> {
+        self.checksums
+            .get(index as usize)
+            .copied()
+            .filter(|c| *c != [0; 32])
+    }
+}
+
+/// An operator's decision about a chunkserver, replicated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeAdminState {
+    /// Its pieces move elsewhere; it serves reads meanwhile and placement
+    /// never chooses it.
+    Drained,
+    /// Forgotten: whatever the map still places on it is repaired, and if
+    /// it comes back it joins as a new, empty node.
+    Removed,
+}
+
+/// Why a job moves pieces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobKind {
+    /// Redundancy was lost (a dead node, a missing or corrupt piece).
+    Repair,
+    /// The holder is drained.
+    Drain,
+    /// Evening out disk use.
+    Rebalance,
+}
+
+impl JobKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            JobKind::Repair => "repair",
+            JobKind::Drain => "drain",
+            JobKind::Rebalance => "rebalance",
+        }
+    }
+}
+
+/// Where a job's bytes come from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobSource {
+    /// A copy of piece `index` on `node` (for replicas any replica serves).
+    Copy { node: NodeId, index: u8 },
+    /// Decoded from surviving pieces of an erasure-coded chunk.
+    Rebuild { sources: Vec<(u8, NodeId)> },
+}
+
+/// A repair, drain or rebalance decision, committed before any byte moves
+/// so that a new leader carries on with it instead of starting over.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairJob {
+    pub chunk: ChunkId,
+    pub kind: JobKind,
+    /// Piece index and the node it goes to.
+    pub pieces: Vec<(u8, NodeId)>,
+    /// The chunkserver doing the work (the copy's target, or the rebuilder).
+    pub executor: NodeId,
+    pub source: JobSource,
+    pub started_ns: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,12 +163,36 @@ struct ReplyRecord {
 struct Counters {
     next_chunk: u64,
     next_node: u64,
+    next_job: u64,
+}
+
+/// The counters as written before jobs existed.
+#[derive(Deserialize)]
+struct CountersV1 {
+    next_chunk: u64,
+    next_node: u64,
+}
+
+fn decode_counters(value: &[u8]) -> Result<Counters, postcard::Error> {
+    match postcard::from_bytes::<Counters>(value) {
+        Ok(counters) => Ok(counters),
+        Err(err) => match postcard::from_bytes::<CountersV1>(value) {
+            Ok(old) => Ok(Counters {
+                next_chunk: old.next_chunk,
+                next_node: old.next_node,
+                next_job: 1,
+            }),
+            Err(_) => Err(err),
+        },
+    }
 }
 
 pub struct State {
     pub ns: Namespace,
     pub chunks: BTreeMap<ChunkId, ChunkRecord>,
     pub nodes: BTreeMap<NodeId, NodeRecord>,
+    pub node_admin: BTreeMap<NodeId, NodeAdminState>,
+    pub jobs: BTreeMap<u64, RepairJob>,
     keys: BTreeMap<String, KeyRecord>,
     requests: BTreeMap<RequestId, ReplyRecord>,
     request_times: BTreeSet<(i64, RequestId)>,
@@ -91,6 +207,12 @@ fn chunk_key(chunk: ChunkId) -> Vec<u8> {
 }
 fn node_key(node: NodeId) -> Vec<u8> {
     [b"o".as_slice(), &node.0.to_be_bytes()].concat()
+}
+fn admin_key(node: NodeId) -> Vec<u8> {
+    [b"d".as_slice(), &node.0.to_be_bytes()].concat()
+}
+fn job_key(job: u64) -> Vec<u8> {
+    [b"j".as_slice(), &job.to_be_bytes()].concat()
 }
 fn access_key_key(id: &str) -> Vec<u8> {
     [b"k".as_slice(), id.as_bytes()].concat()
@@ -122,12 +244,15 @@ impl State {
             ns: Namespace::new(default_policy, now_ns),
             chunks: BTreeMap::new(),
             nodes: BTreeMap::new(),
+            node_admin: BTreeMap::new(),
+            jobs: BTreeMap::new(),
             keys: BTreeMap::new(),
             requests: BTreeMap::new(),
             request_times: BTreeSet::new(),
             counters: Counters {
                 next_chunk: 1,
                 next_node: 1,
+                next_job: 1,
             },
             dirty: BTreeSet::new(),
         };
@@ -176,7 +301,10 @@ impl State {
                 labels,
                 ..
             } => {
-                let node = match self.nodes.iter().find(|(_, r)| &r.name == name) {
+                let known = self.nodes.iter().rev().find(|(node, r)| {
+                    &r.name == name && self.node_admin.get(node) != Some(&NodeAdminState::Removed)
+                });
+                let node = match known {
                     Some((node, _)) => *node,
                     None => {
                         let node = NodeId(self.counters.next_node);
@@ -208,6 +336,12 @@ impl State {
                 }
                 Ok(Applied::Done)
             }
+            Command::StartJob { job } => self.start_job(job),
+            Command::FinishJob { job, sealed } => {
+                self.finish_job(*job, sealed);
+                Ok(Applied::Done)
+            }
+            Command::SetNodeAdmin { node, state } => self.set_node_admin(*node, *state),
             Command::ExpireAllocations { now_ns } => {
                 let expired: Vec<ChunkId> = self
                     .chunks
@@ -252,6 +386,7 @@ impl State {
                 ino,
                 extents,
                 chunk_lengths,
+                piece_checksums,
                 min_size,
             } => {
                 for extent in extents {
@@ -274,6 +409,16 @@ impl State {
                         && !matches!(record.state, ChunkState::Deleting { .. })
                     {
                         record.state = ChunkState::Committed { length: *length };
+                        self.dirty.insert(chunk_key(*chunk));
+                    }
+                }
+                for (chunk, index, checksum) in piece_checksums {
+                    if let Some(record) = self.chunks.get_mut(chunk)
+                        && (*index as usize) < record.nodes.len()
+                        && !matches!(record.state, ChunkState::Deleting { .. })
+                    {
+                        record.checksums.resize(record.nodes.len(), [0; 32]);
+                        record.checksums[*index as usize] = *checksum;
                         self.dirty.insert(chunk_key(*chunk));
                     }
                 }
@@ -377,6 +522,7 @@ impl State {
             policy,
             nodes: nodes.to_vec(),
             state: ChunkState::Allocated { at_ns: now_ns, ino },
+            checksums: Vec::new(),
         };
         self.chunks.insert(chunk, record);
         self.dirty.insert(chunk_key(chunk));
@@ -430,6 +576,115 @@ impl State {
             };
             self.dirty.insert(chunk_key(chunk));
         }
+    }
+
+    /// Records a repair decision. Refused (as a no-op on every replica) when
+    /// the chunk changed since the leader looked: it is no longer committed,
+    /// another job holds it, or a target would put two pieces on one node.
+    fn start_job(&mut self, job: &RepairJob) -> Result<Applied, Error> {
+        let refuse = |why: String| Err(Error::new(ErrorCode::InvalidArgument, why));
+        let Some(record) = self.chunks.get(&job.chunk) else {
+            return refuse(format!("{} is gone", job.chunk));
+        };
+        if !matches!(record.state, ChunkState::Committed { .. }) {
+            return refuse(format!("{} is not committed", job.chunk));
+        }
+        if self.jobs.values().any(|j| j.chunk == job.chunk) {
+            return refuse(format!("{} already has a job", job.chunk));
+        }
+        let usable =
+            |node: &NodeId| self.nodes.contains_key(node) && !self.node_admin.contains_key(node);
+        if job.pieces.is_empty() || !usable(&job.executor) {
+            return refuse("a job needs pieces and a usable executor".into());
+        }
+        let mut targets = BTreeSet::new();
+        for (index, target) in &job.pieces {
+            let index = *index as usize;
+            if index >= record.nodes.len() || !usable(target) || !targets.insert(*target) {
+                return refuse(format!(
+                    "job target {target} for piece {index} is not usable"
+                ));
+            }
+            let elsewhere = record.nodes.iter().enumerate().any(|(other, holder)| {
+                holder == target
+                    && other != index
+                    && !job.pieces.iter().any(|(i, _)| *i as usize == other)
+            });
+            if elsewhere {
+                return refuse(format!("{target} already holds a piece of {}", job.chunk));
+            }
+        }
+        let id = self.counters.next_job;
+        self.counters.next_job += 1;
+        self.dirty.insert(KEY_COUNTERS.to_vec());
+        self.jobs.insert(id, job.clone());
+        self.dirty.insert(job_key(id));
+        Ok(Applied::Job(id))
+    }
+
+    /// Ends a job: each piece it sealed (and the chunkserver reported) now
+    /// stands in the chunk map in place of the old one. The old copy, if any
+    /// survives, is surplus and goes only once the full set is confirmed.
+    fn finish_job(&mut self, id: u64, sealed: &[(u8, NodeId)]) {
+        let Some(job) = self.jobs.remove(&id) else {
+            return;
+        };
+        self.dirty.insert(job_key(id));
+        let Some(record) = self.chunks.get_mut(&job.chunk) else {
+            return;
+        };
+        if !matches!(record.state, ChunkState::Committed { .. }) {
+            return;
+        }
+        for (index, node) in sealed {
+            if job.pieces.contains(&(*index, *node))
+                && let Some(slot) = record.nodes.get_mut(*index as usize)
+            {
+                *slot = *node;
+            }
+        }
+        self.dirty.insert(chunk_key(job.chunk));
+    }
+
+    fn set_node_admin(
+        &mut self,
+        node: NodeId,
+        state: Option<NodeAdminState>,
+    ) -> Result<Applied, Error> {
+        if !self.nodes.contains_key(&node) {
+            return Err(Error::new(
+                ErrorCode::NotFound,
+                format!("no chunkserver {node}; `tessera admin node list` shows them"),
+            ));
+        }
+        if self.node_admin.get(&node) == Some(&NodeAdminState::Removed) {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                format!("chunkserver {node} was removed; if it runs again it joins as a new node"),
+            ));
+        }
+        match state {
+            Some(state) => self.node_admin.insert(node, state),
+            None => self.node_admin.remove(&node),
+        };
+        if state == Some(NodeAdminState::Removed) {
+            let stale: Vec<u64> = self
+                .jobs
+                .iter()
+                .filter(|(_, j)| j.executor == node || j.pieces.iter().any(|(_, t)| *t == node))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in stale {
+                self.jobs.remove(&id);
+                self.dirty.insert(job_key(id));
+            }
+        }
+        self.dirty.insert(admin_key(node));
+        Ok(Applied::Done)
+    }
+
+    pub fn admin_state(&self, node: NodeId) -> Option<NodeAdminState> {
+        self.node_admin.get(&node).copied()
     }
 
     /// Pieces the given node should delete.
@@ -500,6 +755,8 @@ impl State {
             Some(b'x') => Some(encode(&self.counters)),
             Some(b'c') => self.chunks.get(&ChunkId(id8()?)).map(encode),
             Some(b'o') => self.nodes.get(&NodeId(id8()?)).map(encode),
+            Some(b'd') => self.node_admin.get(&NodeId(id8()?)).map(encode),
+            Some(b'j') => self.jobs.get(&id8()?).map(encode),
             Some(b'k') => {
                 let id = std::str::from_utf8(key.get(1..)?).ok()?;
                 self.keys.get(id).map(encode)
@@ -518,6 +775,12 @@ impl State {
         out.push((KEY_COUNTERS.to_vec(), encode(&self.counters)));
         out.extend(self.chunks.iter().map(|(c, r)| (chunk_key(*c), encode(r))));
         out.extend(self.nodes.iter().map(|(n, r)| (node_key(*n), encode(r))));
+        out.extend(
+            self.node_admin
+                .iter()
+                .map(|(n, r)| (admin_key(*n), encode(r))),
+        );
+        out.extend(self.jobs.iter().map(|(j, r)| (job_key(*j), encode(r))));
         out.extend(
             self.keys
                 .iter()
@@ -547,6 +810,8 @@ impl State {
             ns: Namespace::from_records(ns_records)?,
             chunks: BTreeMap::new(),
             nodes: BTreeMap::new(),
+            node_admin: BTreeMap::new(),
+            jobs: BTreeMap::new(),
             keys: BTreeMap::new(),
             requests: BTreeMap::new(),
             request_times: BTreeSet::new(),
@@ -562,18 +827,30 @@ impl State {
             match (key.first(), id8) {
                 (Some(b'x'), _) => {
                     state.counters =
-                        postcard::from_bytes(&value).map_err(|e| decode_err("counters", e))?
+                        decode_counters(&value).map_err(|e| decode_err("counters", e))?
                 }
                 (Some(b'c'), Some(id)) => {
                     state.chunks.insert(
                         ChunkId(id),
-                        postcard::from_bytes(&value).map_err(|e| decode_err("chunk", e))?,
+                        decode_chunk(&value).map_err(|e| decode_err("chunk", e))?,
                     );
                 }
                 (Some(b'o'), Some(id)) => {
                     state.nodes.insert(
                         NodeId(id),
                         postcard::from_bytes(&value).map_err(|e| decode_err("node", e))?,
+                    );
+                }
+                (Some(b'd'), Some(id)) => {
+                    state.node_admin.insert(
+                        NodeId(id),
+                        postcard::from_bytes(&value).map_err(|e| decode_err("node admin", e))?,
+                    );
+                }
+                (Some(b'j'), Some(id)) => {
+                    state.jobs.insert(
+                        id,
+                        postcard::from_bytes(&value).map_err(|e| decode_err("job", e))?,
                     );
                 }
                 (Some(b'k'), _) => {
@@ -731,6 +1008,7 @@ mod tests {
                 ino: attr.ino,
                 extents: vec![extent],
                 chunk_lengths: vec![(placement.chunk, 10)],
+                piece_checksums: vec![(placement.chunk, 0, [7; 32])],
                 min_size: 10,
             },
         )

@@ -1,5 +1,6 @@
 //! The Raft type configuration and the commands that travel in the log.
 
+use crate::state::{NodeAdminState, RepairJob};
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
 use tessera_proto::chunk::Labels;
@@ -37,6 +38,16 @@ pub enum Command {
     PiecesGone { chunk: ChunkId, nodes: Vec<NodeId> },
     /// Allocations older than the timeout that were never committed.
     ExpireAllocations { now_ns: i64 },
+    /// The leader decided to rebuild or move pieces of a chunk.
+    StartJob { job: RepairJob },
+    /// A job ended; `sealed` lists the pieces (index, node) its chunkserver
+    /// reported sealed, which replace the old ones in the chunk map.
+    FinishJob { job: u64, sealed: Vec<(u8, NodeId)> },
+    /// An operator drained, undrained or removed a chunkserver.
+    SetNodeAdmin {
+        node: NodeId,
+        state: Option<NodeAdminState>,
+    },
 }
 
 /// What a Raft entry carries: a batch of commands applied in order, so many
@@ -55,6 +66,7 @@ impl std::fmt::Display for Batch {
 pub enum Applied {
     Meta(MetaReply),
     Node(NodeId),
+    Job(u64),
     Done,
 }
 

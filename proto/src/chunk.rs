@@ -2,7 +2,7 @@
 //! chunkserver-to-metaserver contract: registration, heartbeats, inventory
 //! reports and the commands a heartbeat reply carries (methods 200-219).
 
-use crate::ids::{NodeId, PieceId};
+use crate::ids::{ChunkId, NodeId, PieceId};
 use crate::token::Token;
 use crate::wire::Method;
 use serde::{Deserialize, Serialize};
@@ -143,15 +143,23 @@ impl Method for ListPieces {
     type Response = ListPiecesReply;
 }
 
-/// Fetches a piece from another chunkserver and stores it here (repair).
-/// Metaserver only; `source_token` grants `READ` on the source.
+/// Fetches a piece from another chunkserver and stores it here (repair,
+/// drain, rebalance). Metaserver only; `source_token` grants `READ` on the
+/// source. Replicas of a chunk hold the same bytes under different piece
+/// indexes, so the source piece may differ from the one stored here.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CopyPiece {
+    /// The metaserver's job id, echoed in [`JobResult`]; 0 for a direct call.
+    pub job: u64,
     pub piece: PieceId,
+    pub source_piece: PieceId,
     pub source: String,
     pub source_token: Token,
     pub length: u64,
-    pub checksum: [u8; 32],
+    /// The checksum the chunk map recorded for `piece`; `None` for chunks
+    /// committed before checksums were recorded (the source's block hashes
+    /// still guard every byte).
+    pub checksum: Option<[u8; 32]>,
 }
 
 impl Method for CopyPiece {
@@ -159,6 +167,52 @@ impl Method for CopyPiece {
     const NAME: &'static str = "copy_piece";
     const IDEMPOTENT: bool = true;
     type Response = WritePieceReply;
+}
+
+/// A surviving piece a rebuilder may read.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PieceSource {
+    pub index: u8,
+    pub address: String,
+}
+
+/// A piece a rebuilder decodes and where it goes.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PieceTarget {
+    pub index: u8,
+    pub address: String,
+    /// Stored on the rebuilder itself rather than sent.
+    pub local: bool,
+    /// The chunk map's recorded checksum; the rebuilt piece must match it
+    /// before it is sealed.
+    pub checksum: Option<[u8; 32]>,
+}
+
+/// Rebuilds lost pieces of an `ec(data, parity)` chunk: the chunkserver given
+/// this reads `data` surviving pieces, decodes the missing ones and writes
+/// each to its target. The client is never involved.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RebuildPieces {
+    pub job: u64,
+    pub chunk: ChunkId,
+    pub data: u8,
+    pub parity: u8,
+    /// The chunk's committed length, which fixes every piece's length.
+    pub chunk_length: u64,
+    pub sources: Vec<PieceSource>,
+    pub targets: Vec<PieceTarget>,
+    /// `READ` and `WRITE` on the chunk, valid on every chunkserver.
+    pub token: Token,
+}
+
+/// How a job the metaserver handed out ended.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JobResult {
+    pub job: u64,
+    /// Pieces sealed by the job (on this node or, for a rebuild, on its
+    /// targets).
+    pub sealed: Vec<PieceInfo>,
+    pub error: Option<String>,
 }
 
 /// Failure-domain labels of a chunkserver.
@@ -216,13 +270,29 @@ pub struct Heartbeat {
     pub load: LoadReport,
     /// Pieces found corrupt (and quarantined) since the last heartbeat.
     pub corrupt: Vec<PieceId>,
+    /// Pieces sealed since the last heartbeat (at most
+    /// [`HEARTBEAT_CHANGES_MAX`]; the rest follow), so the leader's view of
+    /// the inventory stays current between full reports.
+    pub added: Vec<PieceInfo>,
+    /// Pieces deleted since the last heartbeat (same bound).
+    pub removed: Vec<PieceId>,
+    /// Jobs that ended since the last heartbeat.
+    pub jobs: Vec<JobResult>,
+    /// Jobs still running here.
+    pub running: Vec<u64>,
 }
+
+/// Inventory changes one heartbeat carries at most, each way.
+pub const HEARTBEAT_CHANGES_MAX: usize = 256;
 
 /// What the metaserver tells a chunkserver to do.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub enum ChunkCommand {
     Delete(Vec<PieceId>),
     Copy(CopyPiece),
+    Rebuild(RebuildPieces),
+    /// Deletes quarantined copies of these pieces: their repair committed.
+    DropQuarantined(Vec<PieceId>),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -261,7 +331,6 @@ impl Method for InventoryReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::ChunkId;
     use crate::limits::HEADER_MAX_BYTES;
     use crate::token::{Capability, Rights};
 
@@ -288,6 +357,38 @@ mod tests {
             last: true,
         };
         crate::wire::encode_request(crate::ids::RequestId(1), 1, 0, &report).unwrap();
+    }
+
+    #[test]
+    fn a_full_heartbeat_fits_in_a_header() {
+        let piece = PieceId {
+            chunk: ChunkId(u64::MAX),
+            index: 255,
+        };
+        let info = PieceInfo {
+            piece,
+            length: u64::MAX,
+            checksum: [0xff; 32],
+        };
+        let beat = Heartbeat {
+            node: NodeId(u64::MAX),
+            disks: Vec::new(),
+            load: LoadReport::default(),
+            corrupt: vec![piece; 64],
+            added: vec![info; HEARTBEAT_CHANGES_MAX],
+            removed: vec![piece; HEARTBEAT_CHANGES_MAX],
+            jobs: vec![
+                JobResult {
+                    job: u64::MAX,
+                    sealed: vec![info; 4],
+                    error: Some("x".repeat(200)),
+                };
+                16
+            ],
+            running: vec![u64::MAX; 64],
+        };
+        let frame = crate::wire::encode_request(crate::ids::RequestId(1), 1, 0, &beat).unwrap();
+        assert!(frame.len() < HEADER_MAX_BYTES, "{} bytes", frame.len());
     }
 
     #[test]

@@ -286,7 +286,10 @@ pub struct ClientConfig {
     pub io: IoOptions,
 }
 
-/// How a client moves file data, as `[io]` in `client.toml`.
+/// How a client moves file data and how long it waits for servers, as
+/// `[io]` in `client.toml`. The metadata call timeouts sit here beside the
+/// data timeouts rather than at the top level, so a configuration built in
+/// code with `io: Default::default()` picks them up without naming them.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IoOptions {
@@ -301,6 +304,15 @@ pub struct IoOptions {
     /// A read of one piece range that takes longer goes to another replica
     /// or to parity.
     pub read_timeout_ms: u64,
+    /// Longest one metaserver may take over one attempt of a metadata call
+    /// before the attempt is given up and the member asked again. Members
+    /// are asked in parallel when no leader is known, so a dead one does not
+    /// hold a call up while another answers; `meta_call_deadline_ms` cuts
+    /// every attempt short regardless.
+    pub meta_attempt_timeout_ms: u64,
+    /// Longest one metadata call keeps trying, across dead members, redirects
+    /// and elections, before it fails. Bounds every attempt.
+    pub meta_call_deadline_ms: u64,
 }
 
 impl Default for IoOptions {
@@ -310,6 +322,8 @@ impl Default for IoOptions {
             readahead_bytes: 64 * 1024 * 1024,
             stall_timeout_ms: 10_000,
             read_timeout_ms: 10_000,
+            meta_attempt_timeout_ms: 5_000,
+            meta_call_deadline_ms: 30_000,
         }
     }
 }

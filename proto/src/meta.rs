@@ -384,6 +384,9 @@ pub enum MetaOp {
         ino: InodeId,
         extents: Vec<Extent>,
         chunk_lengths: Vec<(ChunkId, u64)>,
+        /// Checksums of the sealed pieces, `(chunk, piece index, checksum)`:
+        /// the chunk map keeps them so repair verifies what it rebuilds.
+        piece_checksums: Vec<(ChunkId, u8, [u8; 32])>,
         min_size: u64,
     },
     /// The extents covering `[offset, offset + length)` and where their
@@ -535,17 +538,61 @@ pub struct ChunkserverStatus {
     pub rack: String,
     pub zone: String,
     pub alive: bool,
+    /// `up`, `suspect` (missed heartbeats), `down` (silent past
+    /// `repair.down_after`), `drained` or `removed`.
+    pub state: String,
     pub capacity_bytes: u64,
     pub free_bytes: u64,
     pub pieces: u64,
+    /// Pieces the chunk map still places on this node (what a drain has
+    /// left to move).
+    pub mapped_pieces: u64,
     pub last_heartbeat_ms_ago: u64,
+}
+
+/// Chunks of one policy by how many of their pieces are healthy, as
+/// MooseFS's `mfscli -SIC` matrix shows them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RedundancyRow {
+    pub policy: Policy,
+    /// Pieces a chunk needs to be readable (1, or `k`).
+    pub needed: u32,
+    /// `chunks[p]`: committed chunks with `p` healthy pieces, `p` from 0 to
+    /// the policy's width.
+    pub chunks: Vec<u64>,
+}
+
+/// The leader's view of redundancy and repair.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RedundancyStatus {
+    pub rows: Vec<RedundancyRow>,
+    pub chunks: u64,
+    /// Below full redundancy.
+    pub degraded: u64,
+    /// One more failure away from loss (margin 0).
+    pub endangered: u64,
+    /// Fewer healthy pieces than needed: unreadable until a holder returns.
+    pub unavailable: u64,
+    /// Full redundancy but placed where they must not stay (a drained
+    /// node, a shared rack).
+    pub misplaced: u64,
+    /// Chunks waiting for repair or a move.
+    pub queue_length: u64,
+    pub jobs_running: u64,
+    /// Repaired bytes per second over the last minute.
+    pub repair_bytes_per_s: f64,
+    /// Seconds to full redundancy at that rate; `None` when nothing is
+    /// degraded or nothing moves.
+    pub eta_s: Option<u64>,
+    /// Whether the answering member leads; only the leader knows.
+    pub from_leader: bool,
 }
 
 /// Cluster status: works on any member.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Status;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StatusReply {
     pub answered_by: NodeId,
     pub leader: Option<NodeId>,
@@ -555,6 +602,7 @@ pub struct StatusReply {
     pub members: Vec<MemberStatus>,
     pub chunkservers: Vec<ChunkserverStatus>,
     pub chunks_under_replicated: u64,
+    pub redundancy: RedundancyStatus,
 }
 
 impl Method for Status {
@@ -590,6 +638,84 @@ impl Method for RemoveMember {
     const NAME: &'static str = "remove_member";
     const IDEMPOTENT: bool = true;
     type Response = ();
+}
+
+/// What an operator does to a chunkserver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeAction {
+    /// Move every piece off it while it keeps serving reads; placement
+    /// stops choosing it.
+    Drain,
+    /// Reverse a drain.
+    Undrain,
+    /// Forget it. Refused while it holds the only copies of anything.
+    Remove,
+}
+
+/// Drain, undrain or remove a chunkserver (leader only).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeAdmin {
+    pub node: NodeId,
+    pub action: NodeAction,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAdminReply {
+    /// What happened, for people.
+    pub message: String,
+}
+
+impl Method for NodeAdmin {
+    const ID: u16 = 224;
+    const NAME: &'static str = "node_admin";
+    const IDEMPOTENT: bool = true;
+    type Response = NodeAdminReply;
+}
+
+/// A repair, drain or rebalance job handed to a chunkserver.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairJobInfo {
+    pub job: u64,
+    pub chunk: ChunkId,
+    /// `repair`, `drain`, `rebalance`.
+    pub kind: String,
+    pub pieces: Vec<u8>,
+    pub executor: NodeId,
+    pub targets: Vec<NodeId>,
+    pub age_ms: u64,
+}
+
+/// A chunk waiting for repair, in the order the scheduler takes them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedChunk {
+    pub chunk: ChunkId,
+    pub policy: Policy,
+    /// Healthy pieces minus pieces needed: 0 is one failure from loss.
+    pub margin: i32,
+    pub pieces: Vec<u8>,
+    pub kind: String,
+    pub waiting_ms: u64,
+}
+
+/// The repair queue and what runs now (leader only).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RepairQueue {
+    pub limit: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RepairQueueReply {
+    pub running: Vec<RepairJobInfo>,
+    pub queued: Vec<QueuedChunk>,
+    pub queue_length: u64,
+    pub redundancy: RedundancyStatus,
+}
+
+impl Method for RepairQueue {
+    const ID: u16 = 225;
+    const NAME: &'static str = "repair_queue";
+    const IDEMPOTENT: bool = true;
+    type Response = RepairQueueReply;
 }
 
 #[cfg(test)]

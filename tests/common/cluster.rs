@@ -17,6 +17,28 @@ fn script() -> PathBuf {
 
 impl Cluster {
     pub fn up(base: u16, meta: usize, chunk: usize) -> Cluster {
+        Cluster::up_with(base, meta, chunk, "", "")
+    }
+
+    /// A cluster whose metaserver and chunkserver configurations end with
+    /// the given TOML tables (`local-cluster.sh --meta-toml/--chunk-toml`).
+    pub fn up_with(
+        base: u16,
+        meta: usize,
+        chunk: usize,
+        meta_toml: &str,
+        chunk_toml: &str,
+    ) -> Cluster {
+        Cluster::up_args(
+            base,
+            meta,
+            chunk,
+            &["--meta-toml", meta_toml, "--chunk-toml", chunk_toml],
+        )
+    }
+
+    /// A cluster started with more `local-cluster.sh up` options.
+    pub fn up_args(base: u16, meta: usize, chunk: usize, extra: &[&str]) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("tessera-cluster")
             .tempdir_in("/var/tmp")
@@ -34,6 +56,7 @@ impl Cluster {
                 super::tessera_bin(),
             ])
             .args(["--timeout", "120"])
+            .args(extra)
             .status()
             .expect("run local-cluster.sh");
         assert!(status.success(), "local-cluster.sh up failed");
@@ -125,6 +148,51 @@ impl Cluster {
             .unwrap_or_else(|| panic!("no leader in status:\n{status}"))
     }
 
+    /// Starts `chunk-K` again (after a kill) as its own session, logging
+    /// where `local-cluster.sh` does, and records its pid for `down`.
+    // The daemon outlives this call on purpose: `local-cluster.sh down`
+    // stops it by the pid recorded here, as it does the others.
+    #[allow(clippy::zombie_processes)]
+    pub fn restart_chunk(&self, k: usize) {
+        use std::os::unix::process::CommandExt;
+        let name = format!("chunk-{k}");
+        let config = self.root().join(&name).join("chunk.toml");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root().join(&name).join("log"))
+            .expect("chunkserver log");
+        let child = Command::new(super::tessera_bin())
+            .arg("chunk")
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("start chunkserver");
+        let pids_path = self.root().join("pids");
+        let pids = std::fs::read_to_string(&pids_path).expect("pids");
+        let rewritten: String = pids
+            .lines()
+            .map(|line| match line.split_once(' ') {
+                Some((n, _)) if n == name => format!("{name} {}\n", child.id()),
+                _ => format!("{line}\n"),
+            })
+            .collect();
+        std::fs::write(&pids_path, rewritten).expect("write pids");
+    }
+
+    /// Sends a signal (`STOP`, `CONT`, `KILL`) to a daemon.
+    pub fn signal(&self, name: &str, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid_of(name).to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} {name}");
+    }
+
     pub fn sigkill(&self, name: &str) {
         let status = Command::new("kill")
             .args(["-KILL", &self.pid_of(name).to_string()])
@@ -145,6 +213,11 @@ impl Mount {
     /// Mounts `cluster` on a fresh directory under `dir`, with extra
     /// `tessera mount` flags.
     pub fn new(cluster: &Cluster, dir: &Path, name: &str, extra: &[&str]) -> Mount {
+        Mount::with_config(&cluster.config(), dir, name, extra)
+    }
+
+    /// Mounts with a client configuration of the test's own.
+    pub fn with_config(config: &Path, dir: &Path, name: &str, extra: &[&str]) -> Mount {
         let path = dir.join(name);
         std::fs::create_dir_all(&path).expect("mount point");
         let log = dir.join(format!("{name}.log"));
@@ -153,7 +226,7 @@ impl Mount {
             .arg("mount")
             .arg(&path)
             .arg("--config")
-            .arg(cluster.config())
+            .arg(config)
             .args(extra)
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "warn")

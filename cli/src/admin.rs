@@ -1,0 +1,491 @@
+//! `tessera admin`: cluster status, chunkservers, repair, metaserver
+//! members and S3 keys. Every command takes `--json` for scripts; the text
+//! form is for people.
+
+use crate::keys;
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use std::path::PathBuf;
+use tessera_client::MetaClient;
+use tessera_proto::NodeId;
+use tessera_proto::meta::{
+    MetaOp, MetaReply, NodeAction, NodeAdmin, RedundancyStatus, RepairQueue, RepairQueueReply,
+    Status, StatusReply,
+};
+use tessera_proto::rpc::{CallOptions, Peer};
+use tessera_proto::tls::Role;
+
+/// Options every admin command shares.
+#[derive(Args, Clone)]
+pub struct Common {
+    /// Client configuration (client.toml) naming the metaservers.
+    #[arg(long, env = "TESSERA_CONFIG")]
+    config: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum AdminCommand {
+    /// Members, leader, chunkservers with their state and space, and the
+    /// redundancy table: chunks by healthy pieces against pieces needed,
+    /// degraded and misplaced chunks, repair rate and time to full
+    /// redundancy.
+    Status {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Chunkservers: list, drain, undrain, remove.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+    /// The repair queue and the jobs running now.
+    Repair {
+        #[command(flatten)]
+        common: Common,
+        /// Queued chunks to show at most.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Metaserver group membership (needs a metaserver certificate).
+    Member {
+        #[command(subcommand)]
+        command: MemberCommand,
+    },
+    /// S3 access keys, kept in the metaservers' replicated state.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum NodeCommand {
+    /// Every registered chunkserver with its state (up, suspect, down,
+    /// drained, removed), space, and the pieces the chunk map still places
+    /// on it.
+    List {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Move every piece off a chunkserver while it keeps serving reads;
+    /// new pieces stop going to it.
+    Drain {
+        id: u64,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Let a drained chunkserver take new pieces again.
+    Undrain {
+        id: u64,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Forget a chunkserver. Refused while it holds the only readable
+    /// pieces of any chunk; drain it first.
+    Remove {
+        id: u64,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum KeyCommand {
+    /// Create a key and print its id and secret (shown only this once).
+    Create {
+        #[command(flatten)]
+        common: Common,
+        /// What the key is for, shown by `list`.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List keys (ids, descriptions, creation times; never secrets).
+    List {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Delete a key: requests signed with it are refused from then on.
+    Delete {
+        id: String,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum MemberCommand {
+    /// Add a metaserver: it joins as a learner, catches up (from a snapshot if
+    /// needed), then becomes a voter unless --learner.
+    Add {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        node: u64,
+        #[arg(long)]
+        address: String,
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Remove a metaserver from the group.
+    Remove {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        node: u64,
+    },
+}
+
+async fn connect(common: &Common) -> Result<MetaClient> {
+    let config = tessera_proto::config::load(Some(&common.config), &[])
+        .with_context(|| format!("load client config {}", common.config.display()))?;
+    Ok(MetaClient::from_config(&config).await?)
+}
+
+fn print_json<T: Serialize>(value: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// A line of JSON for commands whose text answer is a sentence.
+#[derive(Serialize)]
+struct Done<'a> {
+    ok: bool,
+    message: &'a str,
+}
+
+fn report(common: &Common, message: &str) -> Result<()> {
+    if common.json {
+        print_json(&Done { ok: true, message })
+    } else {
+        println!("{message}");
+        Ok(())
+    }
+}
+
+pub async fn run(command: AdminCommand) -> Result<()> {
+    match command {
+        AdminCommand::Status { common } => {
+            let client = connect(&common).await?;
+            let status = leader_status(&client).await?;
+            if common.json {
+                let mut value = serde_json::to_value(&status)?;
+                value["chunkservers"] = chunkservers_json(&status)?;
+                print_json(&value)
+            } else {
+                print_status(&status);
+                Ok(())
+            }
+        }
+        AdminCommand::Node { command } => run_node(command).await,
+        AdminCommand::Repair { common, limit } => {
+            let client = connect(&common).await?;
+            let reply = client
+                .leader_call(&RepairQueue { limit })
+                .await
+                .context("ask the metaserver leader for the repair queue")?;
+            if common.json {
+                print_json(&reply)
+            } else {
+                print_repair(&reply);
+                Ok(())
+            }
+        }
+        AdminCommand::Member { command } => run_member(command).await,
+        AdminCommand::Key { command } => run_key(command).await,
+    }
+}
+
+/// Chunkservers for scripts: each with its `id` (the node id the `node`
+/// commands take) and `name`.
+fn chunkservers_json(status: &StatusReply) -> Result<serde_json::Value> {
+    let mut list = Vec::new();
+    for cs in &status.chunkservers {
+        let mut value = serde_json::to_value(cs)?;
+        value["id"] = cs.node.0.into();
+        list.push(value);
+    }
+    Ok(serde_json::Value::Array(list))
+}
+
+/// Status from the leader, which alone knows chunkserver liveness and
+/// redundancy; a follower's answer names it.
+async fn leader_status(client: &MetaClient) -> Result<StatusReply> {
+    let status = client
+        .any_call(&Status)
+        .await
+        .context("ask the metaservers for status (are they running? is client.toml right?)")?;
+    let leader_address = status
+        .leader
+        .filter(|leader| *leader != status.answered_by)
+        .and_then(|leader| status.members.iter().find(|m| m.node == leader))
+        .and_then(|m| m.address.parse().ok());
+    // Bounded by the client's own deadlines: a leader that died since the
+    // follower last heard from it must not hold the command up.
+    let timeouts = client.timeouts();
+    let options = CallOptions {
+        timeout: timeouts.attempt.min(timeouts.deadline),
+        retries: 0,
+        request_id: None,
+    };
+    Ok(match leader_address {
+        Some(addr) => client
+            .rpc()
+            .call(Peer::new(addr, Role::Meta), &Status, options)
+            .await
+            .unwrap_or(status),
+        None => status,
+    })
+}
+
+async fn run_node(command: NodeCommand) -> Result<()> {
+    let (common, id, action) = match command {
+        NodeCommand::List { common } => {
+            let client = connect(&common).await?;
+            let status = leader_status(&client).await?;
+            if common.json {
+                return print_json(&chunkservers_json(&status)?);
+            }
+            print_chunkservers(&status);
+            return Ok(());
+        }
+        NodeCommand::Drain { id, common } => (common, id, NodeAction::Drain),
+        NodeCommand::Undrain { id, common } => (common, id, NodeAction::Undrain),
+        NodeCommand::Remove { id, common } => (common, id, NodeAction::Remove),
+    };
+    let client = connect(&common).await?;
+    let reply = client
+        .leader_call(&NodeAdmin {
+            node: NodeId(id),
+            action,
+        })
+        .await
+        .with_context(|| format!("{action:?} chunkserver {id}").to_lowercase())?;
+    report(&common, &reply.message)
+}
+
+async fn run_member(command: MemberCommand) -> Result<()> {
+    match command {
+        MemberCommand::Add {
+            common,
+            node,
+            address,
+            learner,
+        } => {
+            let client = connect(&common).await?;
+            let message = tessera_proto::meta::AddMember {
+                node: NodeId(node),
+                address: address.clone(),
+                voter: !learner,
+            };
+            client
+                .leader_call(&message)
+                .await
+                .context("add the member")?;
+            let role = if learner { "learner" } else { "voter" };
+            report(
+                &common,
+                &format!("added metaserver {node} at {address} as a {role}"),
+            )
+        }
+        MemberCommand::Remove { common, node } => {
+            let client = connect(&common).await?;
+            let message = tessera_proto::meta::RemoveMember { node: NodeId(node) };
+            client
+                .leader_call(&message)
+                .await
+                .context("remove the member")?;
+            report(&common, &format!("removed metaserver {node}"))
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct CreatedKey<'a> {
+    id: &'a str,
+    secret: &'a str,
+}
+
+async fn run_key(command: KeyCommand) -> Result<()> {
+    match command {
+        KeyCommand::Create {
+            common,
+            description,
+        } => {
+            let client = connect(&common).await?;
+            let (id, secret) = keys::create(&client, &description).await?;
+            if common.json {
+                return print_json(&CreatedKey {
+                    id: &id,
+                    secret: &secret,
+                });
+            }
+            println!("access key id      {id}");
+            println!("secret access key  {secret}");
+            println!("the secret is not shown again; keep it somewhere safe");
+        }
+        KeyCommand::List { common } => {
+            let client = connect(&common).await?;
+            let reply = client
+                .call(MetaOp::ListAccessKeys)
+                .await
+                .context("list access keys")?;
+            let MetaReply::AccessKeys(keys) = reply else {
+                bail!("the metaserver answered {reply:?} to a key listing");
+            };
+            if common.json {
+                return print_json(&keys);
+            }
+            if keys.is_empty() {
+                println!("no access keys; create one with `tessera admin key create`");
+            }
+            for key in keys {
+                let created = std::time::UNIX_EPOCH
+                    + std::time::Duration::from_nanos(key.created_ns.max(0) as u64);
+                let age = std::time::SystemTime::now()
+                    .duration_since(created)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                println!("{}  created {} s ago  {}", key.id, age, key.description);
+            }
+        }
+        KeyCommand::Delete { id, common } => {
+            let client = connect(&common).await?;
+            client
+                .call(MetaOp::DeleteAccessKey { id: id.clone() })
+                .await
+                .with_context(|| format!("delete access key {id}"))?;
+            report(&common, &format!("deleted access key {id}"))?;
+        }
+    }
+    Ok(())
+}
+
+fn print_status(status: &StatusReply) {
+    let leader = status
+        .leader
+        .map(|l| l.0.to_string())
+        .unwrap_or_else(|| "none".into());
+    let or_dash = |v: Option<u64>| v.map(|i| i.to_string()).unwrap_or_else(|| "-".into());
+    println!(
+        "metaservers (answered by {}, leader {leader}, term {}, commit index {}, applied {})",
+        status.answered_by.0,
+        status.term,
+        or_dash(status.commit_index),
+        or_dash(status.applied_index),
+    );
+    for member in &status.members {
+        println!(
+            "  {:>4}  {:<22} {:<9} matched {:<8} last contact {}",
+            member.node.0,
+            member.address,
+            member.role,
+            or_dash(member.matched_index),
+            member
+                .last_contact_ms
+                .map(|ms| format!("{ms} ms ago"))
+                .unwrap_or_else(|| "-".into())
+        );
+    }
+    print_chunkservers(status);
+    if status.leader == Some(status.answered_by) {
+        print_redundancy(&status.redundancy);
+    }
+}
+
+fn print_chunkservers(status: &StatusReply) {
+    let from_leader = status.leader == Some(status.answered_by);
+    if from_leader {
+        println!("chunkservers");
+    } else {
+        println!("chunkservers (liveness and space are known to the leader only)");
+    }
+    for cs in &status.chunkservers {
+        println!(
+            "  {:>4}  {:<12} {:<22} {:<8} free {:>8} MiB of {:>8} MiB  pieces {:>6}  mapped {:>6}  rack {:?}",
+            cs.node.0,
+            cs.name,
+            cs.address,
+            if from_leader { cs.state.as_str() } else { "?" },
+            cs.free_bytes >> 20,
+            cs.capacity_bytes >> 20,
+            cs.pieces,
+            cs.mapped_pieces,
+            cs.rack
+        );
+    }
+}
+
+/// The redundancy matrix: one row per policy, one column per count of
+/// healthy pieces, as MooseFS's `mfscli -SIC` shows it.
+fn print_redundancy(r: &RedundancyStatus) {
+    println!(
+        "redundancy: {} chunks, {} degraded, {} one failure from loss, {} unreadable, {} misplaced",
+        r.chunks, r.degraded, r.endangered, r.unavailable, r.misplaced
+    );
+    let widest = r.rows.iter().map(|row| row.chunks.len()).max().unwrap_or(0);
+    if widest > 0 {
+        let header: String = (0..widest).map(|p| format!("{p:>8}")).collect();
+        println!("  {:<12} {:>6}  healthy pieces:{header}", "policy", "needs");
+        for row in &r.rows {
+            let cells: String = row.chunks.iter().map(|c| format!("{c:>8}")).collect();
+            println!(
+                "  {:<12} {:>6}  {:<15}{cells}",
+                row.policy.to_string(),
+                row.needed,
+                ""
+            );
+        }
+    }
+    let rate = r.repair_bytes_per_s / (1024.0 * 1024.0);
+    let eta = match r.eta_s {
+        Some(s) => format!("{s} s to full redundancy"),
+        None if r.degraded == 0 => "fully redundant".into(),
+        None => "no repair progress measured yet".into(),
+    };
+    println!(
+        "repair: {} chunks queued, {} jobs running, {rate:.1} MiB/s, {eta}",
+        r.queue_length, r.jobs_running
+    );
+}
+
+fn print_repair(reply: &RepairQueueReply) {
+    print_redundancy(&reply.redundancy);
+    if reply.running.is_empty() {
+        println!("no jobs running");
+    } else {
+        println!("running:");
+        for job in &reply.running {
+            let targets: Vec<String> = job.targets.iter().map(|t| t.0.to_string()).collect();
+            println!(
+                "  job {:>6}  {:<10} {}  pieces {:?} -> nodes {}  on node {}  for {} s",
+                job.job,
+                job.kind,
+                job.chunk,
+                job.pieces,
+                targets.join(","),
+                job.executor.0,
+                job.age_ms / 1000
+            );
+        }
+    }
+    println!(
+        "queued: {} (showing {})",
+        reply.queue_length,
+        reply.queued.len()
+    );
+    for q in &reply.queued {
+        println!(
+            "  {}  {:<10} {:<9} margin {:>2}  pieces {:?}  waiting {} s",
+            q.chunk,
+            q.kind,
+            q.policy.to_string(),
+            q.margin,
+            q.pieces,
+            q.waiting_ms / 1000
+        );
+    }
+}
