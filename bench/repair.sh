@@ -9,8 +9,10 @@
 #   bench/repair.sh [--size-mib N] [--dir DIR] [--bin PATH]
 #
 # Each policy gets N MiB of data (default 2048); a chunkserver is SIGKILLed
-# and never restarted; the grace period is set to 5 s so the figure is the
-# repair itself. Needs root to drop the page cache (cold reads).
+# and never restarted; the grace period is set to 20 s: long enough to time
+# a client read after the loss but before repair starts (a fresh client
+# first tries the dead server), then the same read while repair runs.
+# Needs root to drop the page cache (cold reads).
 set -euo pipefail
 
 SIZE_MIB=2048
@@ -50,7 +52,7 @@ redundant() {
 }
 repair_bytes() {
     curl -s "http://127.0.0.1:$((BASE + 2000))/metrics" |
-        awk '/^tessera_meta_repair_bytes_total/ { s += $NF } END { printf "%d", s }'
+        awk '/^tessera_meta_repair_bytes_total/ { s += $NF } END { printf "%.0f", s }'
 }
 
 CHUNK_MIB=64
@@ -68,9 +70,10 @@ COPY_LIMIT=$(awk -v r="$DD_R" -v w="$DD_W" 'BEGIN { printf "%.0f", 1 / (1 / r + 
 echo "   write $DD_W MiB/s, read $DD_R MiB/s, copy limit $COPY_LIMIT MiB/s" >&2
 
 BASE=23500
-echo "== cluster: 1 metaserver, 8 chunkservers, repair.down_after_s = 5" >&2
+GRACE=20
+echo "== cluster: 1 metaserver, 8 chunkservers, repair.down_after_s = $GRACE" >&2
 bash "$HERE/deploy/local-cluster.sh" up "$DIR/cluster" --meta 1 --chunk 8 --bin "$BIN" \
-    --base-port $BASE --meta-toml $'[repair]\ndown_after_s = 5' >&2
+    --base-port $BASE --meta-toml "$(printf '[repair]\ndown_after_s = %d' $GRACE)" >&2
 export TESSERA_CONFIG=$DIR/cluster/client.toml
 
 # A file a client reads while repair runs, on replicas:3 (the reader falls
@@ -101,6 +104,8 @@ for policy in replicas:3 ec:4+2; do
     echo "== $policy: SIGKILL chunk-$kill_index" >&2
     kill -KILL "$(awk -v n="chunk-$kill_index" '$1 == n { print $2 }' "$DIR/cluster/pids")"
     t_kill=$(now)
+    sleep 1
+    lost=$(read_time)
     until [[ $(status_field "s['redundancy']['jobs_running']") =~ ^[1-9] ]]; do sleep 0.5; done
     t_start=$(now)
     during=$(read_time)
@@ -116,8 +121,8 @@ for policy in replicas:3 ec:4+2; do
         # A rebuilt shard costs k reads of a shard's size and one write.
         ec:4+2) limit=$(awk -v r="$DD_R" -v w="$DD_W" 'BEGIN { printf "%.0f", 1 / (4 / r + 1 / w) }') ;;
     esac
-    ROWS+=("$(awk -v p="$policy" -v mb="$((bytes >> 20))" -v r="$rate" -v w="$window" -v t="$total" -v l="$limit" -v b="$baseline" -v d="$during" 'BEGIN {
-        printf "| %s | %d MiB | %d | %s s | %s s | %d | %.2f | %.1f s / %.1f s (%.2fx) |", p, mb, r, w, t, l, r / l, b, d, d / b }')")
+    ROWS+=("$(awk -v p="$policy" -v mb="$((bytes >> 20))" -v r="$rate" -v w="$window" -v t="$total" -v l="$limit" -v b="$baseline" -v x="$lost" -v d="$during" 'BEGIN {
+        printf "| %s | %d MiB | %d | %s s | %s s | %d | %.2f | %.1f / %.1f / %.1f s (%.2fx) |", p, mb, r, w, t, l, r / l, b, x, d, d / x }')")
     "$BIN" rm "$dir/data" >/dev/null
     kill_index=$((kill_index + 1))
 done
@@ -125,6 +130,6 @@ done
 echo
 echo "Disk (same run): write $DD_W MiB/s (fsync), cold read $DD_R MiB/s; $SIZE_MIB MiB per policy, 8 chunkservers on one disk."
 echo
-echo "| policy | rebuilt | repair MiB/s | repair time | kill to full redundancy (incl. 5 s grace) | limit on one disk MiB/s | ratio to limit | 512 MiB cold read: idle / during repair |"
+echo "| policy | rebuilt | repair MiB/s | repair time | kill to full redundancy (incl. $GRACE s grace) | limit on one disk MiB/s | ratio to limit | 512 MiB cold read: healthy / node lost, no repair yet / during repair (slowdown from repair) |"
 echo "|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${ROWS[@]}"
