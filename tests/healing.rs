@@ -684,3 +684,88 @@ fn a_partitioned_chunkserver_is_repaired_around_and_its_surplus_goes_only_once_s
     ec.check(&cluster);
     more.check(&cluster);
 }
+
+fn piece_files(cluster: &Cluster, chunkservers: usize) -> usize {
+    (1..=chunkservers)
+        .map(|k| {
+            let root = cluster.root().join(format!("chunk-{k}/disk/pieces"));
+            std::fs::read_dir(root)
+                .map(|dirs| {
+                    dirs.filter_map(|d| d.ok())
+                        .map(|d| std::fs::read_dir(d.path()).map(|f| f.count()).unwrap_or(0))
+                        .sum::<usize>()
+                })
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+fn extent_count(cluster: &Cluster, remote: &str) -> usize {
+    let stat = cluster.ok(&["stat", remote]);
+    stat.lines()
+        .find_map(|l| l.strip_prefix("extents ")?.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no extent count in {stat}"))
+}
+
+#[test]
+fn a_file_overwritten_into_thousands_of_extents_is_compacted() {
+    use rand::Rng;
+    let _serial = serial();
+    let cluster = Cluster::up_with(24500, 1, 3, "[compaction]\ninterval_s = 1\nquiet_s = 3", "");
+    let size: usize = 4 << 20;
+    let local = random_file(cluster.dir.path(), "frag", size as u64);
+    cluster.ok(&["mkdir", "/frag"]);
+    cluster.ok(&["put", local.to_str().expect("utf-8"), "/frag/file"]);
+    // Random 1 KiB overwrites in one writer: one new chunk, thousands of
+    // extents laid over the file.
+    let mut model = std::fs::read(&local).expect("read source");
+    let config: tessera_proto::config::ClientConfig =
+        tessera_proto::config::load(Some(&cluster.config()), &[]).expect("client config");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let client = tessera_client::Client::connect(&config)
+            .await
+            .expect("connect");
+        let attr = tessera_client::path::resolve(client.meta(), "/frag/file")
+            .await
+            .expect("resolve");
+        let mut writer = tessera_client::FileWriter::new(client.clone(), attr.ino);
+        let mut rng = rand::rng();
+        for _ in 0..3000 {
+            let offset = rng.random_range(0..size - 1024);
+            let data: Vec<u8> = (0..1024).map(|_| rng.random()).collect();
+            model[offset..offset + 1024].copy_from_slice(&data);
+            writer.write(offset as u64, &data).await.expect("write");
+        }
+        writer.flush().await.expect("flush");
+    });
+    std::fs::write(&local, &model).expect("write model");
+    // `stat` lists at most 512 extents (a layout page).
+    let before = extent_count(&cluster, "/frag/file");
+    assert!(before >= 512, "only {before} extents");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while extent_count(&cluster, "/frag/file") > 4 {
+        if Instant::now() > deadline {
+            let log =
+                std::fs::read_to_string(cluster.root().join("meta-1/log")).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().filter(|l| l.contains("compact")).collect();
+            panic!(
+                "not compacted after 120 s; the metaserver said:\n{}",
+                lines.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let files = Files {
+        local: vec![(local, "/frag/file".to_string())],
+    };
+    files.check(&cluster);
+    // Only the new chunk's pieces stay on disk: the original chunk and the
+    // overwrites' chunk are collected.
+    let wanted = pieces_of(&cluster, "/frag/file").len();
+    wait_for(
+        "the old chunks to be deleted",
+        Duration::from_secs(60),
+        || piece_files(&cluster, 3) == wanted,
+    );
+}

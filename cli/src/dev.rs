@@ -137,6 +137,7 @@ pub async fn run(options: DevOptions, stop: impl std::future::Future<Output = ()
         chunk_heartbeat_interval_ms: 1_000,
         raft: RaftSettings::default(),
         repair: Default::default(),
+        compaction: Default::default(),
     };
     let meta = MetaServer::start(meta_config, &registry, true)
         .await
@@ -177,6 +178,7 @@ pub async fn run(options: DevOptions, stop: impl std::future::Future<Output = ()
         transport: TransportOptions::loopback(),
         io: Default::default(),
     };
+    let _compactor = crate::compact::spawn(client.clone(), meta_addr, &Default::default());
     let client_toml = data.join("client.toml");
     let text = toml::to_string(&client).context("write the client configuration")?;
     std::fs::write(&client_toml, text)

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use tessera_proto::tls::{self, Role};
 
 mod admin;
+mod compact;
 mod dev;
 mod files;
 mod keys;
@@ -322,12 +323,27 @@ fn run_meta(
         tessera_proto::config::load(Some(&config), &overrides)
             .with_context(|| format!("load metaserver config {}", config.display()))?;
     daemon_logging(&config.node, cli_log, cli_json)?;
+    // The compaction worker reaches the group as this member does, with
+    // its certificate.
+    let compaction = config.compaction.clone();
+    let worker_config = tessera_proto::config::ClientConfig {
+        meta: vec![
+            config
+                .advertise
+                .clone()
+                .unwrap_or_else(|| config.node.listen.to_string()),
+        ],
+        tls: config.node.tls.clone(),
+        transport: config.node.transport.clone(),
+        io: Default::default(),
+    };
     runtime()?.block_on(async {
         let registry = prometheus::Registry::new();
         let server = tessera_meta::MetaServer::start(config, &registry, bootstrap)
             .await
             .context("start the metaserver")?;
         println!("metaserver listening on {}", server.addr());
+        let _compactor = compact::spawn(worker_config, server.addr(), &compaction);
         stop_signal().await;
         tracing::info!("stop requested; shutting down");
         server.shutdown().await;

@@ -69,6 +69,7 @@ fn config(dir: &Path, id: u64, port: u16) -> MetaConfig {
         chunk_heartbeat_interval_ms: 2000,
         raft: RaftSettings::default(),
         repair: Default::default(),
+        compaction: Default::default(),
     }
 }
 

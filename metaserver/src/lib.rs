@@ -27,4 +27,4 @@ pub mod sm_store;
 pub mod state;
 pub mod types;
 
-pub use server::{MetaConfig, MetaServer};
+pub use server::{CompactionSettings, MetaConfig, MetaServer};

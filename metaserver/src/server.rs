@@ -72,6 +72,34 @@ pub struct MetaConfig {
     /// Self-healing: grace period, job limits (see docs/healing.md).
     #[serde(default)]
     pub repair: crate::healing::RepairSettings,
+    /// Background compaction of fragmented files (docs/healing.md).
+    #[serde(default)]
+    pub compaction: CompactionSettings,
+}
+
+/// `[compaction]`: the worker beside each metaserver that rewrites files
+/// fragmented by random overwrites into fresh chunks while its member
+/// leads. It runs in the `tessera` binary, through the client library,
+/// since the metaserver itself is never in the data path.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompactionSettings {
+    pub enabled: bool,
+    /// Seconds between passes.
+    pub interval_s: u64,
+    /// A file written within this many seconds is left alone: it may still
+    /// be open for writing.
+    pub quiet_s: u64,
+}
+
+impl Default for CompactionSettings {
+    fn default() -> CompactionSettings {
+        CompactionSettings {
+            enabled: true,
+            interval_s: 10,
+            quiet_s: 60,
+        }
+    }
 }
 
 fn default_policy() -> String {

@@ -81,6 +81,7 @@ fn is_read(op: &MetaOp) -> bool {
             | MetaOp::ListXattr { .. }
             | MetaOp::GetXattrs { .. }
             | MetaOp::GetPolicy { .. }
+            | MetaOp::ListFragmented { .. }
             | MetaOp::GetLayout { .. }
             | MetaOp::StatFs
             | MetaOp::ListAccessKeys

@@ -404,6 +404,22 @@ pub enum MetaOp {
         target: InodeId,
         sources: Vec<InodeId>,
     },
+    /// Compaction: gives `target` the layout of `source` (a copy of the same
+    /// bytes written into fresh chunks) if `target` is still at `version`,
+    /// and leaves `source` empty. Refused with `Busy` when the file changed
+    /// meanwhile, so a compaction never undoes a write.
+    SwapLayout {
+        target: InodeId,
+        source: InodeId,
+        version: u64,
+    },
+    /// Files with at least `min_extents` extents, for compaction: at most
+    /// `limit`, after inode `after`.
+    ListFragmented {
+        min_extents: u32,
+        after: Option<InodeId>,
+        limit: u32,
+    },
     /// Pieces a client found corrupt, missing or unreachable (or could not
     /// write), so the leader queues them for repair.
     ReportPieces {
@@ -459,6 +475,8 @@ impl MetaOp {
             MetaOp::CommitExtents { .. } => "commit",
             MetaOp::GetLayout { .. } => "layout",
             MetaOp::Concat { .. } => "concat",
+            MetaOp::SwapLayout { .. } => "swap_layout",
+            MetaOp::ListFragmented { .. } => "list_fragmented",
             MetaOp::ReportPieces { .. } => "report",
             MetaOp::CreateAccessKey { .. } => "key_create",
             MetaOp::ListAccessKeys => "key_list",
@@ -493,6 +511,8 @@ pub enum MetaReply {
     StatFs(StatFs),
     Policy(Policy),
     Chunk(ChunkPlacement),
+    /// Fragmented files: inode, extent count, attributes.
+    Fragmented(Vec<(Attr, u64)>),
     Layout {
         size: u64,
         extents: Vec<Extent>,
