@@ -213,12 +213,12 @@ fn lost_chunkserver_is_repaired_across_a_leader_kill_and_two_more_losses_lose_no
     cluster.ok(&["policy", "set", "/r3", "replicas:3"]);
     cluster.ok(&["mkdir", "/ec"]);
     cluster.ok(&["policy", "set", "/ec", "ec:4+2"]);
-    let mut files = Files::write(&cluster, "/r3", 6, 70 << 20);
+    let mut files = Files::write(&cluster, "/r3", 4, 66 << 20);
     files
         .local
-        .extend(Files::write(&cluster, "/ec", 6, 70 << 20).local);
+        .extend(Files::write(&cluster, "/ec", 4, 66 << 20).local);
     // 2 chunks for each big file, 1 for each small one.
-    let chunks = 2 * 7;
+    let chunks = 2 * 5;
     wait_fully_redundant(&cluster, chunks, Duration::from_secs(60));
 
     // Lose chunk-1 for good; once repair runs, kill the metaserver leader.
@@ -521,7 +521,7 @@ fn disk_use(status: &Value) -> Vec<f64> {
 #[test]
 fn empty_chunkservers_joining_a_full_cluster_fill_up_with_no_command() {
     let _serial = serial();
-    // Six chunkservers with 1 GiB disks of their own; three are stopped
+    // Six chunkservers with 512 MiB disks of their own; three are stopped
     // before any data arrives, so the first three hold all of it.
     let cluster = Cluster::up_args(
         22500,
@@ -529,7 +529,7 @@ fn empty_chunkservers_joining_a_full_cluster_fill_up_with_no_command() {
         6,
         &[
             "--disk-cap-mib",
-            "1024",
+            "512",
             "--meta-toml",
             "[repair]\ndown_after_s = 3600",
         ],
@@ -545,9 +545,9 @@ fn empty_chunkservers_joining_a_full_cluster_fill_up_with_no_command() {
             (4..=6).all(|k| chunkserver(&status, &format!("chunk-{k}"))["state"] == "suspect")
         },
     );
-    // About 260 MiB, three copies: a quarter of each holder's 1 GiB.
-    let files = Files::write(&cluster, "/f", 12, 200 << 20);
-    wait_fully_redundant(&cluster, 15, Duration::from_secs(120));
+    // About 160 MiB, three copies: a third of each holder's 512 MiB.
+    let files = Files::write(&cluster, "/f", 12, 100 << 20);
+    wait_fully_redundant(&cluster, 13, Duration::from_secs(120));
     let spread = |u: &[f64]| {
         u.iter().cloned().fold(f64::MIN, f64::max) - u.iter().cloned().fold(f64::MAX, f64::min)
     };
