@@ -6,47 +6,11 @@
 mod common;
 
 use common::cluster::Cluster;
+use common::{random_file, same_bytes};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn random_file(dir: &Path, name: &str, bytes: u64) -> PathBuf {
-    let path = dir.join(name);
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "head -c {bytes} /dev/urandom > '{}'",
-            path.display()
-        ))
-        .status()
-        .expect("head");
-    assert!(status.success());
-    path
-}
-
-fn same_bytes(a: &Path, b: &Path) -> bool {
-    Command::new("cmp")
-        .arg(a)
-        .arg(b)
-        .status()
-        .expect("cmp")
-        .success()
-}
-
-/// (chunk-K, piece index) of every piece of the file's chunks, from `stat`.
-fn pieces_of(cluster: &Cluster, remote: &str) -> Vec<(usize, usize)> {
-    cluster
-        .ok(&["stat", remote])
-        .lines()
-        .filter_map(|line| {
-            let rest = line.trim().strip_prefix("piece ")?;
-            let index: usize = rest.split(' ').next()?.parse().ok()?;
-            let address = rest.rsplit('(').next()?.trim_end_matches(')');
-            Some((cluster.chunk_of(address), index))
-        })
-        .collect()
-}
 
 #[test]
 fn gib_round_trips_under_replicas_and_erasure_coding() {
@@ -67,7 +31,7 @@ fn gib_round_trips_under_replicas_and_erasure_coding() {
         assert!(stat.contains("size    1073741824 bytes"), "{stat}");
         let width = if dir == "/ec" { 6 } else { 3 };
         // 16 chunks of 64 MiB, each on `width` distinct servers.
-        let pieces = pieces_of(&cluster, &remote);
+        let pieces = cluster.pieces_of(&remote);
         assert_eq!(pieces.len(), 16 * width, "{stat}");
         for chunk in pieces.chunks(width) {
             let mut servers: Vec<usize> = chunk.iter().map(|(k, _)| *k).collect();
@@ -120,7 +84,7 @@ fn erasure_coded_reads_survive_two_dead_chunkservers() {
     cluster.ok(&["put", local.to_str().expect("utf-8"), "/ec/file"]);
     // Kill the holders of the first chunk's first two data shards, so the
     // read must rebuild from parity.
-    let pieces = pieces_of(&cluster, "/ec/file");
+    let pieces = cluster.pieces_of("/ec/file");
     let victims: Vec<usize> = pieces
         .iter()
         .filter(|(_, index)| *index < 2)
@@ -177,7 +141,7 @@ fn flipped_bytes_are_read_around_and_reported() {
     cluster.ok(&["policy", "set", "/ec", "ec:4+2"]);
     let ec_local = random_file(cluster.dir.path(), "ec", 3 << 20);
     cluster.ok(&["put", ec_local.to_str().expect("utf-8"), "/ec/file"]);
-    let pieces = pieces_of(&cluster, "/ec/file");
+    let pieces = cluster.pieces_of("/ec/file");
     let (holder, _) = pieces
         .iter()
         .find(|(_, index)| *index == 0)
@@ -203,7 +167,8 @@ fn flipped_bytes_are_read_around_and_reported() {
     cluster.ok(&["policy", "set", "/r3", "replicas:3"]);
     let local = random_file(cluster.dir.path(), "r3", 2 << 20);
     cluster.ok(&["put", local.to_str().expect("utf-8"), "/r3/file"]);
-    let holders: Vec<usize> = pieces_of(&cluster, "/r3/file")
+    let holders: Vec<usize> = cluster
+        .pieces_of("/r3/file")
         .iter()
         .map(|(k, _)| *k)
         .collect();

@@ -12,6 +12,7 @@
 mod common;
 
 use common::cluster::{Cluster, Mount};
+use common::{random_file, same_bytes};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,29 +27,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 const SHORT_GRACE: &str = "[repair]\ndown_after_s = 5";
-
-fn random_file(dir: &Path, name: &str, bytes: u64) -> PathBuf {
-    let path = dir.join(name);
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "head -c {bytes} /dev/urandom > '{}'",
-            path.display()
-        ))
-        .status()
-        .expect("head");
-    assert!(status.success());
-    path
-}
-
-fn same_bytes(a: &Path, b: &Path) -> bool {
-    Command::new("cmp")
-        .arg(a)
-        .arg(b)
-        .status()
-        .expect("cmp")
-        .success()
-}
 
 fn status(cluster: &Cluster) -> Value {
     let text = cluster.ok(&["admin", "status", "--json"]);
@@ -110,20 +88,6 @@ fn chunkserver<'a>(status: &'a Value, name: &str) -> &'a Value {
 
 fn node_id(status: &Value, name: &str) -> u64 {
     chunkserver(status, name)["node"].as_u64().expect("node id")
-}
-
-/// (chunk-K, piece index) of every piece of the file's chunks, from `stat`.
-fn pieces_of(cluster: &Cluster, remote: &str) -> Vec<(usize, usize)> {
-    cluster
-        .ok(&["stat", remote])
-        .lines()
-        .filter_map(|line| {
-            let rest = line.trim().strip_prefix("piece ")?;
-            let index: usize = rest.split(' ').next()?.parse().ok()?;
-            let address = rest.rsplit('(').next()?.trim_end_matches(')');
-            Some((cluster.chunk_of(address), index))
-        })
-        .collect()
 }
 
 /// The file of a sealed piece on `chunk-K`'s disk.
@@ -236,7 +200,7 @@ fn lost_chunkserver_is_repaired_across_a_leader_kill_and_two_more_losses_lose_no
     // server holds more than the map places on it (nothing copied twice).
     for (_, remote) in &files.local {
         let width = if remote.starts_with("/ec") { 6 } else { 3 };
-        let pieces = pieces_of(&cluster, remote);
+        let pieces = cluster.pieces_of(remote);
         for chunk in pieces.chunks(width) {
             let mut servers: Vec<usize> = chunk.iter().map(|(k, _)| *k).collect();
             assert!(
@@ -290,7 +254,8 @@ fn a_chunkserver_back_inside_the_grace_period_costs_no_copying() {
 /// returns the chunkserver holding it.
 fn corrupt_piece(cluster: &Cluster, remote: &str, index: usize) -> usize {
     let chunk = chunk_ids(cluster, remote)[0];
-    let (k, _) = pieces_of(cluster, remote)
+    let (k, _) = cluster
+        .pieces_of(remote)
         .into_iter()
         .find(|(_, i)| *i == index)
         .expect("piece");
@@ -394,7 +359,7 @@ fn drain_under_load_empties_a_node_that_is_then_removed() {
     wait_fully_redundant(&cluster, 4 + 5, Duration::from_secs(60));
 
     // The holder of a sole copy cannot be removed while it holds it.
-    let (k, _) = pieces_of(&cluster, &single.local[0].1)[0];
+    let (k, _) = cluster.pieces_of(&single.local[0].1)[0];
     let name = format!("chunk-{k}");
     let id = node_id(&status(&cluster), &name).to_string();
     let refused = cluster.tessera(&["admin", "node", "remove", &id]);
@@ -762,7 +727,7 @@ fn a_file_overwritten_into_thousands_of_extents_is_compacted() {
     files.check(&cluster);
     // Only the new chunk's pieces stay on disk: the original chunk and the
     // overwrites' chunk are collected.
-    let wanted = pieces_of(&cluster, "/frag/file").len();
+    let wanted = cluster.pieces_of("/frag/file").len();
     wait_for(
         "the old chunks to be deleted",
         Duration::from_secs(60),

@@ -91,6 +91,20 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// (chunk-K, piece index) of every piece of the file's chunks, from
+    /// `stat`.
+    pub fn pieces_of(&self, remote: &str) -> Vec<(usize, usize)> {
+        self.ok(&["stat", remote])
+            .lines()
+            .filter_map(|line| {
+                let rest = line.trim().strip_prefix("piece ")?;
+                let index: usize = rest.split(' ').next()?.parse().ok()?;
+                let address = rest.rsplit('(').next()?.trim_end_matches(')');
+                Some((self.chunk_of(address), index))
+            })
+            .collect()
+    }
+
     /// The pid of chunkserver `chunk-K`.
     pub fn chunk_pid(&self, k: usize) -> u32 {
         self.pid_of(&format!("chunk-{k}"))

@@ -182,3 +182,27 @@ pub fn free_port() -> u16 {
         }
     }
 }
+
+/// A file of `bytes` random bytes under `dir`.
+pub fn random_file(dir: &Path, name: &str, bytes: u64) -> PathBuf {
+    let path = dir.join(name);
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "head -c {bytes} /dev/urandom > '{}'",
+            path.display()
+        ))
+        .status()
+        .expect("head");
+    assert!(status.success());
+    path
+}
+
+pub fn same_bytes(a: &Path, b: &Path) -> bool {
+    Command::new("cmp")
+        .arg(a)
+        .arg(b)
+        .status()
+        .expect("cmp")
+        .success()
+}
