@@ -138,6 +138,7 @@ pub async fn run(options: DevOptions, stop: impl std::future::Future<Output = ()
         raft: RaftSettings::default(),
         repair: Default::default(),
         compaction: Default::default(),
+        cache_bytes: tessera_meta::server::DEFAULT_CACHE_BYTES,
     };
     let meta = MetaServer::start(meta_config, &registry, true)
         .await

@@ -70,6 +70,7 @@ fn config(dir: &Path, id: u64, port: u16) -> MetaConfig {
         raft: RaftSettings::default(),
         repair: Default::default(),
         compaction: Default::default(),
+        cache_bytes: tessera_meta::server::DEFAULT_CACHE_BYTES,
     }
 }
 

@@ -16,6 +16,7 @@
 
 pub mod batcher;
 pub mod healing;
+pub mod kv;
 pub mod log_store;
 pub mod metrics;
 pub mod namespace;
@@ -24,6 +25,7 @@ pub mod registry;
 pub mod server;
 pub mod service;
 pub mod sm_store;
+pub mod snapshot;
 pub mod state;
 pub mod types;
 

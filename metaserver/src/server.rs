@@ -75,6 +75,19 @@ pub struct MetaConfig {
     /// Background compaction of fragmented files (docs/healing.md).
     #[serde(default)]
     pub compaction: CompactionSettings,
+    /// Memory for metadata reads: half for the cache of decoded records,
+    /// half for RocksDB's block cache (index and filter blocks included).
+    /// The namespace itself lives on disk, so this, not the file count,
+    /// bounds what a metaserver holds (docs/metaserver.md).
+    #[serde(default = "default_cache_bytes")]
+    pub cache_bytes: u64,
+}
+
+/// See [`MetaConfig::cache_bytes`].
+pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
+
+fn default_cache_bytes() -> u64 {
+    DEFAULT_CACHE_BYTES
 }
 
 /// `[compaction]`: the worker beside each metaserver that rewrites files
@@ -119,13 +132,31 @@ pub struct MetaServer {
     pub service: Arc<MetaService>,
 }
 
-fn open_db(dir: &std::path::Path) -> Result<rocksdb::DB, Error> {
+/// Memtables per column family before a flush: with three families this
+/// and the block cache bound RocksDB's memory.
+const WRITE_BUFFER_BYTES: usize = 16 << 20;
+
+pub(crate) fn open_db(dir: &std::path::Path, cache_bytes: u64) -> Result<rocksdb::DB, Error> {
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::io(&format!("create {}", dir.display()), &e))?;
     let mut options = rocksdb::Options::default();
     options.create_if_missing(true);
     options.create_missing_column_families(true);
     options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    options.set_write_buffer_size(WRITE_BUFFER_BYTES);
+    options.set_max_write_buffer_number(3);
+    let block_cache =
+        rocksdb::Cache::new_lru_cache(usize::try_from(cache_bytes / 2).unwrap_or(usize::MAX));
+    let mut table = rocksdb::BlockBasedOptions::default();
+    table.set_block_cache(&block_cache);
+    // Index and filter blocks count against the cache instead of growing
+    // with the data; the top levels stay pinned so a point read is one seek.
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    // A create first looks its name up, and most names are new: the bloom
+    // filter answers those without reading a block.
+    table.set_bloom_filter(10.0, false);
+    options.set_block_based_table_factory(&table);
     rocksdb::DB::open_cf(&options, dir, [CF_LOG, CF_RAFT, CF_STATE]).map_err(|e| {
         Error::new(
             ErrorCode::Io,
@@ -162,8 +193,9 @@ impl MetaServer {
         let rpc_metrics = RpcMetrics::new(registry, &config.node.name).map_err(metric_error)?;
 
         let data_dir = config.data_dir.clone();
+        let cache_bytes = config.cache_bytes;
         let db = Arc::new(
-            tokio::task::spawn_blocking(move || open_db(&data_dir))
+            tokio::task::spawn_blocking(move || open_db(&data_dir, cache_bytes))
                 .await
                 .map_err(|e| Error::internal(format!("open store: {e}")))??,
         );
@@ -173,7 +205,8 @@ impl MetaServer {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as i64)
             .unwrap_or(0);
-        let state_machine = StateMachine::open(db.clone(), policy, now)
+        let record_cache = usize::try_from(config.cache_bytes / 2).unwrap_or(usize::MAX);
+        let state_machine = StateMachine::open(db.clone(), policy, now, record_cache)
             .map_err(|e| Error::new(ErrorCode::Io, format!("load state: {e}")))?;
         let shared = state_machine.shared.clone();
 

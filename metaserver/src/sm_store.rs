@@ -1,5 +1,5 @@
-//! The state machine's storage: the in-memory [`State`] written through to
-//! RocksDB, one write batch per applied batch of log entries.
+//! The state machine's storage: the [`State`] in RocksDB, one write batch
+//! per applied batch of log entries, the applied index in the same batch.
 //!
 //! The log is the source of durability: state writes are not synced one by
 //! one, because a crash re-applies the log from the last persisted applied
@@ -9,16 +9,20 @@
 // openraft's error types are large by design and fixed by its traits.
 #![allow(clippy::result_large_err)]
 
+use crate::kv::{RocksStore, Store};
+use crate::log_store::CF_RAFT;
+use crate::namespace::migrate;
+use crate::snapshot;
 use crate::state::State;
 use crate::types::{
-    Applied, BatchReply, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership,
-    TypeConfig, storage_error,
+    BatchReply, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+    storage_error,
 };
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder};
-use rocksdb::{DB, WriteBatch, WriteOptions};
+use rocksdb::DB;
 use serde::{Deserialize, Serialize};
-use std::io::Cursor;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use tessera_proto::meta::Policy;
 
@@ -31,17 +35,14 @@ struct AppliedMeta {
     membership: StoredMembership,
 }
 
-#[derive(Serialize, Deserialize)]
-struct SnapshotPayload {
-    applied: AppliedMeta,
-    records: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
 /// What the service reads: the state and how far it is applied.
 pub struct Shared {
     pub state: RwLock<State>,
     applied: RwLock<AppliedMeta>,
-    current_snapshot: std::sync::Mutex<Option<(SnapshotMeta, Vec<u8>)>>,
+    /// The last snapshot built or installed, as a file.
+    current_snapshot: std::sync::Mutex<Option<(SnapshotMeta, PathBuf)>>,
+    /// Where the snapshot being received is written.
+    receiving: std::sync::Mutex<Option<PathBuf>>,
 }
 
 impl Shared {
@@ -64,6 +65,8 @@ impl Shared {
 #[derive(Clone)]
 pub struct StateMachine {
     db: Arc<DB>,
+    cache_bytes: usize,
+    default_policy: Policy,
     pub shared: Arc<Shared>,
 }
 
@@ -72,112 +75,154 @@ fn sm_error(verb: ErrorVerb, err: impl std::fmt::Display) -> StorageError {
 }
 
 impl StateMachine {
-    /// Loads the state from RocksDB, or starts an empty namespace.
-    pub fn open(db: Arc<DB>, default_policy: Policy, now_ns: i64) -> Result<StateMachine, String> {
-        let cf = db
-            .cf_handle(CF_STATE)
-            .ok_or("column family state missing")?;
-        let applied: AppliedMeta = match db.get_cf(cf, KEY_APPLIED).map_err(|e| e.to_string())? {
+    /// Opens the state in RocksDB (converting an older layout first), or
+    /// starts an empty namespace. Reads only the applied index and the
+    /// small parts of the state; the namespace is read as it is used.
+    pub fn open(
+        db: Arc<DB>,
+        default_policy: Policy,
+        now_ns: i64,
+        cache_bytes: usize,
+    ) -> Result<StateMachine, String> {
+        let dir = snapshot_dir(&db);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        if let Some(path) = snapshot::interrupted(&db, CF_RAFT)? {
+            tracing::warn!(file = %path.display(), "finishing a snapshot install a stop interrupted");
+            snapshot::install(&db, CF_STATE, CF_RAFT, &path, KEY_APPLIED).map_err(|e| {
+                format!(
+                    "{e}; a snapshot install was interrupted and cannot be finished: \
+                     remove this member's data folder and add it to the group again"
+                )
+            })?;
+        }
+        // Files of snapshots built or received before this start: openraft
+        // builds a new one when it needs one.
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        let store: Arc<dyn Store> = Arc::new(RocksStore::new(db.clone(), CF_STATE)?);
+        let applied: AppliedMeta = match store.get(KEY_APPLIED)? {
             Some(bytes) => {
                 postcard::from_bytes(&bytes).map_err(|e| format!("decode applied state: {e}"))?
             }
             None => AppliedMeta::default(),
         };
-        let mut records = Vec::new();
-        for item in db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
-            let (key, value) = item.map_err(|e| e.to_string())?;
-            if &*key != KEY_APPLIED {
-                records.push((key.to_vec(), value.to_vec()));
-            }
+        if migrate::needed(store.as_ref())? {
+            let started = std::time::Instant::now();
+            tracing::info!("converting the namespace to the on-disk layout");
+            let inodes = migrate::run(store.as_ref())?;
+            crate::state::migrate_requests(store.as_ref())?;
+            db.flush_wal(true)
+                .map_err(|e| format!("sync the converted namespace: {e}"))?;
+            tracing::info!(
+                inodes,
+                seconds = started.elapsed().as_secs_f64(),
+                "namespace converted"
+            );
         }
-        let state = if records.is_empty() {
-            State::new(default_policy, now_ns)
-        } else {
-            State::from_records(records)?
-        };
+        let state = State::open(store, cache_bytes, default_policy, now_ns)?;
         Ok(StateMachine {
             db,
+            cache_bytes,
+            default_policy,
             shared: Arc::new(Shared {
                 state: RwLock::new(state),
                 applied: RwLock::new(applied),
                 current_snapshot: std::sync::Mutex::new(None),
+                receiving: std::sync::Mutex::new(None),
             }),
         })
     }
+}
 
-    fn persist(
-        &self,
-        changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-        applied: &AppliedMeta,
-    ) -> Result<(), StorageError> {
-        let cf = self
-            .db
-            .cf_handle(CF_STATE)
-            .ok_or_else(|| sm_error(ErrorVerb::Write, "column family state missing"))?;
-        let mut batch = WriteBatch::default();
-        for (key, value) in changes {
-            match value {
-                Some(value) => batch.put_cf(cf, key, value),
-                None => batch.delete_cf(cf, key),
-            }
-        }
-        let applied_bytes =
-            postcard::to_stdvec(applied).map_err(|e| sm_error(ErrorVerb::Write, e))?;
-        batch.put_cf(cf, KEY_APPLIED, applied_bytes);
-        self.db
-            .write_opt(batch, &WriteOptions::default())
-            .map_err(|e| sm_error(ErrorVerb::Write, e))
-    }
+/// A file name part no other file of this process has.
+fn unique() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{nanos}-{n}")
+}
+
+fn snapshot_dir(db: &DB) -> PathBuf {
+    db.path().join("snapshots")
+}
+
+fn open_snapshot(path: &Path) -> Result<Box<tokio::fs::File>, StorageError> {
+    let file = std::fs::File::open(path).map_err(|e| sm_error(ErrorVerb::Read, e))?;
+    Ok(Box::new(tokio::fs::File::from_std(file)))
+}
+
+fn applied_change(applied: &AppliedMeta) -> Result<(Vec<u8>, Option<Vec<u8>>), StorageError> {
+    let bytes = postcard::to_stdvec(applied).map_err(|e| sm_error(ErrorVerb::Write, e))?;
+    Ok((KEY_APPLIED.to_vec(), Some(bytes)))
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let db = self.db.clone();
-        let (payload, bytes) = tokio::task::spawn_blocking(move || {
+        let (applied, path) = tokio::task::spawn_blocking(move || {
             // Everything the snapshot covers must be durable before openraft
             // purges the log behind it.
             db.flush_wal(true)
                 .map_err(|e| sm_error(ErrorVerb::Read, e))?;
-            let cf = db
-                .cf_handle(CF_STATE)
-                .ok_or_else(|| sm_error(ErrorVerb::Read, "column family state missing"))?;
-            let view = db.snapshot();
-            let mut applied = AppliedMeta::default();
-            let mut records = Vec::new();
-            for item in view.iterator_cf(cf, rocksdb::IteratorMode::Start) {
-                let (key, value) = item.map_err(|e| sm_error(ErrorVerb::Read, e))?;
-                if &*key == KEY_APPLIED {
-                    applied =
-                        postcard::from_bytes(&value).map_err(|e| sm_error(ErrorVerb::Read, e))?;
-                } else {
-                    records.push((key.to_vec(), value.to_vec()));
+            let dir = snapshot_dir(&db);
+            let building = dir.join("building.snap");
+            let (records, applied) = snapshot::write(&db, CF_STATE, &building, KEY_APPLIED)
+                .map_err(|e| sm_error(ErrorVerb::Read, e))?;
+            let applied: AppliedMeta = match applied {
+                Some(bytes) => {
+                    postcard::from_bytes(&bytes).map_err(|e| sm_error(ErrorVerb::Read, e))?
                 }
-            }
-            let payload = SnapshotPayload { applied, records };
-            let bytes = postcard::to_stdvec(&payload).map_err(|e| sm_error(ErrorVerb::Read, e))?;
-            Ok::<_, StorageError>((payload.applied, bytes))
+                None => AppliedMeta::default(),
+            };
+            let index = applied.last_applied.map_or(0, |l| l.index);
+            let path = dir.join(format!("snapshot-{index}.snap"));
+            std::fs::rename(&building, &path).map_err(|e| sm_error(ErrorVerb::Write, e))?;
+            tracing::info!(records, index, "snapshot built");
+            Ok::<_, StorageError>((applied, path))
         })
         .await
         .map_err(|e| sm_error(ErrorVerb::Read, e))??;
         let snapshot_id = format!(
             "{}-{}",
-            payload.last_applied.map(|l| l.leader_id.term).unwrap_or(0),
-            payload.last_applied.map(|l| l.index).unwrap_or(0)
+            applied.last_applied.map(|l| l.leader_id.term).unwrap_or(0),
+            applied.last_applied.map(|l| l.index).unwrap_or(0)
         );
         let meta = SnapshotMeta {
-            last_log_id: payload.last_applied,
-            last_membership: payload.membership,
+            last_log_id: applied.last_applied,
+            last_membership: applied.membership,
             snapshot_id,
         };
-        *self
+        self.keep_current(meta.clone(), path.clone());
+        Ok(Snapshot {
+            meta,
+            snapshot: open_snapshot(&path)?,
+        })
+    }
+}
+
+impl StateMachine {
+    /// Serves `path` as the current snapshot from now on; the previous
+    /// file goes.
+    fn keep_current(&self, meta: SnapshotMeta, path: PathBuf) {
+        let previous = self
             .shared
             .current_snapshot
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some((meta.clone(), bytes.clone()));
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(bytes)),
-        })
+            .unwrap_or_else(|p| p.into_inner())
+            .replace((meta, path.clone()));
+        if let Some((_, old)) = previous
+            && old != path
+        {
+            // A sender may still read it: on Linux an open file outlives
+            // its name.
+            let _ = std::fs::remove_file(old);
+        }
     }
 }
 
@@ -206,15 +251,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let changes = {
+        {
             let mut state = self.shared.write();
             for entry in entries {
                 applied.last_applied = Some(entry.log_id);
                 match entry.payload {
                     EntryPayload::Blank => replies.push(BatchReply::default()),
                     EntryPayload::Normal(batch) => {
-                        let results: Vec<Result<Applied, _>> =
-                            batch.0.iter().map(|c| state.apply(c)).collect();
+                        let mut results = Vec::with_capacity(batch.0.len());
+                        for command in &batch.0 {
+                            results.push(state.apply(command));
+                            // A reply built on a failed read would differ
+                            // from the other replicas': stop instead.
+                            if let Some(why) = state.failure() {
+                                return Err(sm_error(ErrorVerb::Read, why));
+                            }
+                        }
                         replies.push(BatchReply(results));
                     }
                     EntryPayload::Membership(membership) => {
@@ -223,9 +275,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     }
                 }
             }
-            state.take_changes()
-        };
-        self.persist(changes, &applied)?;
+            // Written while readers wait, so none reads the store between
+            // the overlay's hand-over and the write.
+            state
+                .commit(vec![applied_change(&applied)?])
+                .map_err(|e| sm_error(ErrorVerb::Write, e))?;
+        }
         *self
             .shared
             .applied
@@ -238,57 +293,87 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let path = snapshot_dir(&self.db).join(format!("receiving-{}.snap", unique()));
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await
+            .map_err(|e| sm_error(ErrorVerb::Write, e))?;
+        *self
+            .shared
+            .receiving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(path);
+        Ok(Box::new(file))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        let bytes = snapshot.into_inner();
-        let payload: SnapshotPayload =
-            postcard::from_bytes(&bytes).map_err(|e| sm_error(ErrorVerb::Write, e))?;
-        let state = State::from_records(payload.records.clone())
+        use tokio::io::AsyncSeekExt;
+        // The data may come from the file `begin_receiving_snapshot` made or
+        // from anywhere else; either way it is copied, synced, to a file of
+        // this member's own that outlives a crash.
+        let index = meta.last_log_id.map_or(0, |l| l.index);
+        // Never the name of a file being read (the source may be one).
+        let path = snapshot_dir(&self.db).join(format!("installed-{index}-{}.snap", unique()));
+        let mut source = snapshot;
+        source
+            .seek(std::io::SeekFrom::Start(0))
+            .await
+            .map_err(|e| sm_error(ErrorVerb::Read, e))?;
+        let mut target = tokio::fs::File::create(&path)
+            .await
             .map_err(|e| sm_error(ErrorVerb::Write, e))?;
+        tokio::io::copy(&mut source, &mut target)
+            .await
+            .map_err(|e| sm_error(ErrorVerb::Write, e))?;
+        target
+            .sync_all()
+            .await
+            .map_err(|e| sm_error(ErrorVerb::Write, e))?;
+        drop(source);
+        if let Some(received) = self
+            .shared
+            .receiving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let _ = std::fs::remove_file(received);
+        }
         let applied = AppliedMeta {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
         };
+        // Only the leader answers clients, so nobody reads this member's
+        // state while its store is replaced; the state is reopened after.
         let db = self.db.clone();
-        let records = payload.records;
-        let applied_bytes =
-            postcard::to_stdvec(&applied).map_err(|e| sm_error(ErrorVerb::Write, e))?;
-        tokio::task::spawn_blocking(move || {
-            let cf = db
-                .cf_handle(CF_STATE)
-                .ok_or_else(|| sm_error(ErrorVerb::Write, "column family state missing"))?;
-            let mut batch = WriteBatch::default();
-            // Replace the whole state atomically: clear, then write.
-            batch.delete_range_cf(cf, [0u8].as_slice(), [0xffu8; 32].as_slice());
-            for (key, value) in records {
-                batch.put_cf(cf, key, value);
-            }
-            batch.put_cf(cf, KEY_APPLIED, applied_bytes);
-            let mut options = WriteOptions::default();
-            options.set_sync(true);
-            db.write_opt(batch, &options)
-                .map_err(|e| sm_error(ErrorVerb::Write, e))
+        let file = path.clone();
+        let records = tokio::task::spawn_blocking(move || {
+            snapshot::install(&db, CF_STATE, CF_RAFT, &file, KEY_APPLIED)
         })
         .await
-        .map_err(|e| sm_error(ErrorVerb::Write, e))??;
+        .map_err(|e| sm_error(ErrorVerb::Write, e))?
+        .map_err(|e| sm_error(ErrorVerb::Write, e))?;
+        let store: Arc<dyn Store> = Arc::new(
+            RocksStore::new(self.db.clone(), CF_STATE).map_err(|e| sm_error(ErrorVerb::Read, e))?,
+        );
+        let state = State::open(store, self.cache_bytes, self.default_policy, 0)
+            .map_err(|e| sm_error(ErrorVerb::Read, e))?;
         *self.shared.write() = state;
+        tracing::info!(records, index, "snapshot installed");
         *self
             .shared
             .applied
             .write()
             .unwrap_or_else(|p| p.into_inner()) = applied;
-        *self
-            .shared
-            .current_snapshot
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some((meta.clone(), bytes));
+        self.keep_current(meta.clone(), path);
         Ok(())
     }
 
@@ -299,9 +384,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        Ok(current.map(|(meta, bytes)| Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(bytes)),
-        }))
+        match current {
+            Some((meta, path)) => Ok(Some(Snapshot {
+                meta,
+                snapshot: open_snapshot(&path)?,
+            })),
+            None => Ok(None),
+        }
     }
 }

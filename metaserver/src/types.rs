@@ -2,7 +2,6 @@
 
 use crate::state::{NodeAdminState, RepairJob};
 use serde::{Deserialize, Serialize};
-use std::io::Cursor;
 use tessera_proto::chunk::Labels;
 use tessera_proto::error::Error;
 use tessera_proto::ids::{ChunkId, InodeId, NodeId, RequestId};
@@ -82,7 +81,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

@@ -23,7 +23,7 @@ impl openraft::testing::StoreBuilder<TypeConfig, LogStore, StateMachine, tempfil
                 .expect("open rocksdb"),
         );
         let log = LogStore::new(db.clone()).expect("log store");
-        let sm = StateMachine::open(db, Policy::Replicas(1), 0).expect("state machine");
+        let sm = StateMachine::open(db, Policy::Replicas(1), 0, 1 << 20).expect("state machine");
         Ok((dir, log, sm))
     }
 }
