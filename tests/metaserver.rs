@@ -6,165 +6,24 @@
 mod common;
 
 use bytes::Bytes;
-use common::{Daemon, Pki, free_port};
+use common::meta::{
+    Member, create, entry_ino, list_all, member, meta_client, single, start, wait_for,
+};
+use common::{Daemon, Pki};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tessera_client::MetaClient;
 use tessera_proto::checksum::checksum_of;
 use tessera_proto::chunk::{ListPieces, ReadPiece, WritePiece};
 use tessera_proto::error::ErrorCode;
 use tessera_proto::ids::{InodeId, NodeId, PieceId, RequestId};
 use tessera_proto::meta::{
-    AddMember, Extent, FileKind, MetaCall, MetaOp, MetaReply, RemoveMember, RenameMode, Status,
-    StatusReply, XattrMode,
+    AddMember, Extent, FileKind, MetaCall, MetaOp, MetaReply, RemoveMember, RenameMode, XattrMode,
 };
 use tessera_proto::rpc::{CallOptions, Peer};
 use tessera_proto::tls::Role;
-
-struct Member {
-    id: u64,
-    addr: SocketAddr,
-    config: PathBuf,
-    log: PathBuf,
-}
-
-fn member(root: &Path, pki: &Pki, id: u64, extra: &str) -> Member {
-    let name = format!("meta-{id}");
-    pki.issue(Role::Meta, &name);
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config = root.join(format!("{name}.toml"));
-    let ca = pki.dir.display();
-    std::fs::write(
-        &config,
-        format!(
-            r#"name = "{name}"
-node_id = {id}
-listen = "{addr}"
-data_dir = "{data}"
-token_key = "{ca}/token.key"
-default_policy = "replicas:3"
-chunk_heartbeat_interval_ms = 300
-{extra}
-[tls]
-ca = "{ca}/ca.crt"
-cert = "{ca}/{name}.crt"
-key = "{ca}/{name}.key"
-[transport]
-mtu_upper_bound_bytes = 65527
-"#,
-            data = root.join(format!("{name}-data")).display()
-        ),
-    )
-    .unwrap();
-    Member {
-        id,
-        addr,
-        config,
-        log: root.join(format!("{name}.log")),
-    }
-}
-
-fn start(member: &Member, init: bool) -> Daemon {
-    let config = member.config.to_str().unwrap();
-    let mut args = vec!["meta"];
-    if init {
-        args.push("init");
-    }
-    args.extend([
-        "--config",
-        config,
-        "--set",
-        "raft.snapshot_every_entries=64",
-        "--set",
-        "raft.logs_kept_after_snapshot=0",
-    ]);
-    Daemon::start(&args, &member.log)
-}
-
-fn meta_client(pki: &Pki, identity: &str, members: &[&Member]) -> MetaClient {
-    MetaClient::new(
-        pki.client(identity),
-        members.iter().map(|m| m.addr).collect(),
-    )
-    .unwrap()
-}
-
-async fn status_of(pki: &Pki, addr: SocketAddr) -> Option<StatusReply> {
-    pki.client("test-client")
-        .call(
-            Peer::new(addr, Role::Meta),
-            &Status,
-            CallOptions::with_timeout(Duration::from_secs(3)),
-        )
-        .await
-        .ok()
-}
-
-async fn wait_for<F: Fn(&StatusReply) -> bool>(
-    pki: &Pki,
-    addr: SocketAddr,
-    what: &str,
-    ok: F,
-) -> StatusReply {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = status_of(pki, addr).await
-            && ok(&status)
-        {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn entry_ino(reply: MetaReply) -> InodeId {
-    match reply {
-        MetaReply::Entry(attr) => attr.ino,
-        other => panic!("expected an entry, got {other:?}"),
-    }
-}
-
-async fn list_all(client: &MetaClient, dir: InodeId) -> Vec<Vec<u8>> {
-    let mut names = Vec::new();
-    let mut after = None;
-    loop {
-        match client
-            .call(MetaOp::Readdir {
-                ino: dir,
-                after: after.clone(),
-                limit: 256,
-            })
-            .await
-            .unwrap()
-        {
-            MetaReply::Dir { entries, more } => {
-                after = entries.last().map(|e| e.name.clone());
-                names.extend(entries.into_iter().map(|e| e.name));
-                if !more {
-                    return names;
-                }
-            }
-            other => panic!("readdir replied {other:?}"),
-        }
-    }
-}
-
-fn create(parent: InodeId, name: &str) -> MetaOp {
-    MetaOp::Create {
-        parent,
-        name: name.as_bytes().to_vec(),
-        kind: FileKind::File,
-        mode: 0o644,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        exclusive: true,
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_survives_losing_its_leader() {
@@ -341,13 +200,6 @@ async fn a_group_survives_losing_its_leader() {
     .await;
     // Writes still work.
     client.call(create(dir, "after-all")).await.unwrap();
-}
-
-async fn single(root: &Path, pki: &Pki) -> (Member, Daemon) {
-    let m = member(root, pki, 1, "");
-    let daemon = start(&m, true);
-    wait_for(pki, m.addr, "a leader", |s| s.leader.is_some()).await;
-    (m, daemon)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -390,6 +390,11 @@ fn print_status(status: &StatusReply) {
                 .unwrap_or_else(|| "-".into())
         );
     }
+    println!(
+        "namespace: {} inodes, {} MiB in files",
+        status.namespace.inodes,
+        status.namespace.file_bytes >> 20
+    );
     print_chunkservers(status);
     if status.leader == Some(status.answered_by) {
         print_redundancy(&status.redundancy);

@@ -136,7 +136,9 @@ pub struct MetaServer {
 /// and the block cache bound RocksDB's memory.
 const WRITE_BUFFER_BYTES: usize = 16 << 20;
 
-pub(crate) fn open_db(dir: &std::path::Path, cache_bytes: u64) -> Result<rocksdb::DB, Error> {
+/// Opens (or creates) a metaserver's RocksDB with its column families and
+/// the memory settings `cache_bytes` implies.
+pub fn open_db(dir: &std::path::Path, cache_bytes: u64) -> Result<rocksdb::DB, Error> {
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::io(&format!("create {}", dir.display()), &e))?;
     let mut options = rocksdb::Options::default();

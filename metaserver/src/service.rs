@@ -27,10 +27,11 @@ use tessera_proto::chunk::{
     ChunkCommand, Heartbeat, HeartbeatReply, InventoryReport, RegisterChunkserver, RegisterReply,
 };
 use tessera_proto::error::{Error, ErrorCode};
+use tessera_proto::ids::InodeId;
 use tessera_proto::ids::{NodeId, PieceId};
 use tessera_proto::meta::{
     AddMember, ChunkPlacement, ChunkserverStatus, MemberStatus, MetaCall, MetaOp, MetaReply,
-    NodeAdmin, RemoveMember, RepairQueue, StatFs, Status, StatusReply,
+    NamespaceTotals, NodeAdmin, RemoveMember, RepairQueue, StatFs, Status, StatusReply,
 };
 use tessera_proto::rpc::{Call, Service};
 use tessera_proto::tls::Role;
@@ -441,6 +442,18 @@ impl MetaService {
             chunkservers,
             chunks_under_replicated: redundancy.degraded,
             redundancy,
+            namespace: self.namespace_totals(),
+        }
+    }
+
+    fn namespace_totals(&self) -> NamespaceTotals {
+        let state = self.shared.read();
+        NamespaceTotals {
+            inodes: state.ns.inode_count(),
+            file_bytes: state
+                .ns
+                .dir_totals(InodeId::ROOT)
+                .map_or(0, |totals| totals.bytes),
         }
     }
 

@@ -99,7 +99,7 @@ impl StateMachine {
         // builds a new one when it needs one.
         if let Ok(entries) = std::fs::read_dir(&dir) {
             for entry in entries.flatten() {
-                let _ = std::fs::remove_file(entry.path());
+                remove_snapshot(&entry.path());
             }
         }
         let store: Arc<dyn Store> = Arc::new(RocksStore::new(db.clone(), CF_STATE)?);
@@ -163,6 +163,9 @@ fn applied_change(applied: &AppliedMeta) -> Result<(Vec<u8>, Option<Vec<u8>>), S
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    /// A checkpoint: hard links, so its cost does not grow with the
+    /// namespace. openraft keeps only the meta; the data is streamed from
+    /// the checkpoint when a member needs it (`get_current_snapshot`).
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let db = self.db.clone();
         let (applied, path) = tokio::task::spawn_blocking(move || {
@@ -170,9 +173,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             // purges the log behind it.
             db.flush_wal(true)
                 .map_err(|e| sm_error(ErrorVerb::Read, e))?;
-            let dir = snapshot_dir(&db);
-            let building = dir.join("building.snap");
-            let (records, applied) = snapshot::write(&db, CF_STATE, &building, KEY_APPLIED)
+            let path = snapshot_dir(&db).join(format!("checkpoint-{}", unique()));
+            let applied = snapshot::checkpoint(&db, &path, &CFS, CF_STATE, KEY_APPLIED)
                 .map_err(|e| sm_error(ErrorVerb::Read, e))?;
             let applied: AppliedMeta = match applied {
                 Some(bytes) => {
@@ -181,9 +183,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 None => AppliedMeta::default(),
             };
             let index = applied.last_applied.map_or(0, |l| l.index);
-            let path = dir.join(format!("snapshot-{index}.snap"));
-            std::fs::rename(&building, &path).map_err(|e| sm_error(ErrorVerb::Write, e))?;
-            tracing::info!(records, index, "snapshot built");
+            tracing::info!(index, "snapshot taken (a checkpoint)");
             Ok::<_, StorageError>((applied, path))
         })
         .await
@@ -198,17 +198,24 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             last_membership: applied.membership,
             snapshot_id,
         };
-        self.keep_current(meta.clone(), path.clone());
+        self.keep_current(meta.clone(), path);
+        // openraft drops the data of a snapshot it built; an empty file
+        // stands in.
+        let empty = snapshot_dir(&self.db).join("empty");
+        std::fs::write(&empty, b"").map_err(|e| sm_error(ErrorVerb::Write, e))?;
         Ok(Snapshot {
             meta,
-            snapshot: open_snapshot(&path)?,
+            snapshot: open_snapshot(&empty)?,
         })
     }
 }
 
+/// Every column family, for opening a checkpoint.
+const CFS: [&str; 3] = [crate::log_store::CF_LOG, CF_RAFT, CF_STATE];
+
 impl StateMachine {
-    /// Serves `path` as the current snapshot from now on; the previous
-    /// file goes.
+    /// Serves `path` (a checkpoint directory or a snapshot file) as the
+    /// current snapshot from now on; the previous one goes.
     fn keep_current(&self, meta: SnapshotMeta, path: PathBuf) {
         let previous = self
             .shared
@@ -219,10 +226,17 @@ impl StateMachine {
         if let Some((_, old)) = previous
             && old != path
         {
-            // A sender may still read it: on Linux an open file outlives
-            // its name.
-            let _ = std::fs::remove_file(old);
+            remove_snapshot(&old);
         }
+    }
+}
+
+/// A sender may still read a file: on Linux an open file outlives its name.
+fn remove_snapshot(path: &Path) {
+    if path.is_dir() {
+        let _ = std::fs::remove_dir_all(path);
+    } else {
+        let _ = std::fs::remove_file(path);
     }
 }
 
@@ -384,12 +398,30 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        match current {
-            Some((meta, path)) => Ok(Some(Snapshot {
+        let Some((meta, path)) = current else {
+            return Ok(None);
+        };
+        if !path.is_dir() {
+            return Ok(Some(Snapshot {
                 meta,
                 snapshot: open_snapshot(&path)?,
-            })),
-            None => Ok(None),
+            }));
         }
+        // A member needs the data: stream the checkpoint into a file once,
+        // which then stands for this snapshot in place of the checkpoint.
+        let file = path.with_extension("snap");
+        let (from, to) = (path.clone(), file.clone());
+        let records = tokio::task::spawn_blocking(move || {
+            snapshot::stream_checkpoint(&from, &CFS, CF_STATE, &to)
+        })
+        .await
+        .map_err(|e| sm_error(ErrorVerb::Read, e))?
+        .map_err(|e| sm_error(ErrorVerb::Read, e))?;
+        tracing::info!(records, "snapshot streamed to a file for sending");
+        self.keep_current(meta.clone(), file.clone());
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: open_snapshot(&file)?,
+        }))
     }
 }

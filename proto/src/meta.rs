@@ -623,6 +623,18 @@ pub struct StatusReply {
     pub chunkservers: Vec<ChunkserverStatus>,
     pub chunks_under_replicated: u64,
     pub redundancy: RedundancyStatus,
+    /// The namespace's size, from counters kept as it changes (no scan).
+    pub namespace: NamespaceTotals,
+}
+
+/// Inodes and file bytes in the whole namespace, as the answering member
+/// has applied them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceTotals {
+    /// Every inode, unlinked-but-open ones and the root included.
+    pub inodes: u64,
+    /// Bytes of the files below the root (each file once).
+    pub file_bytes: u64,
 }
 
 impl Method for Status {
