@@ -15,7 +15,8 @@ mod common;
 use common::meta::{create, entry_ino, list_all, member, meta_client, wait_for};
 use common::{Daemon, Pki};
 use rand::Rng;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use tessera_client::meta::MetaTimeouts;
 use tessera_meta::sm_store::StateMachine;
 use tessera_meta::types::Command;
 use tessera_proto::ids::{InodeId, NodeId, RequestId};
@@ -202,7 +203,12 @@ async fn a_million_files_fit_in_a_64_mib_cache() {
         &format!("cache_bytes = {CACHE_BYTES}"),
     );
     let joined = start(&second.config, &second.log, false);
-    let admin = meta_client(&pki, "test-meta", &[&m]);
+    // Adding waits until the learner caught up from the snapshot, longer
+    // than a default attempt (a retry would find the change in progress).
+    let admin = meta_client(&pki, "test-meta", &[&m]).with_timeouts(MetaTimeouts {
+        attempt: Duration::from_secs(600),
+        deadline: Duration::from_secs(600),
+    });
     let started = Instant::now();
     admin
         .leader_call(&AddMember {

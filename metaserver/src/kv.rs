@@ -255,6 +255,10 @@ impl Cache {
         }
     }
 
+    fn contains(&self, key: &[u8]) -> bool {
+        self.young.contains_key(key) || self.old.contains_key(key)
+    }
+
     fn clear(&mut self) {
         self.young.clear();
         self.old.clear();
@@ -273,6 +277,9 @@ pub struct Kv {
     pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     undo: Vec<Undo>,
     failure: Mutex<Option<String>>,
+    /// Key prefixes of records written once and seldom read: a commit
+    /// leaves them out of the cache.
+    write_only: Vec<Vec<u8>>,
 }
 
 impl Kv {
@@ -283,7 +290,15 @@ impl Kv {
             pending: BTreeMap::new(),
             undo: Vec::new(),
             failure: Mutex::new(None),
+            write_only: Vec::new(),
         }
+    }
+
+    /// Records under these prefixes are written but seldom read again (the
+    /// request replies and their index): commits keep them out of the
+    /// cache, where they would only push useful records out.
+    pub fn set_write_only(&mut self, prefixes: &[&[u8]]) {
+        self.write_only = prefixes.iter().map(|p| p.to_vec()).collect();
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -338,6 +353,30 @@ impl Kv {
                     .put(key.to_vec(), value.clone());
                 value
             }
+            Err(why) => {
+                self.fail(why);
+                None
+            }
+        }
+    }
+
+    /// Like [`Kv::get`], but a record read from the store is not cached:
+    /// for records read once (a request id is looked up when it arrives,
+    /// and almost never again), which would only push useful ones out.
+    pub fn get_once(&self, key: &[u8]) -> Option<Vec<u8>> {
+        if let Some(value) = self.pending.get(key) {
+            return value.clone();
+        }
+        if let Some(value) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+        {
+            return value;
+        }
+        match self.store.get(key) {
+            Ok(value) => value,
             Err(why) => {
                 self.fail(why);
                 None
@@ -498,7 +537,12 @@ impl Kv {
         self.undo.clear();
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         for (key, value) in pending {
-            cache.put(key, value);
+            // Deletions and write-only records need no entry unless one is
+            // cached already (and must then be kept current).
+            let wanted = value.is_some() && !self.write_only.iter().any(|p| key.starts_with(p));
+            if wanted || cache.contains(&key) {
+                cache.put(key, value);
+            }
         }
         Ok(())
     }

@@ -154,11 +154,16 @@ pub fn open_db(dir: &std::path::Path, cache_bytes: u64) -> Result<rocksdb::DB, E
     // Index and filter blocks count against the cache instead of growing
     // with the data; the top levels stay pinned so a point read is one seek.
     table.set_cache_index_and_filter_blocks(true);
+    table.set_cache_index_and_filter_blocks_with_high_priority(true);
     table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    table.set_pin_top_level_index_and_filter(true);
     // A create first looks its name up, and most names are new: the bloom
     // filter answers those without reading a block.
     table.set_bloom_filter(10.0, false);
     options.set_block_based_table_factory(&table);
+    // The same for the memtables, which every read searches first.
+    options.set_memtable_whole_key_filtering(true);
+    options.set_memtable_prefix_bloom_ratio(0.05);
     rocksdb::DB::open_cf(&options, dir, [CF_LOG, CF_RAFT, CF_STATE]).map_err(|e| {
         Error::new(
             ErrorCode::Io,

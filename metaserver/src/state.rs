@@ -29,9 +29,13 @@ pub const REQUEST_TTL_NS: i64 = 10 * 60 * 1_000_000_000;
 /// Most request replies remembered; past it the oldest go first, so a burst
 /// of operations cannot grow the table (on disk) without bound.
 pub const REQUESTS_MAX: u64 = 2_000_000;
-/// Most replies expired by one command: expiry keeps pace with arrivals
-/// without making any one command slow.
-const REQUESTS_EXPIRED_PER_COMMAND: usize = 8;
+/// Expiry starts only once the oldest reply is this much past the TTL, or
+/// the table this many past its bound, and then forgets up to
+/// `REQUESTS_EXPIRED_PER_SWEEP` at once: one range read per few hundred
+/// commands instead of one per command, and still faster than arrivals.
+const REQUEST_EXPIRY_SLACK_NS: i64 = 1_000_000_000;
+const REQUEST_EXPIRY_SLACK: u64 = 1024;
+const REQUESTS_EXPIRED_PER_SWEEP: usize = 128;
 /// An allocation not committed within this time is collected.
 pub const ALLOCATION_TTL_NS: i64 = 30 * 60 * 1_000_000_000;
 
@@ -207,12 +211,22 @@ pub struct State {
     counters: Counters,
     dirty: BTreeSet<Vec<u8>>,
     /// When the oldest remembered request arrived, once known: while it is
-    /// within the TTL (and the table within its bound) nothing is scanned.
-    /// Only a shortcut; the answer is the same without it.
-    oldest_request: Option<i64>,
+    /// not due (and the table within its bound) nothing is scanned. Only a
+    /// shortcut; the answer is the same without it.
+    oldest_request: Oldest,
     /// Every time index record before this one is deleted, so expiry scans
     /// start here rather than over their tombstones.
     request_floor: Vec<u8>,
+}
+
+/// What is known of the oldest remembered request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Oldest {
+    /// Not known (after a start or a sweep): the next command looks.
+    Unknown,
+    /// No request is remembered.
+    Nothing,
+    At(i64),
 }
 
 const KEY_COUNTERS: &[u8] = b"xcounters";
@@ -308,7 +322,7 @@ impl State {
             keys: BTreeMap::new(),
             counters: Counters::default(),
             dirty: BTreeSet::new(),
-            oldest_request: None,
+            oldest_request: Oldest::Unknown,
             request_floor: PREFIX_REQUEST_TIME.to_vec(),
         }
     }
@@ -322,7 +336,9 @@ impl State {
         default_policy: Policy,
         now_ns: i64,
     ) -> Result<State, String> {
-        let ns = Namespace::open(store.clone(), cache_bytes, default_policy, now_ns)?;
+        let mut ns = Namespace::open(store.clone(), cache_bytes, default_policy, now_ns)?;
+        ns.kv_mut()
+            .set_write_only(&[b"r".as_slice(), PREFIX_REQUEST_TIME]);
         let mut state = State::around(ns);
         let mut records = Vec::new();
         for prefix in [b"c", b"o", b"d", b"j", b"k"] {
@@ -449,7 +465,7 @@ impl State {
 
     fn seen(&self, id: RequestId) -> Option<ReplyRecord> {
         let key = request_key(id);
-        let value = self.ns.kv().get(&key)?;
+        let value = self.ns.kv().get_once(&key)?;
         match postcard::from_bytes(&value) {
             Ok(record) => Some(record),
             Err(err) => {
@@ -484,34 +500,56 @@ impl State {
         kv.put(request_key(id), encode(&record));
         kv.put(time_key, Vec::new());
         kv.put(KEY_REQUEST_COUNT.to_vec(), encode(&count));
-        if self.oldest_request.is_none() {
-            self.oldest_request = Some(now_ns);
-        }
+        self.oldest_request = match self.oldest_request {
+            Oldest::Unknown => Oldest::Unknown,
+            Oldest::Nothing => Oldest::At(now_ns),
+            Oldest::At(at) => Oldest::At(at.min(now_ns)),
+        };
     }
 
     /// Forgets replies older than the TTL, and the oldest ones while the
-    /// table is over its bound; a few per command.
+    /// table is over its bound, a sweep at a time (see the slack above).
+    /// Whether a command sweeps depends only on the stored replies, so
+    /// every replica forgets the same ones; `oldest_request` only saves the
+    /// range read that would find the oldest.
     fn expire_requests(&mut self, now_ns: i64) {
         let mut count = self.request_count();
-        let fresh = |at: i64| now_ns.saturating_sub(at) <= REQUEST_TTL_NS;
-        if count <= REQUESTS_MAX && self.oldest_request.is_some_and(fresh) {
+        let over = count > REQUESTS_MAX + REQUEST_EXPIRY_SLACK;
+        let due = |at: i64| now_ns.saturating_sub(at) > REQUEST_TTL_NS + REQUEST_EXPIRY_SLACK_NS;
+        let known_not_due = match self.oldest_request {
+            Oldest::Unknown => false,
+            Oldest::Nothing => true,
+            Oldest::At(at) => !due(at),
+        };
+        if !over && known_not_due {
             return;
         }
         let oldest = self.ns.kv().scan(
             &self.request_floor,
             &prefix_end(PREFIX_REQUEST_TIME),
-            REQUESTS_EXPIRED_PER_COMMAND,
+            REQUESTS_EXPIRED_PER_SWEEP,
         );
-        self.oldest_request = None;
-        let mut expired = 0u64;
-        for (key, _) in oldest {
-            let at = key
-                .get(1..9)
+        let at_of = |key: &[u8]| {
+            key.get(1..9)
                 .and_then(|b| b.try_into().ok())
                 .map(u64::from_be_bytes)
-                .map_or(0, |at| i64::try_from(at).unwrap_or(i64::MAX));
-            if fresh(at) && count <= REQUESTS_MAX {
-                self.oldest_request = Some(at);
+                .map_or(0, |at| i64::try_from(at).unwrap_or(i64::MAX))
+        };
+        // Nothing due yet: remember the oldest and leave the table alone.
+        if !over && oldest.first().is_none_or(|(key, _)| !due(at_of(key))) {
+            self.oldest_request = match oldest.first() {
+                Some((key, _)) => Oldest::At(at_of(key)),
+                None => Oldest::Nothing,
+            };
+            return;
+        }
+        self.oldest_request = Oldest::Unknown;
+        let mut expired = 0u64;
+        for (key, _) in oldest {
+            let at = at_of(&key);
+            let stale = now_ns.saturating_sub(at) > REQUEST_TTL_NS;
+            if !stale && count <= REQUESTS_MAX {
+                self.oldest_request = Oldest::At(at);
                 break;
             }
             let Some(id) = key
@@ -1188,5 +1226,55 @@ mod tests {
         let rebuilt = State::from_records(state.records()).unwrap();
         assert_eq!(rebuilt.nodes, state.nodes);
         assert_eq!(rebuilt.records(), state.records());
+    }
+
+    #[test]
+    fn request_replies_expire_the_same_on_a_replica_that_restarted() {
+        let create = |i: u32| MetaOp::Create {
+            parent: InodeId::ROOT,
+            name: format!("f{i}").into_bytes(),
+            kind: FileKind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            exclusive: true,
+        };
+        let second = 1_000_000_000i64;
+        let commands: Vec<Command> = (0..1000u32)
+            .map(|i| Command::Client {
+                request_id: RequestId(u128::from(i) + 1),
+                op: create(i),
+                // Bursts a TTL apart, so sweeps start at different points.
+                now_ns: second
+                    + i64::from(i / 300) * (REQUEST_TTL_NS + 3 * second)
+                    + i64::from(i) * 1_000,
+            })
+            .collect();
+        let mut running = State::new(Policy::Replicas(1), 0);
+        let mut restarted = None::<State>;
+        for (i, command) in commands.iter().enumerate() {
+            running.apply(command).unwrap();
+            running.take_changes();
+            if let Some(state) = restarted.as_mut() {
+                state.apply(command).unwrap();
+                state.take_changes();
+            }
+            if i == 450 {
+                restarted = Some(State::from_records(running.records()).unwrap());
+            }
+        }
+        let restarted = restarted.unwrap();
+        assert_eq!(running.records(), restarted.records());
+        // Only the last burst and the tail of the one before are kept.
+        let kept = running
+            .records()
+            .iter()
+            .filter(|(k, _)| k.first() == Some(&b'r'))
+            .count();
+        assert!((100..700).contains(&kept), "{kept} replies kept");
+        // A replayed id of the last burst still gets its first reply.
+        let again = running.apply(&commands[999]).unwrap();
+        assert!(matches!(again, Applied::Meta(MetaReply::Entry(_))));
     }
 }

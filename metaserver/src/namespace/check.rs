@@ -209,14 +209,15 @@ impl Loaded {
                 ));
             }
         }
+        let named_in: BTreeSet<(InodeId, InodeId)> = self
+            .dirents
+            .iter()
+            .map(|((parent, _), entry)| (*parent, entry.ino))
+            .collect();
         for (ino, node) in &self.inodes {
             if node.kind != FileKind::Dir
                 && node.parent.0 != 0
-                && !self
-                    .dirents
-                    .range((node.parent, Vec::new())..)
-                    .take_while(|((p, _), _)| *p == node.parent)
-                    .any(|(_, e)| e.ino == *ino)
+                && !named_in.contains(&(node.parent, *ino))
             {
                 return Err(format!(
                     "{ino} is counted under {} but not in it",
