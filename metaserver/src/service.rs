@@ -432,6 +432,8 @@ impl MetaService {
             .collect();
         let mut redundancy = healing.last.status.clone();
         redundancy.from_leader = leads;
+        // From the guard already held: a second read lock could wait behind
+        // a queued writer that waits for the first, and both would hang.
         StatusReply {
             answered_by: NodeId(self.node_id),
             leader: metrics.current_leader.map(NodeId),
@@ -442,18 +444,7 @@ impl MetaService {
             chunkservers,
             chunks_under_replicated: redundancy.degraded,
             redundancy,
-            namespace: self.namespace_totals(),
-        }
-    }
-
-    fn namespace_totals(&self) -> NamespaceTotals {
-        let state = self.shared.read();
-        NamespaceTotals {
-            inodes: state.ns.inode_count(),
-            file_bytes: state
-                .ns
-                .dir_totals(InodeId::ROOT)
-                .map_or(0, |totals| totals.bytes),
+            namespace: namespace_totals(&state),
         }
     }
 
@@ -706,5 +697,15 @@ pub async fn leader_loop(
             .batcher
             .propose(Command::ExpireAllocations { now_ns: now_ns() })
             .await;
+    }
+}
+
+fn namespace_totals(state: &crate::state::State) -> NamespaceTotals {
+    NamespaceTotals {
+        inodes: state.ns.inode_count(),
+        file_bytes: state
+            .ns
+            .dir_totals(InodeId::ROOT)
+            .map_or(0, |totals| totals.bytes),
     }
 }
