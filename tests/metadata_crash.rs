@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::meta::{create, entry_ino, member, meta_client, wait_for};
+use common::meta::{Member, create, entry_ino, member, meta_client, start_with, wait_for};
 use common::{Daemon, Pki};
 use rand::Rng;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,22 +20,9 @@ use tessera_proto::meta::{MetaOp, MetaReply, Policy, RenameMode};
 const WORKERS: usize = 8;
 const CRASHES: usize = 4;
 
-fn start(config: &std::path::Path, log: &std::path::Path, init: bool) -> Daemon {
-    let config = config.to_str().unwrap();
-    let mut args = vec!["meta"];
-    if init {
-        args.push("init");
-    }
-    // Snapshots now and then, so a crash can also land in one.
-    args.extend([
-        "--config",
-        config,
-        "--set",
-        "raft.snapshot_every_entries=500",
-        "--set",
-        "raft.logs_kept_after_snapshot=100",
-    ]);
-    Daemon::start(&args, log)
+/// Snapshots now and then, so a crash can also land in one.
+fn start(member: &Member, init: bool) -> Daemon {
+    start_with(member, init, 500, 100)
 }
 
 /// What a worker saw acknowledged, per file number: created, then renamed.
@@ -50,7 +37,7 @@ async fn acknowledged_operations_survive_sigkill_and_nothing_is_half_applied() {
     let root = tempfile::tempdir().unwrap();
     let pki = Pki::new(root.path());
     let m = member(root.path(), &pki, 1, "");
-    let mut daemon = start(&m.config, &m.log, true);
+    let mut daemon = start(&m, true);
     wait_for(&pki, m.addr, "a leader", |s| s.leader.is_some()).await;
     let client = Arc::new(meta_client(&pki, "test-client", &[&m]));
     let mut dirs = Vec::new();
@@ -102,7 +89,7 @@ async fn acknowledged_operations_survive_sigkill_and_nothing_is_half_applied() {
         daemon.kill();
         eprintln!("crash {crash}: metaserver killed");
         tokio::time::sleep(Duration::from_millis(rng.random_range(50..500))).await;
-        daemon = start(&m.config, &m.log, false);
+        daemon = start(&m, false);
         wait_for(&pki, m.addr, "a leader", |s| s.leader.is_some()).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -152,5 +139,8 @@ async fn acknowledged_operations_survive_sigkill_and_nothing_is_half_applied() {
     let sm = StateMachine::open(db, Policy::Replicas(3), 0, 1 << 20).unwrap();
     let state = sm.shared.read();
     state.ns.check().expect("the store passes the whole check");
+    state
+        .check_chunk_indexes()
+        .expect("the chunk indexes match the chunk map");
     assert!(state.ns.inode_count() as usize > total + WORKERS);
 }

@@ -12,7 +12,9 @@
 
 mod common;
 
-use common::meta::{create, entry_ino, list_all, member, meta_client, wait_for};
+use common::meta::{
+    Member, create, entry_ino, list_all, member, meta_client, start_with, wait_for,
+};
 use common::{Daemon, Pki};
 use rand::Rng;
 use std::time::{Duration, Instant};
@@ -57,23 +59,10 @@ fn proc_status(pid: u32, field: &str) -> u64 {
     kib * 1024
 }
 
-fn start(config: &std::path::Path, log: &std::path::Path, init: bool) -> Daemon {
-    let config = config.to_str().unwrap();
-    let mut args = vec!["meta"];
-    if init {
-        args.push("init");
-    }
-    // Snapshots soon and no log kept behind them, so the member that joins
-    // at the end must start from a snapshot of the whole namespace.
-    args.extend([
-        "--config",
-        config,
-        "--set",
-        "raft.snapshot_every_entries=1000",
-        "--set",
-        "raft.logs_kept_after_snapshot=0",
-    ]);
-    Daemon::start(&args, log)
+/// Snapshots soon and no log kept behind them, so the member that joins
+/// at the end must start from a snapshot of the whole namespace.
+fn start(member: &Member, init: bool) -> Daemon {
+    start_with(member, init, 1000, 0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,7 +79,7 @@ async fn a_million_files_fit_in_a_64_mib_cache() {
     let data_dir = root.path().join("meta-1-data");
 
     // A group of one, with the directory the files go into.
-    let daemon = start(&m.config, &m.log, true);
+    let daemon = start(&m, true);
     wait_for(&pki, m.addr, "a leader", |s| s.leader.is_some()).await;
     let client = meta_client(&pki, "test-client", &[&m]);
     let big = entry_ino(
@@ -123,7 +112,7 @@ async fn a_million_files_fit_in_a_64_mib_cache() {
             .as_nanos() as i64;
         for i in 0..files {
             let reply = state.apply(&Command::Client {
-                request_id: RequestId::random(),
+                request_id: RequestId::fresh(),
                 op: create(big, &name(i)),
                 now_ns,
             });
@@ -141,7 +130,7 @@ async fn a_million_files_fit_in_a_64_mib_cache() {
     );
 
     let started = Instant::now();
-    let daemon = start(&m.config, &m.log, false);
+    let daemon = start(&m, false);
     let pid = daemon.child.id();
     wait_for(&pki, m.addr, "a leader", |s| s.leader.is_some()).await;
     let client = meta_client(&pki, "test-client", &[&m]);
@@ -202,7 +191,7 @@ async fn a_million_files_fit_in_a_64_mib_cache() {
         2,
         &format!("cache_bytes = {CACHE_BYTES}"),
     );
-    let joined = start(&second.config, &second.log, false);
+    let joined = start(&second, false);
     // Adding waits until the learner caught up from the snapshot, longer
     // than a default attempt (a retry would find the change in progress).
     let admin = meta_client(&pki, "test-meta", &[&m]).with_timeouts(MetaTimeouts {

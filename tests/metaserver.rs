@@ -71,7 +71,7 @@ async fn a_group_survives_losing_its_leader() {
         .call(
             Peer::new(follower.addr, Role::Meta),
             &MetaCall {
-                request_id: RequestId::random(),
+                request_id: RequestId::fresh(),
                 op: create(InodeId::ROOT, "x"),
             },
             CallOptions::default(),
@@ -360,7 +360,7 @@ async fn bad_input_gets_the_errno_a_kernel_would_give() {
     );
 
     // A retried request id gets the first reply, not a second apply.
-    let id = RequestId::random();
+    let id = RequestId::fresh();
     let first = client
         .call_with_id(id, create(InodeId::ROOT, "once"))
         .await

@@ -327,7 +327,7 @@ impl MetaClient {
 
     /// One namespace operation, with a fresh request id.
     pub async fn call(&self, op: MetaOp) -> Result<MetaReply, Error> {
-        self.call_with_id(RequestId::random(), op).await
+        self.call_with_id(RequestId::fresh(), op).await
     }
 
     /// One namespace operation under `request_id` (reuse it to retry a call
@@ -353,7 +353,7 @@ impl MetaClient {
     async fn dial<M: Method>(&self, message: &M, want: Want) -> Result<M::Response, Error> {
         let started = Instant::now();
         let deadline = started + self.timeouts.deadline;
-        let request_id = RequestId::random();
+        let request_id = RequestId::fresh();
         // A call sent to several members at once must not also be retried
         // by the RPC layer: the round asks again itself, on its schedule.
         // Status (`any_call`) keeps one quick retry, for a pooled connection
@@ -803,7 +803,7 @@ mod tests {
         let (addr, _) = cluster.server(Part::Lead);
         let client = cluster.client(vec![dead, addr], 60_000, 3_000);
         let message = MetaCall {
-            request_id: RequestId::random(),
+            request_id: RequestId::fresh(),
             op: stat(),
         };
         let started = Instant::now();

@@ -5,20 +5,15 @@
 //!
 //! Run: `cargo run --release -p tessera-meta --example meta_bench -- [--dir DIR] [--ops N]`
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tessera_client::MetaClient;
-use tessera_meta::MetaConfig;
-use tessera_meta::server::RaftSettings;
-use tessera_proto::config::{LogConfig, NodeConfig, TlsFiles};
+use tessera_meta::server::DEFAULT_CACHE_BYTES;
 use tessera_proto::ids::{InodeId, NodeId};
 use tessera_proto::meta::{AddMember, FileKind, MetaOp, MetaReply, RenameMode};
-use tessera_proto::rpc::{RpcClient, TransportOptions};
-use tessera_proto::tls::{self, Identity, Role};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -36,90 +31,14 @@ fn main() {
     if let Some(id) = value("--serve") {
         let id: u64 = id.parse().expect("--serve ID");
         let port: u16 = value("--port").expect("--port").parse().expect("port");
-        runtime.block_on(serve(&dir, id, port, args.iter().any(|a| a == "--init")));
+        let config = common::config(&dir, id, port, DEFAULT_CACHE_BYTES);
+        runtime.block_on(common::serve(config, args.iter().any(|a| a == "--init")));
     } else {
         let ops: usize = value("--ops")
             .map(|v| v.parse().expect("--ops N"))
             .unwrap_or(4000);
         runtime.block_on(bench(&dir, ops));
     }
-}
-
-fn config(dir: &Path, id: u64, port: u16) -> MetaConfig {
-    let ca = dir.join("ca");
-    let name = format!("meta-{id}");
-    MetaConfig {
-        node: NodeConfig {
-            name: name.clone(),
-            listen: format!("127.0.0.1:{port}").parse().expect("addr"),
-            metrics_listen: None,
-            tls: TlsFiles {
-                ca: ca.join("ca.crt"),
-                cert: ca.join(format!("{name}.crt")),
-                key: ca.join(format!("{name}.key")),
-            },
-            log: LogConfig::default(),
-            transport: TransportOptions::loopback(),
-        },
-        node_id: id,
-        data_dir: dir.join(format!("{name}-data")),
-        token_key: ca.join("token.key"),
-        advertise: None,
-        default_policy: "replicas:3".into(),
-        chunk_heartbeat_interval_ms: 2000,
-        raft: RaftSettings::default(),
-        repair: Default::default(),
-        compaction: Default::default(),
-        cache_bytes: tessera_meta::server::DEFAULT_CACHE_BYTES,
-    }
-}
-
-async fn serve(dir: &Path, id: u64, port: u16, init: bool) {
-    let server =
-        tessera_meta::MetaServer::start(config(dir, id, port), &prometheus::Registry::new(), init)
-            .await
-            .expect("start metaserver");
-    println!("{}", server.addr());
-    let _ = std::io::stdout().flush();
-    tokio::task::spawn_blocking(|| {
-        let mut line = String::new();
-        let _ = std::io::stdin().read_line(&mut line);
-    })
-    .await
-    .expect("stdin");
-    server.shutdown().await;
-}
-
-fn spawn(dir: &Path, id: u64, port: u16, init: bool) -> (Child, SocketAddr) {
-    let mut command = Command::new(std::env::current_exe().expect("exe"));
-    command.args([
-        "--dir",
-        dir.to_str().expect("utf-8 dir"),
-        "--serve",
-        &id.to_string(),
-        "--port",
-        &port.to_string(),
-    ]);
-    if init {
-        command.arg("--init");
-    }
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn metaserver");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("address");
-    (child, line.trim().parse().expect("address"))
-}
-
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("port")
 }
 
 /// Synced RocksDB write batches per second, one writer: the floor an
@@ -177,12 +96,7 @@ async fn phase(
 async fn bench(dir: &Path, ops: usize) {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).expect("bench dir");
-    let ca = dir.join("ca");
-    tls::ca_init(&ca).expect("ca");
-    for id in 1..=3 {
-        tls::ca_issue(&ca, Role::Meta, &format!("meta-{id}")).expect("issue");
-    }
-    tls::ca_issue(&ca, Role::Client, "bench-client").expect("issue");
+    let ca = common::make_ca(dir, 3);
     let raw = rocksdb_synced_rate(dir);
     println!("raw RocksDB synced write batches, one writer: {raw:.0}/s");
     println!();
@@ -201,27 +115,13 @@ async fn bench(dir: &Path, ops: usize) {
         let mut children = Vec::new();
         let mut addrs = Vec::new();
         for id in 1..=voters {
-            let (child, addr) = spawn(&group, id, free_port(), id == 1);
+            let (child, addr) = common::spawn(&group, id, common::free_port(), id == 1, &[]);
             children.push(child);
             addrs.push(addr);
         }
-        let identity = Identity::load_from_dir(&ca, "bench-client").expect("identity");
-        let rpc = RpcClient::new(
-            &identity,
-            &TransportOptions::loopback(),
-            "127.0.0.1:0".parse().expect("addr"),
-        )
-        .expect("rpc");
-        let client = Arc::new(MetaClient::new(rpc, addrs.clone()).expect("client"));
+        let client = Arc::new(common::connect(&ca, "bench-client", addrs.clone()));
         if voters > 1 {
-            let meta_identity = Identity::load_from_dir(&ca, "meta-1").expect("identity");
-            let meta_rpc = RpcClient::new(
-                &meta_identity,
-                &TransportOptions::loopback(),
-                "127.0.0.1:0".parse().expect("addr"),
-            )
-            .expect("rpc");
-            let admin = MetaClient::new(meta_rpc, addrs.clone()).expect("admin");
+            let admin = common::connect(&ca, "meta-1", addrs.clone());
             for (i, addr) in addrs.iter().enumerate().skip(1) {
                 admin
                     .leader_call(&AddMember {

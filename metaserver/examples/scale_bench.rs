@@ -7,24 +7,21 @@
 //! Run: `cargo run --release -p tessera-meta --example scale_bench -- [--dir DIR]
 //! [--files N] [--dir-size N] [--concurrency N] [--cache-mib N]`
 
+mod common;
+
+use common::free_port;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tessera_client::MetaClient;
 use tessera_client::meta::MetaTimeouts;
-use tessera_meta::MetaConfig;
-use tessera_meta::server::RaftSettings;
-use tessera_proto::config::{LogConfig, NodeConfig, TlsFiles};
 use tessera_proto::ids::InodeId;
 use tessera_proto::meta::{FileKind, MetaOp, MetaReply};
-use tessera_proto::rpc::{RpcClient, TransportOptions};
-use tessera_proto::tls::{self, Identity, Role};
 
 const SERVER_ID: u64 = 1;
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
@@ -87,114 +84,21 @@ fn main() {
     if value("--serve").is_some() {
         let port: u16 = number("--port", value("--port"), 0);
         let init = args.iter().any(|a| a == "--init");
-        runtime.block_on(serve(&options.dir, port, options.cache_mib, init));
+        let config = common::config(&options.dir, SERVER_ID, port, options.cache_mib << 20);
+        runtime.block_on(common::serve(config, init));
     } else {
         runtime.block_on(bench(&options));
     }
 }
 
-fn config(dir: &Path, port: u16, cache_mib: u64) -> MetaConfig {
-    // Read by the marked line below once MetaConfig has `cache_bytes`.
-    let ca = dir.join("ca");
-    let name = format!("meta-{SERVER_ID}");
-    MetaConfig {
-        node: NodeConfig {
-            name: name.clone(),
-            listen: format!("127.0.0.1:{port}").parse().expect("addr"),
-            metrics_listen: None,
-            tls: TlsFiles {
-                ca: ca.join("ca.crt"),
-                cert: ca.join(format!("{name}.crt")),
-                key: ca.join(format!("{name}.key")),
-            },
-            log: LogConfig::default(),
-            transport: TransportOptions::loopback(),
-        },
-        node_id: SERVER_ID,
-        data_dir: data_dir(dir),
-        token_key: ca.join("token.key"),
-        advertise: None,
-        default_policy: "replicas:3".into(),
-        chunk_heartbeat_interval_ms: 2000,
-        raft: RaftSettings::default(),
-        repair: Default::default(),
-        compaction: Default::default(),
-        cache_bytes: cache_mib << 20,
-    }
-}
-
 fn data_dir(dir: &Path) -> PathBuf {
-    dir.join(format!("meta-{SERVER_ID}-data"))
+    common::data_dir(dir, SERVER_ID)
 }
 
-/// The metaserver process: prints its address once it listens, and stops
-/// when its stdin closes (or is killed, to test crash recovery).
-async fn serve(dir: &Path, port: u16, cache_mib: u64, init: bool) {
-    let server = tessera_meta::MetaServer::start(
-        config(dir, port, cache_mib),
-        &prometheus::Registry::new(),
-        init,
-    )
-    .await
-    .expect("start metaserver");
-    println!("{}", server.addr());
-    let _ = std::io::stdout().flush();
-    tokio::task::spawn_blocking(|| {
-        let mut line = String::new();
-        let _ = std::io::stdin().read_line(&mut line);
-    })
-    .await
-    .expect("stdin");
-    server.shutdown().await;
-}
-
-/// Starts a metaserver process and returns once it listens.
+/// Starts the metaserver process and returns once it listens.
 fn spawn(options: &Options, port: u16, init: bool) -> (Child, SocketAddr) {
-    let mut command = Command::new(std::env::current_exe().expect("exe"));
-    command.args([
-        "--dir",
-        options.dir.to_str().expect("utf-8 dir"),
-        "--serve",
-        &SERVER_ID.to_string(),
-        "--port",
-        &port.to_string(),
-        "--cache-mib",
-        &options.cache_mib.to_string(),
-    ]);
-    if init {
-        command.arg("--init");
-    }
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn metaserver");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read the metaserver's address");
-    let addr = line.trim().parse().unwrap_or_else(|_| {
-        panic!("the metaserver exited before listening (printed {line:?}); see its error above")
-    });
-    (child, addr)
-}
-
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
-
-fn connect(ca: &Path, addr: SocketAddr) -> MetaClient {
-    let identity = Identity::load_from_dir(ca, "bench-client").expect("client identity");
-    let rpc = RpcClient::new(
-        &identity,
-        &TransportOptions::loopback(),
-        "127.0.0.1:0".parse().expect("addr"),
-    )
-    .expect("rpc client");
-    MetaClient::new(rpc, vec![addr]).expect("meta client")
+    let extra = ["--cache-mib".to_string(), options.cache_mib.to_string()];
+    common::spawn(&options.dir, SERVER_ID, port, init, &extra)
 }
 
 fn rss_bytes(pid: u32) -> u64 {
@@ -685,17 +589,14 @@ async fn bench(options: &Options) {
     let dir = &options.dir;
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).expect("bench dir");
-    let ca = dir.join("ca");
-    tls::ca_init(&ca).expect("ca");
-    tls::ca_issue(&ca, Role::Meta, &format!("meta-{SERVER_ID}")).expect("issue");
-    tls::ca_issue(&ca, Role::Client, "bench-client").expect("issue");
+    let ca = common::make_ca(dir, SERVER_ID);
 
     eprintln!("local disk: {LOCAL_FILES} empty files in one directory");
     let (local_create, local_stat) = local_disk(dir);
 
     let port = free_port();
     let (mut child, addr) = spawn(options, port, true);
-    let client = Arc::new(connect(&ca, addr));
+    let client = Arc::new(common::connect(&ca, "bench-client", vec![addr]));
     let (layout, mkdirs) = make_layout(&client, options).await;
     eprintln!(
         "{} big directories, deep tree of {} directories (fanout {}, {} leaves): {} mkdir/s",
@@ -731,7 +632,7 @@ async fn bench(options: &Options) {
     let started = Instant::now();
     let (mut child, addr) = spawn(options, port, false);
     let listening = started.elapsed();
-    let probe = connect(&ca, addr).with_timeouts(MetaTimeouts {
+    let probe = common::connect(&ca, "bench-client", vec![addr]).with_timeouts(MetaTimeouts {
         attempt: Duration::from_millis(200),
         deadline: Duration::from_millis(200),
     });
@@ -767,7 +668,7 @@ async fn bench(options: &Options) {
         answered.as_secs_f64()
     );
     drop(probe);
-    let client = Arc::new(connect(&ca, addr));
+    let client = Arc::new(common::connect(&ca, "bench-client", vec![addr]));
 
     eprintln!(
         "cold reads: random files among all {}",

@@ -32,6 +32,9 @@ pub const MISSING_GRACE: Duration = Duration::from_secs(15);
 const RESEND_AFTER: Duration = Duration::from_secs(10);
 /// New jobs started per pass at most, so one pass stays short.
 const JOBS_PER_PASS: usize = 256;
+/// Chunks read from the map at once while assessing: one hold of the
+/// state's read lock.
+const ASSESS_PAGE: usize = 4096;
 /// Rebalancing moves started per pass at most: the lowest priority, and
 /// each one looks through the chunk map.
 const MOVES_PER_PASS: usize = 16;
@@ -165,6 +168,18 @@ pub struct Assessment {
     pub mapped: BTreeMap<NodeId, u64>,
     /// Bytes of committed pieces the chunk map places on each node.
     pub mapped_bytes: BTreeMap<NodeId, u64>,
+}
+
+/// A pass over the chunk map in progress: what it found so far, and the
+/// chunk it goes on from. Holds only per-node totals and the chunks that
+/// need work, never the map.
+#[derive(Debug, Default)]
+pub struct Pass {
+    out: Assessment,
+    rows: BTreeMap<(u8, u8, u8), RedundancyRow>,
+    seen_absent: BTreeSet<(NodeId, PieceId)>,
+    queued: BTreeSet<ChunkId>,
+    next: ChunkId,
 }
 
 /// The leader's healing state, reset when leadership is taken.
@@ -302,99 +317,139 @@ impl Healing {
             .collect()
     }
 
-    /// Looks at every committed chunk: the redundancy table, and the queue
-    /// of chunks that need a job, most urgent first.
+    /// Looks at every committed chunk at once: the redundancy table, and
+    /// the queue of chunks that need a job, most urgent first.
     pub fn assess(
         &mut self,
         state: &State,
         views: &BTreeMap<NodeId, NodeView>,
         now: Instant,
     ) -> Assessment {
-        let mut out = Assessment::default();
-        let mut rows: BTreeMap<(u8, u8, u8), RedundancyRow> = BTreeMap::new();
-        let mut seen_absent = BTreeSet::new();
-        let mut queued = BTreeSet::new();
-        for (chunk, record) in &state.chunks {
-            for node in &record.nodes {
-                *out.mapped.entry(*node).or_default() += 1;
-            }
-            let ChunkState::Committed { length } = record.state else {
-                continue;
-            };
-            for (index, node) in record.nodes.iter().enumerate() {
-                *out.mapped_bytes.entry(*node).or_default() +=
-                    piece_length(record.policy, length, index as u8);
-            }
-            let look = self.look(*chunk, record, views, now, &mut seen_absent);
-            let width = record.nodes.len();
-            let need = needed(record.policy);
-            let margin = look.healthy as i32 - need as i32;
-            let key = match record.policy {
-                Policy::Replicas(n) => (0, n, 0),
-                Policy::Ec { data, parity } => (1, data, parity),
-            };
-            let row = rows.entry(key).or_insert_with(|| RedundancyRow {
-                policy: record.policy,
-                needed: need as u32,
-                chunks: vec![0; width + 1],
-            });
-            if let Some(slot) = row.chunks.get_mut(look.healthy.min(width)) {
-                *slot += 1;
-            }
-            out.status.chunks += 1;
-            *out.by_margin.entry(margin.max(-1)).or_default() += 1;
-            if look.healthy < width {
-                out.status.degraded += 1;
-                if margin == 0 {
-                    out.status.endangered += 1;
-                }
-            }
-            if look.available < need {
-                out.status.unavailable += 1;
-            }
-            if look.healthy == width && shares_rack(record, views) {
-                out.status.misplaced += 1;
-            }
-            // Suspect holders are waited for unless the chunk is at its
-            // last margin.
-            let mut indexes: Vec<(u8, u8)> = look
-                .pieces
-                .iter()
-                .filter_map(|(index, why)| match why {
-                    Want::Now(rank) => Some((*rank, *index)),
-                    Want::IfUrgent if margin <= 0 => Some((3, *index)),
-                    _ => None,
-                })
-                .collect();
-            if indexes.is_empty() {
-                continue;
-            }
-            indexes.sort();
-            let kind = if look
-                .pieces
-                .iter()
-                .all(|(_, w)| matches!(w, Want::Now(2) | Want::No))
-            {
-                JobKind::Drain
-            } else {
-                JobKind::Repair
-            };
-            queued.insert(*chunk);
-            let since = *self.queued_since.entry(*chunk).or_insert(now);
-            let bytes = indexes
-                .iter()
-                .map(|(_, i)| piece_length(record.policy, length, *i))
-                .sum();
-            out.queue.push(Candidate {
-                chunk: *chunk,
-                margin,
-                available: look.available,
-                indexes: indexes.into_iter().map(|(_, i)| i).collect(),
-                kind,
-                waiting: now.duration_since(since),
-                bytes,
-            });
+        let mut pass = Pass::default();
+        while !self.assess_page(&mut pass, state, views, now) {}
+        self.finish_pass(pass, state, now)
+    }
+
+    /// Looks at the next page of chunks of a pass; true once the pass has
+    /// seen the last chunk. Between pages the caller may let go of the
+    /// state, so a pass over millions of chunks never holds it for long.
+    pub fn assess_page(
+        &mut self,
+        pass: &mut Pass,
+        state: &State,
+        views: &BTreeMap<NodeId, NodeView>,
+        now: Instant,
+    ) -> bool {
+        let page = state.chunks_from(pass.next, ASSESS_PAGE);
+        let done = page.len() < ASSESS_PAGE;
+        if let Some((last, _)) = page.last() {
+            pass.next = ChunkId(last.0.saturating_add(1));
         }
+        for (chunk, record) in &page {
+            self.assess_chunk(pass, *chunk, record, views, now);
+        }
+        done
+    }
+
+    fn assess_chunk(
+        &mut self,
+        pass: &mut Pass,
+        chunk: ChunkId,
+        record: &ChunkRecord,
+        views: &BTreeMap<NodeId, NodeView>,
+        now: Instant,
+    ) {
+        let out = &mut pass.out;
+        for node in &record.nodes {
+            *out.mapped.entry(*node).or_default() += 1;
+        }
+        let ChunkState::Committed { length } = record.state else {
+            return;
+        };
+        for (index, node) in record.nodes.iter().enumerate() {
+            *out.mapped_bytes.entry(*node).or_default() +=
+                piece_length(record.policy, length, index as u8);
+        }
+        let look = self.look(chunk, record, views, now, &mut pass.seen_absent);
+        let width = record.nodes.len();
+        let need = needed(record.policy);
+        let margin = look.healthy as i32 - need as i32;
+        let key = match record.policy {
+            Policy::Replicas(n) => (0, n, 0),
+            Policy::Ec { data, parity } => (1, data, parity),
+        };
+        let row = pass.rows.entry(key).or_insert_with(|| RedundancyRow {
+            policy: record.policy,
+            needed: need as u32,
+            chunks: vec![0; width + 1],
+        });
+        if let Some(slot) = row.chunks.get_mut(look.healthy.min(width)) {
+            *slot += 1;
+        }
+        out.status.chunks += 1;
+        *out.by_margin.entry(margin.max(-1)).or_default() += 1;
+        if look.healthy < width {
+            out.status.degraded += 1;
+            if margin == 0 {
+                out.status.endangered += 1;
+            }
+        }
+        if look.available < need {
+            out.status.unavailable += 1;
+        }
+        if look.healthy == width && shares_rack(record, views) {
+            out.status.misplaced += 1;
+        }
+        // Suspect holders are waited for unless the chunk is at its
+        // last margin.
+        let mut indexes: Vec<(u8, u8)> = look
+            .pieces
+            .iter()
+            .filter_map(|(index, why)| match why {
+                Want::Now(rank) => Some((*rank, *index)),
+                Want::IfUrgent if margin <= 0 => Some((3, *index)),
+                _ => None,
+            })
+            .collect();
+        if indexes.is_empty() {
+            return;
+        }
+        indexes.sort();
+        let kind = if look
+            .pieces
+            .iter()
+            .all(|(_, w)| matches!(w, Want::Now(2) | Want::No))
+        {
+            JobKind::Drain
+        } else {
+            JobKind::Repair
+        };
+        pass.queued.insert(chunk);
+        let since = *self.queued_since.entry(chunk).or_insert(now);
+        let bytes = indexes
+            .iter()
+            .map(|(_, i)| piece_length(record.policy, length, *i))
+            .sum();
+        out.queue.push(Candidate {
+            chunk,
+            margin,
+            available: look.available,
+            indexes: indexes.into_iter().map(|(_, i)| i).collect(),
+            kind,
+            waiting: now.duration_since(since),
+            bytes,
+        });
+    }
+
+    /// Ends a pass: ranks the queue and fills in the totals.
+    pub fn finish_pass(&mut self, pass: Pass, state: &State, now: Instant) -> Assessment {
+        let Pass {
+            mut out,
+            rows,
+            seen_absent,
+            queued,
+            ..
+        } = pass;
         self.absent_since.retain(|key, _| seen_absent.contains(key));
         self.queued_since.retain(|chunk, _| queued.contains(chunk));
         let ageing = self.settings.ageing_s.max(1) as f64;
@@ -494,7 +549,7 @@ impl Healing {
             if busy.contains(&candidate.chunk) {
                 continue;
             }
-            let Some(record) = state.chunks.get(&candidate.chunk) else {
+            let Some(record) = state.chunk_once(candidate.chunk) else {
                 continue;
             };
             let ChunkState::Committed { length } = record.state else {
@@ -505,10 +560,10 @@ impl Healing {
             }
             let job = match record.policy {
                 Policy::Replicas(_) => {
-                    self.plan_copy(record, views, candidate, &incoming, &outgoing, length)
+                    self.plan_copy(&record, views, candidate, &incoming, &outgoing, length)
                 }
                 Policy::Ec { .. } => {
-                    self.plan_ec(record, views, candidate, &incoming, &outgoing, length)
+                    self.plan_ec(&record, views, candidate, &incoming, &outgoing, length)
                 }
             };
             match job {
@@ -769,7 +824,7 @@ pub fn queued_view(state: &State, queue: &[Candidate], limit: usize) -> Vec<Queu
         .iter()
         .take(limit)
         .filter_map(|c| {
-            let record = state.chunks.get(&c.chunk)?;
+            let record = state.chunk_once(c.chunk)?;
             Some(QueuedChunk {
                 chunk: c.chunk,
                 policy: record.policy,

@@ -331,6 +331,18 @@ impl Kv {
     /// The current value of a record. A failed read answers `None` and is
     /// kept in [`Kv::failure`].
     pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.read(key, true)
+    }
+
+    /// Like [`Kv::get`], but a record read from the store is not cached:
+    /// for records read once (a request id is looked up when it arrives,
+    /// and almost never again; a walk over many chunks), which would only
+    /// push useful ones out.
+    pub fn get_once(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.read(key, false)
+    }
+
+    fn read(&self, key: &[u8], keep: bool) -> Option<Vec<u8>> {
         if let Some(value) = self.pending.get(key) {
             return value.clone();
         }
@@ -347,36 +359,14 @@ impl Kv {
         // write lock, readers its read lock).
         match self.store.get(key) {
             Ok(value) => {
-                self.cache
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .put(key.to_vec(), value.clone());
+                if keep {
+                    self.cache
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .put(key.to_vec(), value.clone());
+                }
                 value
             }
-            Err(why) => {
-                self.fail(why);
-                None
-            }
-        }
-    }
-
-    /// Like [`Kv::get`], but a record read from the store is not cached:
-    /// for records read once (a request id is looked up when it arrives,
-    /// and almost never again), which would only push useful ones out.
-    pub fn get_once(&self, key: &[u8]) -> Option<Vec<u8>> {
-        if let Some(value) = self.pending.get(key) {
-            return value.clone();
-        }
-        if let Some(value) = self
-            .cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key)
-        {
-            return value;
-        }
-        match self.store.get(key) {
-            Ok(value) => value,
             Err(why) => {
                 self.fail(why);
                 None
@@ -406,31 +396,7 @@ impl Kv {
                 return Vec::new();
             }
         };
-        let mut out = Vec::with_capacity(limit.min(stored.len() + overlay.len()));
-        let mut overlay = overlay.into_iter().peekable();
-        let mut stored = stored.into_iter().peekable();
-        while out.len() < limit {
-            let take_overlay = match (overlay.peek(), stored.peek()) {
-                (None, None) => break,
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (Some((ok, _)), Some((sk, _))) => ok.as_slice() <= sk.as_slice(),
-            };
-            if take_overlay {
-                let Some((key, value)) = overlay.next() else {
-                    break;
-                };
-                if stored.peek().is_some_and(|(sk, _)| sk == key) {
-                    stored.next();
-                }
-                if let Some(value) = value {
-                    out.push((key.clone(), value.clone()));
-                }
-            } else if let Some(record) = stored.next() {
-                out.push(record);
-            }
-        }
-        out
+        merge(overlay, stored, limit, true)
     }
 
     /// The last record with `from <= key < to`, overlay included.
@@ -450,27 +416,7 @@ impl Kv {
                 return None;
             }
         };
-        let mut overlay = overlay.into_iter().peekable();
-        let mut stored = stored.into_iter().peekable();
-        loop {
-            let take_overlay = match (overlay.peek(), stored.peek()) {
-                (None, None) => return None,
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (Some((ok, _)), Some((sk, _))) => ok.as_slice() >= sk.as_slice(),
-            };
-            if take_overlay {
-                let (key, value) = overlay.next()?;
-                if stored.peek().is_some_and(|(sk, _)| sk == key) {
-                    stored.next();
-                }
-                if let Some(value) = value {
-                    return Some((key.clone(), value.clone()));
-                }
-            } else {
-                return stored.next();
-            }
-        }
+        merge(overlay, stored, 1, false).pop()
     }
 
     /// Every key in `[from, to)`, overlay included, for deleting a range
@@ -565,6 +511,48 @@ impl Kv {
 
 /// The smallest key above every key starting with `prefix`: the end of a
 /// prefix scan.
+/// Merges overlay records over stored ones, both in scan order (ascending
+/// when `forward`, else descending): an overlay record hides the stored
+/// one with its key, and an overlay deletion hides it without a record.
+fn merge(
+    overlay: Vec<(&Vec<u8>, &Option<Vec<u8>>)>,
+    stored: Vec<Record>,
+    limit: usize,
+    forward: bool,
+) -> Vec<Record> {
+    let mut out = Vec::with_capacity(limit.min(stored.len() + overlay.len()));
+    let mut overlay = overlay.into_iter().peekable();
+    let mut stored = stored.into_iter().peekable();
+    while out.len() < limit {
+        let take_overlay = match (overlay.peek(), stored.peek()) {
+            (None, None) => break,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (Some((ok, _)), Some((sk, _))) => {
+                if forward {
+                    ok.as_slice() <= sk.as_slice()
+                } else {
+                    ok.as_slice() >= sk.as_slice()
+                }
+            }
+        };
+        if take_overlay {
+            let Some((key, value)) = overlay.next() else {
+                break;
+            };
+            if stored.peek().is_some_and(|(sk, _)| sk == key) {
+                stored.next();
+            }
+            if let Some(value) = value {
+                out.push((key.clone(), value.clone()));
+            }
+        } else if let Some(record) = stored.next() {
+            out.push(record);
+        }
+    }
+    out
+}
+
 pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {

@@ -1,11 +1,17 @@
 //! The metaserver: the namespace and the chunk map, replicated with Raft
 //! (openraft) and stored in RocksDB.
 //!
+//! - `kv`: the record layer every part of the state reads and writes
+//!   through: RocksDB (or a map, in tests) behind a bounded record cache,
+//!   with one write batch per apply.
 //! - `namespace`: the pure POSIX namespace core (inodes, entries, xattrs,
 //!   extents and chunk references).
-//! - `state`: the replicated state around it: chunk map, chunkserver list,
-//!   recent request ids; applies [`types::Command`]s deterministically.
-//! - `log_store`, `sm_store`: Raft log and state machine in RocksDB.
+//! - `state`: the replicated state around it: the chunk map and its
+//!   indexes (on disk), chunkserver list, recent request ids; applies
+//!   [`types::Command`]s deterministically.
+//! - `log_store`, `sm_store`: Raft log and state machine in RocksDB;
+//!   `snapshot`: snapshots as RocksDB checkpoints, streamed to new members.
+//! - `healing`: the leader's repair, drain and rebalance decisions.
 //! - `network`: Raft traffic over the RPC layer.
 //! - `batcher`: many commands per Raft entry.
 //! - `registry`: leader-side liveness, space, inventories and placement.

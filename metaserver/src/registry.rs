@@ -12,6 +12,8 @@ use tessera_proto::error::{Error, ErrorCode};
 use tessera_proto::ids::{ChunkId, NodeId, PieceId};
 use tessera_proto::meta::Policy;
 
+/// Entries of a node's piece index read at once while reconciling.
+const RECONCILE_PAGE: usize = 4096;
 /// A chunkserver silent for longer is dead for placement and reads.
 pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(10);
 /// An unknown piece is deleted only after this long, so a write still in
@@ -57,8 +59,7 @@ pub struct Registry {
 /// being written or already on its way out.
 fn is_committed(state: &State, chunk: ChunkId) -> bool {
     state
-        .chunks
-        .get(&chunk)
+        .chunk(chunk)
         .is_some_and(|r| matches!(r.state, ChunkState::Committed { .. }))
 }
 
@@ -243,16 +244,33 @@ impl Registry {
 
     /// Remembers pieces that inventories list but the chunk map does not
     /// place there (leftovers of deletions, moves and uncommitted writes).
+    /// Each inventory is walked beside the map's index of the node's
+    /// pieces, both in id order, so the map is read in pages rather than
+    /// once per piece.
     pub fn reconcile(&mut self, state: &State, now: Instant) {
         for (node, live) in &self.live {
             let Some(inventory) = &live.inventory else {
                 continue;
             };
+            let mut placed: Vec<(ChunkId, Vec<u8>)> = Vec::new();
+            let mut at = 0;
+            // Whether `placed` covers every chunk up to its last entry
+            // from where it was read.
+            let mut read_from = None;
             for piece in inventory {
-                let known = state
-                    .chunks
-                    .get(&piece.chunk)
-                    .is_some_and(|r| r.nodes.get(piece.index as usize) == Some(node));
+                while at < placed.len() && placed[at].0 < piece.chunk {
+                    at += 1;
+                }
+                let covered = read_from.is_some_and(|from: ChunkId| from <= piece.chunk)
+                    && (at < placed.len() || placed.len() < RECONCILE_PAGE);
+                if !covered {
+                    placed = state.chunks_on(*node, piece.chunk, RECONCILE_PAGE);
+                    read_from = Some(piece.chunk);
+                    at = 0;
+                }
+                let known = placed.get(at).is_some_and(|(chunk, indexes)| {
+                    *chunk == piece.chunk && indexes.contains(&piece.index)
+                });
                 if !known {
                     self.orphans.entry((*node, *piece)).or_insert(now);
                 }
@@ -260,8 +278,7 @@ impl Registry {
         }
         self.orphans.retain(|(node, piece), _| {
             state
-                .chunks
-                .get(&piece.chunk)
+                .chunk_once(piece.chunk)
                 .is_none_or(|r| r.nodes.get(piece.index as usize) != Some(node))
         });
     }
@@ -281,7 +298,7 @@ impl Registry {
     /// inventory, on a live node the map places it on: only then may a
     /// surplus copy go.
     fn full_set_confirmed(&self, state: &State, chunk: ChunkId, now: Instant) -> bool {
-        let Some(record) = state.chunks.get(&chunk) else {
+        let Some(record) = state.chunk(chunk) else {
             return true;
         };
         record.nodes.iter().enumerate().all(|(index, node)| {

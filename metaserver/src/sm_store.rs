@@ -231,6 +231,28 @@ impl StateMachine {
     }
 }
 
+impl StateMachine {
+    /// Puts the file streamed from checkpoint `from` in its place, unless a
+    /// newer snapshot replaced the checkpoint meanwhile: then the file
+    /// serves only the send it was made for, and the newer one stays.
+    fn swap_streamed(&self, from: &Path, meta: SnapshotMeta, file: PathBuf) {
+        let mut current = self
+            .shared
+            .current_snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let still = current.as_ref().is_some_and(|(_, path)| path == from);
+        if still {
+            *current = Some((meta, file));
+            drop(current);
+            remove_snapshot(from);
+        } else {
+            drop(current);
+            remove_snapshot(&file);
+        }
+    }
+}
+
 /// A sender may still read a file: on Linux an open file outlives its name.
 fn remove_snapshot(path: &Path) {
     if path.is_dir() {
@@ -409,7 +431,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         // A member needs the data: stream the checkpoint into a file once,
         // which then stands for this snapshot in place of the checkpoint.
-        let file = path.with_extension("snap");
+        // Named apart, so two members asking at once never share a file.
+        let file = path.with_extension(format!("{}.snap", unique()));
         let (from, to) = (path.clone(), file.clone());
         let records = tokio::task::spawn_blocking(move || {
             snapshot::stream_checkpoint(&from, &CFS, CF_STATE, &to)
@@ -418,10 +441,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .map_err(|e| sm_error(ErrorVerb::Read, e))?
         .map_err(|e| sm_error(ErrorVerb::Read, e))?;
         tracing::info!(records, "snapshot streamed to a file for sending");
-        self.keep_current(meta.clone(), file.clone());
-        Ok(Some(Snapshot {
-            meta,
-            snapshot: open_snapshot(&file)?,
-        }))
+        // Opened before the swap, which may remove its name.
+        let snapshot = open_snapshot(&file)?;
+        self.swap_streamed(&path, meta.clone(), file);
+        Ok(Some(Snapshot { meta, snapshot }))
     }
 }

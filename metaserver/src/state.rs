@@ -11,6 +11,7 @@
 use crate::kv::{Change, MemStore, Store, prefix_end};
 use crate::namespace::Namespace;
 use crate::types::{Applied, Command};
+pub use chunks::build_chunk_indexes;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -38,6 +39,9 @@ const REQUEST_EXPIRY_SLACK: u64 = 1024;
 const REQUESTS_EXPIRED_PER_SWEEP: usize = 128;
 /// An allocation not committed within this time is collected.
 pub const ALLOCATION_TTL_NS: i64 = 30 * 60 * 1_000_000_000;
+/// Expired allocations collected per command at most, so one command stays
+/// a small batch; the leader proposes one every few seconds.
+const ALLOCATIONS_EXPIRED_PER_COMMAND: usize = 4096;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ChunkState {
@@ -203,7 +207,6 @@ pub struct State {
     /// The namespace, and the store under the whole state: request replies
     /// live there too, read through its cache.
     pub ns: Namespace,
-    pub chunks: BTreeMap<ChunkId, ChunkRecord>,
     pub nodes: BTreeMap<NodeId, NodeRecord>,
     pub node_admin: BTreeMap<NodeId, NodeAdminState>,
     pub jobs: BTreeMap<u64, RepairJob>,
@@ -239,9 +242,6 @@ fn request_time_key(at_ns: i64, id: RequestId) -> Vec<u8> {
     [PREFIX_REQUEST_TIME, &at.to_be_bytes(), &id.0.to_be_bytes()].concat()
 }
 
-fn chunk_key(chunk: ChunkId) -> Vec<u8> {
-    [b"c".as_slice(), &chunk.0.to_be_bytes()].concat()
-}
 fn node_key(node: NodeId) -> Vec<u8> {
     [b"o".as_slice(), &node.0.to_be_bytes()].concat()
 }
@@ -309,13 +309,13 @@ impl State {
             next_job: 1,
         };
         state.dirty.insert(KEY_COUNTERS.to_vec());
+        chunks::mark_indexed(&mut state);
         state
     }
 
     fn around(ns: Namespace) -> State {
         State {
             ns,
-            chunks: BTreeMap::new(),
             nodes: BTreeMap::new(),
             node_admin: BTreeMap::new(),
             jobs: BTreeMap::new(),
@@ -328,7 +328,7 @@ impl State {
     }
 
     /// Opens the state kept in `store` (a fresh one when it holds none).
-    /// The namespace and the request replies stay on disk; the chunk map,
+    /// The namespace, the chunk map and the request replies stay on disk;
     /// the chunkservers, jobs and access keys are read into memory.
     pub fn open(
         store: Arc<dyn Store>,
@@ -336,12 +336,13 @@ impl State {
         default_policy: Policy,
         now_ns: i64,
     ) -> Result<State, String> {
+        build_chunk_indexes(store.as_ref())?;
         let mut ns = Namespace::open(store.clone(), cache_bytes, default_policy, now_ns)?;
         ns.kv_mut()
             .set_write_only(&[b"r".as_slice(), PREFIX_REQUEST_TIME]);
         let mut state = State::around(ns);
         let mut records = Vec::new();
-        for prefix in [b"c", b"o", b"d", b"j", b"k"] {
+        for prefix in [b"o", b"d", b"j", b"k"] {
             let prefix = prefix.as_slice();
             records.extend(store.scan(prefix, &prefix_end(prefix), usize::MAX)?);
         }
@@ -431,14 +432,12 @@ impl State {
                 Ok(Applied::Node(node))
             }
             Command::PiecesGone { chunk, nodes } => {
-                if let Some(record) = self.chunks.get_mut(chunk)
+                if let Some(mut record) = self.chunk(*chunk)
                     && let ChunkState::Deleting { remaining } = &mut record.state
                 {
                     remaining.retain(|n| !nodes.contains(n));
-                    if remaining.is_empty() {
-                        self.chunks.remove(chunk);
-                    }
-                    self.dirty.insert(chunk_key(*chunk));
+                    let gone = remaining.is_empty();
+                    self.set_chunk(*chunk, (!gone).then_some(&record));
                 }
                 Ok(Applied::Done)
             }
@@ -449,13 +448,7 @@ impl State {
             }
             Command::SetNodeAdmin { node, state } => self.set_node_admin(*node, *state),
             Command::ExpireAllocations { now_ns } => {
-                let expired: Vec<ChunkId> = self
-                    .chunks
-                    .iter()
-                    .filter(|(_, r)| matches!(r.state, ChunkState::Allocated { at_ns, .. } if now_ns - at_ns > ALLOCATION_TTL_NS))
-                    .map(|(c, _)| *c)
-                    .collect();
-                for chunk in expired {
+                for chunk in self.due_allocations(*now_ns, ALLOCATIONS_EXPIRED_PER_COMMAND) {
                     self.start_deleting(chunk);
                 }
                 Ok(Applied::Done)
@@ -582,9 +575,20 @@ impl State {
                 piece_checksums,
                 min_size,
             } => {
+                let mut touched: BTreeMap<ChunkId, ChunkRecord> = BTreeMap::new();
                 for extent in extents {
-                    match self.chunks.get(&extent.chunk).map(|r| &r.state) {
-                        Some(ChunkState::Allocated { .. } | ChunkState::Committed { .. }) => {}
+                    if touched.contains_key(&extent.chunk) {
+                        continue;
+                    }
+                    match self.chunk(extent.chunk) {
+                        Some(
+                            record @ ChunkRecord {
+                                state: ChunkState::Allocated { .. } | ChunkState::Committed { .. },
+                                ..
+                            },
+                        ) => {
+                            touched.insert(extent.chunk, record);
+                        }
                         _ => {
                             return Err(Error::new(
                                 ErrorCode::NotFound,
@@ -597,33 +601,44 @@ impl State {
                     }
                 }
                 let attr = self.ns.commit_extents(*ino, extents, *min_size, now_ns)?;
-                for (chunk, length) in chunk_lengths {
-                    if let Some(record) = self.chunks.get_mut(chunk)
+                // Lengths and checksums may name chunks the extents do not
+                // (a chunk filled by an earlier commit).
+                for chunk in chunk_lengths
+                    .iter()
+                    .map(|(c, _)| *c)
+                    .chain(piece_checksums.iter().map(|(c, _, _)| *c))
+                {
+                    if !touched.contains_key(&chunk)
+                        && let Some(record) = self.chunk(chunk)
                         && !matches!(record.state, ChunkState::Deleting { .. })
                     {
+                        touched.insert(chunk, record);
+                    }
+                }
+                for (chunk, length) in chunk_lengths {
+                    if let Some(record) = touched.get_mut(chunk) {
                         record.state = ChunkState::Committed { length: *length };
-                        self.dirty.insert(chunk_key(*chunk));
                     }
                 }
                 for (chunk, index, checksum) in piece_checksums {
-                    if let Some(record) = self.chunks.get_mut(chunk)
+                    if let Some(record) = touched.get_mut(chunk)
                         && (*index as usize) < record.nodes.len()
-                        && !matches!(record.state, ChunkState::Deleting { .. })
                     {
                         record.checksums.resize(record.nodes.len(), [0; 32]);
                         record.checksums[*index as usize] = *checksum;
-                        self.dirty.insert(chunk_key(*chunk));
                     }
                 }
                 for extent in extents {
-                    if let Some(record) = self.chunks.get_mut(&extent.chunk)
+                    if let Some(record) = touched.get_mut(&extent.chunk)
                         && let ChunkState::Allocated { .. } = record.state
                     {
                         record.state = ChunkState::Committed {
                             length: extent.chunk_offset + extent.length,
                         };
-                        self.dirty.insert(chunk_key(extent.chunk));
                     }
+                }
+                for (chunk, record) in &touched {
+                    self.set_chunk(*chunk, Some(record));
                 }
                 Ok(MetaReply::Attr(attr))
             }
@@ -717,8 +732,7 @@ impl State {
             state: ChunkState::Allocated { at_ns: now_ns, ino },
             checksums: Vec::new(),
         };
-        self.chunks.insert(chunk, record);
-        self.dirty.insert(chunk_key(chunk));
+        self.set_chunk(chunk, Some(&record));
         self.placement(chunk)
             .map(MetaReply::Chunk)
             .ok_or_else(|| Error::internal(format!("{chunk} vanished right after its allocation")))
@@ -726,7 +740,7 @@ impl State {
 
     /// Where a chunk's pieces live, with a placeholder token.
     pub fn placement(&self, chunk: ChunkId) -> Option<ChunkPlacement> {
-        let record = self.chunks.get(&chunk)?;
+        let record = self.chunk(chunk)?;
         let length = match record.state {
             ChunkState::Committed { length } => length,
             _ => 0,
@@ -763,11 +777,11 @@ impl State {
     }
 
     fn start_deleting(&mut self, chunk: ChunkId) {
-        if let Some(record) = self.chunks.get_mut(&chunk) {
+        if let Some(mut record) = self.chunk(chunk) {
             record.state = ChunkState::Deleting {
                 remaining: record.nodes.clone(),
             };
-            self.dirty.insert(chunk_key(chunk));
+            self.set_chunk(chunk, Some(&record));
         }
     }
 
@@ -776,7 +790,7 @@ impl State {
     /// another job holds it, or a target would put two pieces on one node.
     fn start_job(&mut self, job: &RepairJob) -> Result<Applied, Error> {
         let refuse = |why: String| Err(Error::new(ErrorCode::InvalidArgument, why));
-        let Some(record) = self.chunks.get(&job.chunk) else {
+        let Some(record) = self.chunk(job.chunk) else {
             return refuse(format!("{} is gone", job.chunk));
         };
         if !matches!(record.state, ChunkState::Committed { .. }) {
@@ -823,7 +837,7 @@ impl State {
             return;
         };
         self.dirty.insert(job_key(id));
-        let Some(record) = self.chunks.get_mut(&job.chunk) else {
+        let Some(mut record) = self.chunk(job.chunk) else {
             return;
         };
         if !matches!(record.state, ChunkState::Committed { .. }) {
@@ -836,7 +850,7 @@ impl State {
                 *slot = *node;
             }
         }
-        self.dirty.insert(chunk_key(job.chunk));
+        self.set_chunk(job.chunk, Some(&record));
     }
 
     fn set_node_admin(
@@ -878,26 +892,6 @@ impl State {
 
     pub fn admin_state(&self, node: NodeId) -> Option<NodeAdminState> {
         self.node_admin.get(&node).copied()
-    }
-
-    /// Pieces the given node should delete.
-    pub fn deletions_for(&self, node: NodeId, limit: usize) -> Vec<(ChunkId, u8)> {
-        let mut out = Vec::new();
-        for (chunk, record) in &self.chunks {
-            if let ChunkState::Deleting { remaining } = &record.state
-                && remaining.contains(&node)
-            {
-                for (index, holder) in record.nodes.iter().enumerate() {
-                    if *holder == node {
-                        out.push((*chunk, index as u8));
-                    }
-                }
-                if out.len() >= limit {
-                    break;
-                }
-            }
-        }
-        out
     }
 
     /// Answers the read-only access key operations.
@@ -967,7 +961,6 @@ impl State {
         };
         match key.first() {
             Some(b'x') => Some(encode(&self.counters)),
-            Some(b'c') => self.chunks.get(&ChunkId(id8()?)).map(encode),
             Some(b'o') => self.nodes.get(&NodeId(id8()?)).map(encode),
             Some(b'd') => self.node_admin.get(&NodeId(id8()?)).map(encode),
             Some(b'j') => self.jobs.get(&id8()?).map(encode),
@@ -1003,12 +996,14 @@ impl State {
     ) -> Result<State, String> {
         let records: Vec<(Vec<u8>, Vec<u8>)> = records.into_iter().collect();
         Namespace::from_records(records.clone())?;
-        State::open(
+        let state = State::open(
             MemStore::from_records(records),
             64 << 20,
             Policy::Replicas(1),
             0,
-        )
+        )?;
+        state.check_chunk_indexes()?;
+        Ok(state)
     }
 
     /// Reads the records of the parts kept in memory.
@@ -1023,12 +1018,6 @@ impl State {
                 (Some(b'x'), _) => {
                     self.counters =
                         decode_counters(&value).map_err(|e| decode_err("counters", e))?
-                }
-                (Some(b'c'), Some(id)) => {
-                    self.chunks.insert(
-                        ChunkId(id),
-                        decode_chunk(&value).map_err(|e| decode_err("chunk", e))?,
-                    );
                 }
                 (Some(b'o'), Some(id)) => {
                     self.nodes.insert(
@@ -1063,6 +1052,7 @@ impl State {
     }
 }
 
+mod chunks;
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1070,7 +1060,7 @@ mod tests {
 
     fn client(state: &mut State, op: MetaOp) -> Result<Applied, Error> {
         state.apply(&Command::Client {
-            request_id: RequestId::random(),
+            request_id: RequestId::fresh(),
             op,
             now_ns: 1,
         })
@@ -1149,7 +1139,7 @@ mod tests {
             rdev: 0,
             exclusive: true,
         };
-        let id = RequestId::random();
+        let id = RequestId::fresh();
         let first = state
             .apply(&Command::Client {
                 request_id: id,
@@ -1172,7 +1162,7 @@ mod tests {
             panic!()
         };
         let Ok(Applied::Meta(MetaReply::Chunk(placement))) = state.apply(&Command::Allocate {
-            request_id: RequestId::random(),
+            request_id: RequestId::fresh(),
             ino: attr.ino,
             policy: Policy::Replicas(2),
             nodes: nodes.clone(),
@@ -1220,7 +1210,8 @@ mod tests {
                 nodes: nodes.clone(),
             })
             .unwrap();
-        assert!(!state.chunks.contains_key(&placement.chunk));
+        assert!(state.chunk(placement.chunk).is_none());
+        assert!(state.deletions_for(nodes[0], 10).is_empty());
 
         // Everything survives a rebuild from records.
         let rebuilt = State::from_records(state.records()).unwrap();

@@ -93,6 +93,9 @@ fn a_layout1_folder_is_converted_on_first_start() {
         let ns = &state.ns;
         ns.check()
             .expect("the converted namespace passes the whole check");
+        state
+            .check_chunk_indexes()
+            .expect("the chunk indexes are built from the old chunk map");
 
         let f1 = lookup(ns, "a/f1");
         assert_eq!((f1.kind, f1.nlink, f1.size), (FileKind::File, 2, 6));

@@ -53,10 +53,19 @@ impl InodeId {
 }
 
 impl RequestId {
-    /// A fresh random id. 128 random bits make collisions across clients
-    /// negligible without coordination.
-    pub fn random() -> RequestId {
-        RequestId(rand::random())
+    /// A fresh id: the wall clock's milliseconds in the top 48 bits, then
+    /// 80 random bits, which keep collisions across clients negligible
+    /// without coordination. Ids in time order make the metaserver's reply
+    /// records (keyed by id, forgotten by age) arrive at one end of its
+    /// key space and leave from the other, instead of being scattered over
+    /// the whole store and rewritten by every compaction until they expire.
+    pub fn fresh() -> RequestId {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let random: u128 = rand::random::<u128>() >> 48;
+        RequestId(((ms & 0xffff_ffff_ffff) << 80) | random)
     }
 }
 
@@ -98,6 +107,6 @@ mod tests {
             .to_string(),
             "chunk:10/3"
         );
-        assert_ne!(RequestId::random(), RequestId::random());
+        assert_ne!(RequestId::fresh(), RequestId::fresh());
     }
 }

@@ -55,7 +55,15 @@ mtu_upper_bound_bytes = 65527
 }
 
 pub fn start(member: &Member, init: bool) -> Daemon {
+    start_with(member, init, 64, 0)
+}
+
+/// Starts a member taking a snapshot every `snapshot_every` entries and
+/// keeping `logs_kept` entries behind it.
+pub fn start_with(member: &Member, init: bool, snapshot_every: u64, logs_kept: u64) -> Daemon {
     let config = member.config.to_str().unwrap();
+    let snapshot_every = format!("raft.snapshot_every_entries={snapshot_every}");
+    let logs_kept = format!("raft.logs_kept_after_snapshot={logs_kept}");
     let mut args = vec!["meta"];
     if init {
         args.push("init");
@@ -64,9 +72,9 @@ pub fn start(member: &Member, init: bool) -> Daemon {
         "--config",
         config,
         "--set",
-        "raft.snapshot_every_entries=64",
+        &snapshot_every,
         "--set",
-        "raft.logs_kept_after_snapshot=0",
+        &logs_kept,
     ]);
     Daemon::start(&args, &member.log)
 }

@@ -4,6 +4,9 @@
 use super::{Healing, MOVES_PER_PASS, NodeView, count_job, piece_length};
 use crate::state::{ChunkState, JobKind, JobSource, RepairJob, State};
 use std::collections::{BTreeMap, BTreeSet};
+
+/// Chunks on the fullest node read at once while looking for one to move.
+const MOVABLE_PAGE: usize = 1024;
 use tessera_proto::ids::{ChunkId, NodeId, PieceId};
 
 impl Healing {
@@ -98,11 +101,42 @@ impl Healing {
         to: NodeId,
     ) -> Option<(ChunkId, u8, u64)> {
         let target = views.get(&to)?;
-        for (chunk, record) in &state.chunks {
+        let mut next = ChunkId::default();
+        loop {
+            let page = state.chunks_on(from, next, MOVABLE_PAGE);
+            let (last, _) = page.last()?;
+            next = ChunkId(last.0.saturating_add(1));
+            if let Some(found) = self.movable_in(state, views, busy, &page, from, to, target) {
+                return Some(found);
+            }
+            if page.len() < MOVABLE_PAGE {
+                return None;
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn movable_in(
+        &self,
+        state: &State,
+        views: &BTreeMap<NodeId, NodeView>,
+        busy: &BTreeSet<ChunkId>,
+        page: &[(ChunkId, Vec<u8>)],
+        from: NodeId,
+        to: NodeId,
+        target: &NodeView,
+    ) -> Option<(ChunkId, u8, u64)> {
+        for (chunk, _) in page {
+            if busy.contains(chunk) {
+                continue;
+            }
+            let Some(record) = state.chunk_once(*chunk) else {
+                continue;
+            };
             let ChunkState::Committed { length } = record.state else {
                 continue;
             };
-            if busy.contains(chunk) || record.nodes.contains(&to) {
+            if record.nodes.contains(&to) {
                 continue;
             }
             let Some(index) = record.nodes.iter().position(|n| *n == from) else {

@@ -29,14 +29,14 @@ fn cluster(nodes: u64, chunks: &[(Policy, Vec<u64>)]) -> State {
             .expect("register");
     }
     for (i, (policy, placed)) in chunks.iter().enumerate() {
-        state.chunks.insert(
+        state.set_chunk(
             ChunkId(i as u64 + 1),
-            ChunkRecord {
+            Some(&ChunkRecord {
                 policy: *policy,
                 nodes: placed.iter().map(|n| NodeId(*n)).collect(),
                 state: ChunkState::Committed { length: 1 << 20 },
                 checksums: Vec::new(),
-            },
+            }),
         );
     }
     state
@@ -50,8 +50,8 @@ fn registry(state: &State, alive: &[u64], now: Instant) -> Registry {
         let node = NodeId(*n);
         registry.heartbeat(node, disk(), LoadReport::default(), now);
         let pieces: Vec<PieceInfo> = state
-            .chunks
-            .iter()
+            .chunks_from(ChunkId::default(), usize::MAX)
+            .into_iter()
             .flat_map(|(chunk, r)| {
                 r.nodes
                     .iter()
@@ -59,7 +59,7 @@ fn registry(state: &State, alive: &[u64], now: Instant) -> Registry {
                     .filter(|(_, holder)| **holder == node)
                     .map(|(index, _)| PieceInfo {
                         piece: PieceId {
-                            chunk: *chunk,
+                            chunk,
                             index: index as u8,
                         },
                         length: 1 << 20,
@@ -109,8 +109,9 @@ fn margin_zero_goes_before_margin_one_even_when_slots_are_scarce() {
             let margin_zero = job.chunk.0 <= 10;
             let gone = [NodeId(1), NodeId(2)];
             let still_zero = state
-                .chunks
-                .values()
+                .chunks_from(ChunkId::default(), usize::MAX)
+                .into_iter()
+                .map(|(_, r)| r)
                 .filter(|r| r.nodes.iter().filter(|n| !gone.contains(n)).count() == 1)
                 .count();
             if !margin_zero && repaired_first_margin_one.is_none() {

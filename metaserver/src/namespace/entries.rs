@@ -538,16 +538,15 @@ impl Namespace {
         check_xattr_name(xattr)?;
         let (listed, mut more) = self.readdir_page(ino, after, limit, true)?;
         let mut entries = Vec::with_capacity(listed.len());
-        let mut bytes = 0usize;
+        let mut budget = PageBudget::default();
         for (entry, attr) in listed {
             let Some(attr) = attr else { continue };
             let value = self.kv.get(&xattr_key(entry.ino, xattr));
             let cost = entry.name.len() + 128 + value.as_ref().map_or(0, Vec::len);
-            if bytes + cost > READDIR_PAGE_BYTES && !entries.is_empty() {
+            if !budget.take(cost, entries.is_empty()) {
                 more = true;
                 break;
             }
-            bytes += cost;
             entries.push((entry, attr, value));
         }
         Ok(MetaReply::DirXattr { entries, more })
@@ -576,16 +575,15 @@ impl Namespace {
             None => prefix.clone(),
         };
         let mut entries = Vec::new();
-        let mut bytes = 0usize;
+        let mut budget = PageBudget::default();
         let mut more = false;
         for (key, value) in self.kv.scan(&start, &prefix_end(&prefix), page + 1) {
             let name = key[prefix.len()..].to_vec();
             let cost = name.len() + if with_attrs { 128 } else { 16 };
-            if entries.len() == page || (bytes + cost > READDIR_PAGE_BYTES && !entries.is_empty()) {
+            if entries.len() == page || !budget.take(cost, entries.is_empty()) {
                 more = true;
                 break;
             }
-            bytes += cost;
             let Some(record) = self.decoded::<DirentRecord>(&key, &value) else {
                 return Err(err(
                     ErrorCode::Internal,
@@ -607,5 +605,23 @@ impl Namespace {
             ));
         }
         Ok((entries, more))
+    }
+}
+
+/// The bytes a listing reply may still take: it ends before passing
+/// [`READDIR_PAGE_BYTES`], but always holds at least one entry.
+#[derive(Default)]
+struct PageBudget {
+    used: usize,
+}
+
+impl PageBudget {
+    /// Whether an entry costing `cost` fits, counting it if so.
+    fn take(&mut self, cost: usize, first: bool) -> bool {
+        if self.used + cost > READDIR_PAGE_BYTES && !first {
+            return false;
+        }
+        self.used += cost;
+        true
     }
 }

@@ -4,7 +4,7 @@
 //! queue). What to repair and where is decided in [`crate::healing`].
 
 use super::{MetaService, TOKEN_TTL_MS, now_ns};
-use crate::healing::{piece_length, queued_view};
+use crate::healing::{Pass, piece_length, queued_view};
 use crate::state::{JobSource, NodeAdminState, RepairJob, State};
 use crate::types::{Applied, Command};
 use std::collections::BTreeSet;
@@ -13,7 +13,10 @@ use tessera_proto::chunk::{
     ChunkCommand, CopyPiece, JobResult, PieceSource, PieceTarget, RebuildPieces,
 };
 use tessera_proto::error::{Error, ErrorCode};
-use tessera_proto::ids::{NodeId, PieceId};
+use tessera_proto::ids::{ChunkId, NodeId, PieceId};
+
+/// Chunks a removal's loss estimate reads at once.
+const REMOVAL_PAGE: usize = 4096;
 use tessera_proto::meta::{
     NodeAction, NodeAdmin, NodeAdminReply, Policy, RepairJobInfo, RepairQueueReply,
 };
@@ -31,7 +34,7 @@ impl MetaService {
         if job.executor != node || self.healing().finishing.contains(&result.job) {
             return;
         }
-        let record = state.chunks.get(&job.chunk);
+        let record = state.chunk(job.chunk);
         let mut sealed = Vec::new();
         let mut bytes = 0;
         let mut registry = self.registry();
@@ -44,7 +47,7 @@ impl MetaService {
             else {
                 continue;
             };
-            let recorded = record.and_then(|r| r.checksum(index));
+            let recorded = record.as_ref().and_then(|r| r.checksum(index));
             if recorded.is_some_and(|c| c != info.checksum) {
                 tracing::error!(job = result.job, piece = %info.piece, %target, "a rebuilt piece does not match the recorded checksum; not accepted");
                 continue;
@@ -121,7 +124,7 @@ impl MetaService {
     }
 
     fn job_command(&self, state: &State, id: u64, job: &RepairJob) -> Option<ChunkCommand> {
-        let record = state.chunks.get(&job.chunk)?;
+        let record = state.chunk(job.chunk)?;
         let crate::state::ChunkState::Committed { length } = record.state else {
             return None;
         };
@@ -213,7 +216,7 @@ impl MetaService {
             .collect();
         let mut out = Vec::new();
         for piece in mine {
-            let whole = match state.chunks.get(&piece.chunk) {
+            let whole = match state.chunk(piece.chunk) {
                 Some(record)
                     if matches!(record.state, crate::state::ChunkState::Committed { .. }) =>
                 {
@@ -295,35 +298,45 @@ impl MetaService {
         let registry = self.registry();
         let now = Instant::now();
         let (mut lost, mut mapped) = (0u64, 0u64);
-        for (chunk, record) in &state.chunks {
-            if !record.nodes.contains(&node) {
-                continue;
+        let mut next = ChunkId::default();
+        loop {
+            let page = state.chunks_on(node, next, REMOVAL_PAGE);
+            for (chunk, indexes) in &page {
+                mapped += indexes.len() as u64;
+                let Some(record) = state.chunk_once(*chunk) else {
+                    continue;
+                };
+                if !matches!(record.state, crate::state::ChunkState::Committed { .. }) {
+                    continue;
+                }
+                let readable = record
+                    .nodes
+                    .iter()
+                    .enumerate()
+                    .filter(|(index, holder)| {
+                        let piece = PieceId {
+                            chunk: *chunk,
+                            index: *index as u8,
+                        };
+                        **holder != node
+                            && registry.is_alive(**holder, now)
+                            && state.admin_state(**holder) != Some(NodeAdminState::Removed)
+                            && registry
+                                .live
+                                .get(holder)
+                                .and_then(|l| l.inventory.as_ref())
+                                .is_none_or(|inv| inv.contains(&piece))
+                    })
+                    .count();
+                if readable < crate::healing::needed(record.policy) {
+                    lost += 1;
+                }
             }
-            mapped += record.nodes.iter().filter(|n| **n == node).count() as u64;
-            if !matches!(record.state, crate::state::ChunkState::Committed { .. }) {
-                continue;
-            }
-            let readable = record
-                .nodes
-                .iter()
-                .enumerate()
-                .filter(|(index, holder)| {
-                    let piece = PieceId {
-                        chunk: *chunk,
-                        index: *index as u8,
-                    };
-                    **holder != node
-                        && registry.is_alive(**holder, now)
-                        && state.admin_state(**holder) != Some(NodeAdminState::Removed)
-                        && registry
-                            .live
-                            .get(holder)
-                            .and_then(|l| l.inventory.as_ref())
-                            .is_none_or(|inv| inv.contains(&piece))
-                })
-                .count();
-            if readable < crate::healing::needed(record.policy) {
-                lost += 1;
+            match page.last() {
+                Some((last, _)) if page.len() == REMOVAL_PAGE => {
+                    next = ChunkId(last.0.saturating_add(1))
+                }
+                _ => break,
             }
         }
         (lost, mapped)
@@ -359,47 +372,58 @@ impl MetaService {
 /// their executor, start new ones.
 pub(super) async fn heal(service: &MetaService, now: Instant) {
     let now_wall = now_ns();
-    let (start, cancel) = {
-        let state = service.shared.read();
-        let registry = service.registry();
-        let mut healing = service.healing();
-        let views = healing.views(&state, &registry, now);
-        let assessment = healing.assess(&state, &views, now);
-        let timeout_ns = healing.settings.job_timeout_s as i64 * 1_000_000_000;
-        let cancel: Vec<u64> = state
-            .jobs
-            .iter()
-            .filter(|(id, job)| {
-                let executor_gone = views.get(&job.executor).is_none_or(|v| {
-                    v.health == crate::healing::NodeHealth::Down
-                        || v.admin == Some(NodeAdminState::Removed)
-                });
-                !healing.finishing.contains(id)
-                    && (executor_gone || now_wall - job.started_ns > timeout_ns)
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        let start = healing.plan(&state, &views, &assessment, now_wall);
-        let m = &service.metrics;
-        m.under_replicated.set(assessment.status.degraded as i64);
-        m.repair_queue.set(assessment.status.queue_length as i64);
-        m.repair_running.set(state.jobs.len() as i64);
-        m.chunks_by_margin.reset();
-        for (margin, count) in &assessment.by_margin {
-            m.chunks_by_margin
-                .with_label_values(&[&margin.to_string()])
-                .set(*count as i64);
-        }
-        m.drain_remaining.reset();
-        for (node, view) in &views {
-            if view.admin == Some(NodeAdminState::Drained) {
-                m.drain_remaining
-                    .with_label_values(&[&node.0.to_string()])
-                    .set(assessment.mapped.get(node).copied().unwrap_or(0) as i64);
+    let mut pass = Pass::default();
+    let (start, cancel) = loop {
+        let ended = 'page: {
+            let state = service.shared.read();
+            let registry = service.registry();
+            let mut healing = service.healing();
+            let views = healing.views(&state, &registry, now);
+            if !healing.assess_page(&mut pass, &state, &views, now) {
+                break 'page None;
             }
+            let assessment = healing.finish_pass(std::mem::take(&mut pass), &state, now);
+            let timeout_ns = healing.settings.job_timeout_s as i64 * 1_000_000_000;
+            let cancel: Vec<u64> = state
+                .jobs
+                .iter()
+                .filter(|(id, job)| {
+                    let executor_gone = views.get(&job.executor).is_none_or(|v| {
+                        v.health == crate::healing::NodeHealth::Down
+                            || v.admin == Some(NodeAdminState::Removed)
+                    });
+                    !healing.finishing.contains(id)
+                        && (executor_gone || now_wall - job.started_ns > timeout_ns)
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            let start = healing.plan(&state, &views, &assessment, now_wall);
+            let m = &service.metrics;
+            m.under_replicated.set(assessment.status.degraded as i64);
+            m.repair_queue.set(assessment.status.queue_length as i64);
+            m.repair_running.set(state.jobs.len() as i64);
+            m.chunks_by_margin.reset();
+            for (margin, count) in &assessment.by_margin {
+                m.chunks_by_margin
+                    .with_label_values(&[&margin.to_string()])
+                    .set(*count as i64);
+            }
+            m.drain_remaining.reset();
+            for (node, view) in &views {
+                if view.admin == Some(NodeAdminState::Drained) {
+                    m.drain_remaining
+                        .with_label_values(&[&node.0.to_string()])
+                        .set(assessment.mapped.get(node).copied().unwrap_or(0) as i64);
+                }
+            }
+            healing.last = assessment;
+            Some((start, cancel))
+        };
+        match ended {
+            Some(ended) => break ended,
+            // Applies go on between pages.
+            None => tokio::task::yield_now().await,
         }
-        healing.last = assessment;
-        (start, cancel)
     };
     for job in cancel {
         let kind = service

@@ -181,7 +181,7 @@ impl RpcClient {
         options: CallOptions,
     ) -> Result<OutgoingCall<M>, Error> {
         let deadline = Instant::now() + options.timeout;
-        let request_id = options.request_id.unwrap_or_else(RequestId::random);
+        let request_id = options.request_id.unwrap_or_else(RequestId::fresh);
         self.open_at(peer, message, bulk_len, request_id, deadline)
             .await
     }
@@ -247,7 +247,7 @@ impl RpcClient {
         options: CallOptions,
     ) -> Result<(M::Response, Vec<u8>), Error> {
         let deadline = Instant::now() + options.timeout;
-        let request_id = options.request_id.unwrap_or_else(RequestId::random);
+        let request_id = options.request_id.unwrap_or_else(RequestId::fresh);
         let retries = if M::IDEMPOTENT {
             options.retries.min(CALL_RETRIES_MAX)
         } else {
