@@ -14,13 +14,13 @@ use tessera_proto::chunk::{
 };
 use tessera_proto::error::{Error, ErrorCode};
 use tessera_proto::ids::{ChunkId, NodeId, PieceId};
-
-/// Chunks a removal's loss estimate reads at once.
-const REMOVAL_PAGE: usize = 4096;
 use tessera_proto::meta::{
     NodeAction, NodeAdmin, NodeAdminReply, Policy, RepairJobInfo, RepairQueueReply,
 };
 use tessera_proto::token::{Capability, Rights, unix_now_ms};
+
+/// Chunks a removal's loss estimate reads at once.
+const REMOVAL_PAGE: usize = 4096;
 
 impl MetaService {
     /// Takes a chunkserver's word that a job ended: the pieces it sealed
