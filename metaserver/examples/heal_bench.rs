@@ -8,6 +8,9 @@
 //! Run: `cargo run --release -p tessera-meta --example heal_bench -- [--dir DIR]
 //! [--chunks N] [--cache-mib N]`
 
+mod common;
+
+use common::{flag, number};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,22 +32,10 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let value = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    let number = |flag: &str, default: u64| -> u64 {
-        value(flag).map_or(default, |v| {
-            v.replace('_', "")
-                .parse()
-                .unwrap_or_else(|_| panic!("{flag} expects a number, got {v:?}"))
-        })
-    };
-    let dir = PathBuf::from(value("--dir").unwrap_or_else(|| "/var/tmp/tessera-heal-bench".into()));
-    let chunks = number("--chunks", 1_000_000);
-    let cache_bytes = number("--cache-mib", 256) << 20;
+    let dir =
+        PathBuf::from(flag(&args, "--dir").unwrap_or_else(|| "/var/tmp/tessera-heal-bench".into()));
+    let chunks: u64 = number(&args, "--chunks", 1_000_000);
+    let cache_bytes = number::<u64>(&args, "--cache-mib", 256) << 20;
     let _ = std::fs::remove_dir_all(&dir);
     let db = Arc::new(open_db(&dir, cache_bytes).expect("open RocksDB"));
     let store: Arc<dyn Store> = Arc::new(RocksStore::new(db, CF_STATE).expect("store"));
@@ -272,14 +263,7 @@ fn raw_scan(store: &dyn Store) -> u64 {
     }
 }
 
+/// This process's resident memory.
 fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
+    common::rss_bytes(std::process::id())
 }

@@ -17,12 +17,7 @@ use tessera_proto::meta::{AddMember, FileKind, MetaOp, MetaReply, RenameMode};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let value = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let value = |name: &str| common::flag(&args, name);
     let dir = PathBuf::from(value("--dir").unwrap_or_else(|| "/var/tmp/tessera-meta-bench".into()));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -9,12 +9,11 @@
 
 mod common;
 
-use common::free_port;
+use common::{flag, free_port, number, rss_bytes};
 use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Child;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -52,27 +51,14 @@ struct Options {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let value = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    fn number<T: FromStr>(flag: &str, value: Option<String>, default: T) -> T {
-        match value {
-            None => default,
-            Some(v) => v
-                .replace('_', "")
-                .parse()
-                .unwrap_or_else(|_| panic!("{flag} expects a number, got {v:?}")),
-        }
-    }
     let options = Options {
-        dir: PathBuf::from(value("--dir").unwrap_or_else(|| "/var/tmp/tessera-scale-bench".into())),
-        files: number("--files", value("--files"), 10_000_000),
-        dir_size: number("--dir-size", value("--dir-size"), 1_000_000),
-        concurrency: number("--concurrency", value("--concurrency"), 64),
-        cache_mib: number("--cache-mib", value("--cache-mib"), 256),
+        dir: PathBuf::from(
+            flag(&args, "--dir").unwrap_or_else(|| "/var/tmp/tessera-scale-bench".into()),
+        ),
+        files: number(&args, "--files", 10_000_000),
+        dir_size: number(&args, "--dir-size", 1_000_000),
+        concurrency: number(&args, "--concurrency", 64),
+        cache_mib: number(&args, "--cache-mib", 256),
     };
     assert!(options.files > 0, "--files must be at least 1");
     assert!(options.dir_size > 0, "--dir-size must be at least 1");
@@ -81,8 +67,8 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    if value("--serve").is_some() {
-        let port: u16 = number("--port", value("--port"), 0);
+    if flag(&args, "--serve").is_some() {
+        let port: u16 = number(&args, "--port", 0);
         let init = args.iter().any(|a| a == "--init");
         let config = common::config(&options.dir, SERVER_ID, port, options.cache_mib << 20);
         runtime.block_on(common::serve(config, init));
@@ -99,17 +85,6 @@ fn data_dir(dir: &Path) -> PathBuf {
 fn spawn(options: &Options, port: u16, init: bool) -> (Child, SocketAddr) {
     let extra = ["--cache-mib".to_string(), options.cache_mib.to_string()];
     common::spawn(&options.dir, SERVER_ID, port, init, &extra)
-}
-
-fn rss_bytes(pid: u32) -> u64 {
-    let path = format!("/proc/{pid}/status");
-    let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap_or_else(|| panic!("no VmRSS in {path}"))
-        * 1024
 }
 
 fn tree_bytes(path: &Path) -> u64 {

@@ -1,11 +1,15 @@
-//! What the metaserver benchmarks share: a CA, the configuration of a
-//! member, the member as its own process (the benchmark binary started
-//! with `--serve`), and a client.
+//! What the metaserver benchmarks share: their flags, a CA, the
+//! configuration of a member, the member as its own process (the benchmark
+//! binary started with `--serve`), a client, and resident memory from /proc.
+
+// Each benchmark uses its own part of this module.
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
 use tessera_client::MetaClient;
 use tessera_meta::MetaConfig;
 use tessera_meta::server::RaftSettings;
@@ -124,4 +128,35 @@ pub fn connect(ca: &Path, name: &str, addrs: Vec<SocketAddr>) -> MetaClient {
     )
     .expect("rpc client");
     MetaClient::new(rpc, addrs).expect("meta client")
+}
+
+/// The value after `name` on the command line.
+pub fn flag(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+/// The number after `name` (underscores allowed), or `default`.
+pub fn number<T: FromStr>(args: &[String], name: &str, default: T) -> T {
+    match flag(args, name) {
+        None => default,
+        Some(v) => v
+            .replace('_', "")
+            .parse()
+            .unwrap_or_else(|_| panic!("{name} expects a number, got {v:?}")),
+    }
+}
+
+/// Resident memory of process `pid`, from /proc.
+pub fn rss_bytes(pid: u32) -> u64 {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in {path}"))
+        * 1024
 }
