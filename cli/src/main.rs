@@ -344,10 +344,22 @@ fn run_meta(
             .context("start the metaserver")?;
         println!("metaserver listening on {}", server.addr());
         let _compactor = compact::spawn(worker_config, server.addr(), &compaction);
-        stop_signal().await;
-        tracing::info!("stop requested; shutting down");
-        server.shutdown().await;
-        Ok(())
+        let failed = tokio::select! {
+            () = stop_signal() => None,
+            err = server.failed() => Some(err),
+        };
+        match failed {
+            None => {
+                tracing::info!("stop requested; shutting down");
+                server.shutdown().await;
+                Ok(())
+            }
+            Some(err) => {
+                tracing::error!(error = %err, "metaserver failed; shutting down");
+                server.shutdown().await;
+                Err(anyhow::Error::new(err).context("metaserver failed"))
+            }
+        }
     })
 }
 

@@ -353,6 +353,25 @@ impl MetaServer {
         }
     }
 
+    /// Resolves if the Raft core stops on its own (a storage error it cannot
+    /// go on from). The member then neither votes nor replicates, so the
+    /// process should end and be restarted: it recovers from its log and
+    /// snapshot, where staying up would only answer status and fail writes.
+    pub async fn failed(&self) -> Error {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Err(fatal) = &metrics.borrow().running_state {
+                return Error::new(
+                    ErrorCode::Io,
+                    format!("the Raft core stopped: {fatal}; restart this metaserver"),
+                );
+            }
+            if metrics.changed().await.is_err() {
+                return Error::internal("the Raft core went away; restart this metaserver");
+            }
+        }
+    }
+
     pub async fn shutdown(self) {
         let _ = self.shutdown_tx.send(true);
         for task in &self.tasks {

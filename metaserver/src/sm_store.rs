@@ -39,8 +39,8 @@ struct AppliedMeta {
 pub struct Shared {
     pub state: RwLock<State>,
     applied: RwLock<AppliedMeta>,
-    /// The last snapshot built or installed, as a file.
-    current_snapshot: std::sync::Mutex<Option<(SnapshotMeta, PathBuf)>>,
+    /// The last snapshot built or installed: a checkpoint or a file.
+    current_snapshot: std::sync::Mutex<Option<(SnapshotMeta, Arc<SnapshotData>)>>,
     /// Where the snapshot being received is written.
     receiving: std::sync::Mutex<Option<PathBuf>>,
 }
@@ -213,43 +213,70 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 /// Every column family, for opening a checkpoint.
 const CFS: [&str; 3] = [crate::log_store::CF_LOG, CF_RAFT, CF_STATE];
 
-impl StateMachine {
-    /// Serves `path` (a checkpoint directory or a snapshot file) as the
-    /// current snapshot from now on; the previous one goes.
-    fn keep_current(&self, meta: SnapshotMeta, path: PathBuf) {
-        let previous = self
-            .shared
-            .current_snapshot
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .replace((meta, path.clone()));
-        if let Some((_, old)) = previous
-            && old != path
-        {
-            remove_snapshot(&old);
-        }
+/// A snapshot's data on disk (a checkpoint directory or a file), removed
+/// when its last user lets go. A newer snapshot may replace it while a
+/// member is still being sent it; removing it then would fail the send,
+/// and openraft stops a member whose snapshot cannot be read.
+#[derive(Debug)]
+struct SnapshotData {
+    path: PathBuf,
+}
+
+impl Drop for SnapshotData {
+    fn drop(&mut self) {
+        remove_snapshot(&self.path);
     }
 }
 
 impl StateMachine {
-    /// Puts the file streamed from checkpoint `from` in its place, unless a
-    /// newer snapshot replaced the checkpoint meanwhile: then the file
-    /// serves only the send it was made for, and the newer one stays.
-    fn swap_streamed(&self, from: &Path, meta: SnapshotMeta, file: PathBuf) {
+    /// Serves `path` (a checkpoint directory or a snapshot file) as the
+    /// current snapshot from now on; the previous one goes once no send
+    /// reads it.
+    fn keep_current(&self, meta: SnapshotMeta, path: PathBuf) {
         let mut current = self
             .shared
             .current_snapshot
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let still = current.as_ref().is_some_and(|(_, path)| path == from);
-        if still {
-            *current = Some((meta, file));
-            drop(current);
-            remove_snapshot(from);
+        let previous = current.take();
+        let data = match &previous {
+            Some((_, data)) if data.path == path => data.clone(),
+            _ => Arc::new(SnapshotData { path }),
+        };
+        *current = Some((meta, data));
+        drop(current);
+        // Removed (if unused) outside the lock.
+        drop(previous);
+    }
+
+    /// The current snapshot, held: it stays on disk until dropped.
+    fn current(&self) -> Option<(SnapshotMeta, Arc<SnapshotData>)> {
+        self.shared
+            .current_snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Puts `file`, streamed from checkpoint `from`, in its place, unless a
+    /// newer snapshot replaced the checkpoint meanwhile: then the file
+    /// serves only the send it was made for, and the newer one stays.
+    fn swap_streamed(&self, from: &Arc<SnapshotData>, meta: SnapshotMeta, file: Arc<SnapshotData>) {
+        let mut current = self
+            .shared
+            .current_snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let still = current
+            .as_ref()
+            .is_some_and(|(_, path)| Arc::ptr_eq(path, from));
+        let replaced = if still {
+            current.replace((meta, file))
         } else {
-            drop(current);
-            remove_snapshot(&file);
-        }
+            None
+        };
+        drop(current);
+        drop(replaced);
     }
 }
 
@@ -414,36 +441,95 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        let current = self
-            .shared
-            .current_snapshot
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let Some((meta, path)) = current else {
+        let Some((meta, data)) = self.current() else {
             return Ok(None);
         };
-        if !path.is_dir() {
+        if !data.path.is_dir() {
             return Ok(Some(Snapshot {
                 meta,
-                snapshot: open_snapshot(&path)?,
+                snapshot: open_snapshot(&data.path)?,
             }));
         }
         // A member needs the data: stream the checkpoint into a file once,
         // which then stands for this snapshot in place of the checkpoint.
         // Named apart, so two members asking at once never share a file.
-        let file = path.with_extension(format!("{}.snap", unique()));
-        let (from, to) = (path.clone(), file.clone());
+        // Held by its own handle from the start, so a failed stream leaves
+        // no partial file behind.
+        let file = Arc::new(SnapshotData {
+            path: data.path.with_extension(format!("{}.snap", unique())),
+        });
+        let (from, to) = (data.clone(), file.clone());
         let records = tokio::task::spawn_blocking(move || {
-            snapshot::stream_checkpoint(&from, &CFS, CF_STATE, &to)
+            snapshot::stream_checkpoint(&from.path, &CFS, CF_STATE, &to.path)
         })
         .await
         .map_err(|e| sm_error(ErrorVerb::Read, e))?
         .map_err(|e| sm_error(ErrorVerb::Read, e))?;
         tracing::info!(records, "snapshot streamed to a file for sending");
         // Opened before the swap, which may remove its name.
-        let snapshot = open_snapshot(&file)?;
-        self.swap_streamed(&path, meta.clone(), file);
+        let snapshot = open_snapshot(&file.path)?;
+        self.swap_streamed(&data, meta.clone(), file);
         Ok(Some(Snapshot { meta, snapshot }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    fn machine(dir: &Path) -> StateMachine {
+        let db = Arc::new(crate::server::open_db(dir, 8 << 20).unwrap());
+        StateMachine::open(db, Policy::Replicas(3), 0, 1 << 20).unwrap()
+    }
+
+    async fn read_all(snapshot: Snapshot) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        let mut file = snapshot.snapshot;
+        file.read_to_end(&mut bytes).await.unwrap();
+        bytes
+    }
+
+    /// A member being sent a checkpoint while a newer one is built: the
+    /// older stays on disk until the send has it, then goes; the newer one
+    /// stays current.
+    #[tokio::test]
+    async fn a_newer_snapshot_never_removes_one_being_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = machine(dir.path());
+        let first = sm.build_snapshot().await.unwrap();
+        let (_, held) = sm.current().unwrap();
+        assert!(held.path.is_dir(), "a built snapshot is a checkpoint");
+
+        let second = sm.build_snapshot().await.unwrap();
+        assert!(held.path.is_dir(), "removed while held");
+        let (_, now) = sm.current().unwrap();
+        assert!(!Arc::ptr_eq(&held, &now));
+
+        // The stream of the older one finishes after the newer one was
+        // built: it must not become current, and its file must go.
+        let file = Arc::new(SnapshotData {
+            path: held.path.with_extension("test.snap"),
+        });
+        std::fs::write(&file.path, b"streamed").unwrap();
+        let streamed = file.path.clone();
+        sm.swap_streamed(&held, first.meta.clone(), file);
+        assert!(!streamed.exists(), "an outdated stream was kept");
+        let (meta, current) = sm.current().unwrap();
+        assert_eq!(meta.snapshot_id, second.meta.snapshot_id);
+        assert!(Arc::ptr_eq(&current, &now));
+
+        let old = held.path.clone();
+        drop(held);
+        assert!(!old.exists(), "an unused older checkpoint stayed");
+        assert!(now.path.is_dir());
+
+        // Sending the current one streams it into a file that replaces it.
+        drop((current, now));
+        let sent = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(sent.meta.snapshot_id, second.meta.snapshot_id);
+        assert!(!read_all(sent).await.is_empty());
+        let (_, current) = sm.current().unwrap();
+        assert!(current.path.is_file());
     }
 }

@@ -58,6 +58,15 @@ impl Pki {
     }
 }
 
+/// The last `lines` lines of a daemon's log, headed by its path, for a
+/// failure message: the log lives in a folder the failed test removes.
+pub fn log_tail(log: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    let tail = all[all.len().saturating_sub(lines)..].join("\n");
+    format!("--- {} (last {lines} lines)\n{tail}", log.display())
+}
+
 /// A `tessera` daemon process, killed when dropped.
 pub struct Daemon {
     pub child: Child,
@@ -89,7 +98,10 @@ impl Daemon {
         let log_file = std::fs::File::create(log).expect("log file");
         let mut child = Command::new(tessera_bin())
             .args(args)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("TESSERA_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(log_file)
             .spawn()
