@@ -1,5 +1,5 @@
 //! `tessera admin`: cluster status, chunkservers, repair, metaserver
-//! members and S3 keys. Every command takes `--json` for scripts; the text
+//! members, S3 keys and client sessions. Every command takes `--json` for scripts; the text
 //! form is for people.
 
 use crate::keys;
@@ -14,6 +14,7 @@ use tessera_proto::meta::{
     Status, StatusReply,
 };
 use tessera_proto::rpc::{CallOptions, Peer};
+use tessera_proto::session::{CloseSession, ListSessions, SessionId};
 use tessera_proto::tls::Role;
 
 /// Options every admin command shares.
@@ -59,6 +60,29 @@ pub enum AdminCommand {
     Key {
         #[command(subcommand)]
         command: KeyCommand,
+    },
+    /// Client sessions: every mount, gateway and writing command holds one.
+    Session {
+        #[command(subcommand)]
+        command: SessionCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SessionCommand {
+    /// Every live session: id, kind, host, pid, mount point, age, time
+    /// since its last renewal, open handles.
+    List {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// End a session now, with the cleanup of an expiry: its open handles
+    /// are released (unlinked files it kept go). The client gets an error
+    /// on what it held and opens a new session.
+    Evict {
+        id: u64,
+        #[command(flatten)]
+        common: Common,
     },
 }
 
@@ -196,6 +220,7 @@ pub async fn run(command: AdminCommand) -> Result<()> {
         }
         AdminCommand::Member { command } => run_member(command).await,
         AdminCommand::Key { command } => run_key(command).await,
+        AdminCommand::Session { command } => run_session(command).await,
     }
 }
 
@@ -265,6 +290,58 @@ async fn run_node(command: NodeCommand) -> Result<()> {
         .await
         .with_context(|| format!("{action:?} chunkserver {id}").to_lowercase())?;
     report(&common, &reply.message)
+}
+
+async fn run_session(command: SessionCommand) -> Result<()> {
+    match command {
+        SessionCommand::List { common } => {
+            let client = connect(&common).await?;
+            let sessions = client
+                .leader_call(&ListSessions)
+                .await
+                .context("list sessions")?;
+            if common.json {
+                return print_json(&sessions);
+            }
+            let now_ns = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as i64);
+            println!(
+                "{:>8}  {:<8} {:<20} {:>8}  {:>9}  {:>9}  {:>7}  WHERE",
+                "ID", "KIND", "HOST", "PID", "AGE", "RENEWED", "HANDLES"
+            );
+            for s in &sessions {
+                let age_s = now_ns.saturating_sub(s.opened_ns).max(0) / 1_000_000_000;
+                println!(
+                    "{:>8}  {:<8} {:<20} {:>8}  {:>8}s  {:>7}ms  {:>7}  {}",
+                    s.id.0,
+                    s.info.kind.name(),
+                    s.info.host,
+                    s.info.pid,
+                    age_s,
+                    s.renewed_ms_ago,
+                    s.handles,
+                    s.info.mount_point
+                );
+            }
+            println!("{} session(s)", sessions.len());
+            Ok(())
+        }
+        SessionCommand::Evict { id, common } => {
+            let client = connect(&common).await?;
+            client
+                .leader_call(&CloseSession {
+                    id: SessionId(id),
+                    evict: true,
+                })
+                .await
+                .with_context(|| format!("evict session {id}"))?;
+            report(
+                &common,
+                &format!("session {id} evicted; what it held is released"),
+            )
+        }
+    }
 }
 
 async fn run_member(command: MemberCommand) -> Result<()> {

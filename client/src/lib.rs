@@ -9,6 +9,7 @@ pub mod meta;
 pub mod path;
 mod pieces;
 pub mod read;
+mod session;
 pub mod write;
 
 pub use client::Client;

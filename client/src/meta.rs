@@ -33,9 +33,12 @@ use tessera_proto::error::{Error, ErrorCode};
 use tessera_proto::ids::RequestId;
 use tessera_proto::meta::{MetaCall, MetaOp, MetaReply};
 use tessera_proto::rpc::{CallOptions, Peer, RpcClient};
+use tessera_proto::session::SessionCall;
 use tessera_proto::tls::Role;
 use tessera_proto::wire::Method;
 use tokio::time::Instant;
+
+use crate::session::SessionSlot;
 
 /// Default of `io.meta_call_deadline_ms`.
 pub const CALL_DEADLINE: Duration = Duration::from_secs(30);
@@ -99,6 +102,9 @@ pub struct MetaClient {
     members: Vec<SocketAddr>,
     leader: Mutex<Option<SocketAddr>>,
     timeouts: MetaTimeouts,
+    /// The session calls are made under, once one was opened.
+    pub(crate) session: Mutex<Option<SessionSlot>>,
+    pub(crate) session_opening: tokio::sync::Mutex<()>,
 }
 
 /// Who may answer a call.
@@ -274,6 +280,8 @@ impl MetaClient {
             members: unique,
             leader: Mutex::new(None),
             timeouts: MetaTimeouts::default(),
+            session: Mutex::new(None),
+            session_opening: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -331,13 +339,28 @@ impl MetaClient {
     }
 
     /// One namespace operation under `request_id` (reuse it to retry a call
-    /// whose outcome is unknown).
+    /// whose outcome is unknown), under the session if one is held.
     pub async fn call_with_id(
         &self,
         request_id: RequestId,
         op: MetaOp,
     ) -> Result<MetaReply, Error> {
-        self.leader_call(&MetaCall { request_id, op }).await
+        let Some(session) = self.current_session().await? else {
+            return self.leader_call(&MetaCall { request_id, op }).await;
+        };
+        let result = self
+            .leader_call(&SessionCall {
+                session,
+                request_id,
+                op,
+            })
+            .await;
+        if let Err(err) = &result
+            && err.code == ErrorCode::SessionExpired
+        {
+            self.session_ended(session);
+        }
+        result
     }
 
     /// Any metaserver method, answered by the leader.

@@ -25,6 +25,9 @@ pub struct MetaMetrics {
     pub repair_queue: IntGauge,
     pub repair_running: IntGauge,
     pub drain_remaining: IntGaugeVec,
+    pub sessions_live: IntGauge,
+    pub sessions_opened: IntCounterVec,
+    pub sessions_ended: IntCounterVec,
 }
 
 impl MetaMetrics {
@@ -115,6 +118,24 @@ impl MetaMetrics {
                 ),
                 &["node"],
             )?,
+            sessions_live: IntGauge::with_opts(opts(
+                "tessera_meta_sessions",
+                "Live client sessions (leader only)",
+            ))?,
+            sessions_opened: IntCounterVec::new(
+                opts(
+                    "tessera_meta_sessions_opened_total",
+                    "Client sessions opened, by kind (mount, gateway, command)",
+                ),
+                &["kind"],
+            )?,
+            sessions_ended: IntCounterVec::new(
+                opts(
+                    "tessera_meta_sessions_ended_total",
+                    "Client sessions ended, by reason (expired, evicted, closed)",
+                ),
+                &["reason"],
+            )?,
         };
         registry.register(Box::new(metrics.term.clone()))?;
         registry.register(Box::new(metrics.is_leader.clone()))?;
@@ -132,6 +153,9 @@ impl MetaMetrics {
         registry.register(Box::new(metrics.repair_queue.clone()))?;
         registry.register(Box::new(metrics.repair_running.clone()))?;
         registry.register(Box::new(metrics.drain_remaining.clone()))?;
+        registry.register(Box::new(metrics.sessions_live.clone()))?;
+        registry.register(Box::new(metrics.sessions_opened.clone()))?;
+        registry.register(Box::new(metrics.sessions_ended.clone()))?;
         Ok(metrics)
     }
 

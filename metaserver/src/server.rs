@@ -81,6 +81,18 @@ pub struct MetaConfig {
     /// bounds what a metaserver holds (docs/metaserver.md).
     #[serde(default = "default_cache_bytes")]
     pub cache_bytes: u64,
+    /// A client session the leader has not heard from for this long ends,
+    /// and what it held (open handles of unlinked files) is released
+    /// (docs/sessions.md).
+    #[serde(default = "default_session_expiry_ms")]
+    pub session_expiry_ms: u64,
+}
+
+/// See [`MetaConfig::session_expiry_ms`].
+pub const DEFAULT_SESSION_EXPIRY_MS: u64 = 60_000;
+
+fn default_session_expiry_ms() -> u64 {
+    DEFAULT_SESSION_EXPIRY_MS
 }
 
 /// See [`MetaConfig::cache_bytes`].
@@ -184,6 +196,15 @@ impl MetaServer {
         registry: &prometheus::Registry,
         bootstrap: bool,
     ) -> Result<MetaServer, Error> {
+        if config.session_expiry_ms < 1_000 {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "session_expiry_ms is {}; set at least 1000 (clients renew every quarter of it)",
+                    config.session_expiry_ms
+                ),
+            ));
+        }
         let identity = config.node.tls.load_for(Role::Meta)?;
         let policy: tessera_proto::meta::Policy =
             config.default_policy.parse().map_err(|e: String| {
@@ -277,6 +298,9 @@ impl MetaServer {
             leader_address,
             heartbeat_interval_ms: config.chunk_heartbeat_interval_ms,
             contacts,
+            sessions: Mutex::new(crate::service::Sessions::new(Duration::from_millis(
+                config.session_expiry_ms,
+            ))),
         });
         let rpc = RpcServer::start(
             &identity,

@@ -10,6 +10,9 @@
 #![allow(clippy::result_large_err)]
 
 mod heal;
+mod sessions;
+
+pub use sessions::Sessions;
 
 use crate::batcher::{Batcher, LeaderAddress};
 use crate::healing::{Healing, NodeView};
@@ -34,6 +37,9 @@ use tessera_proto::meta::{
     NamespaceTotals, NodeAdmin, RemoveMember, RepairQueue, StatFs, Status, StatusReply,
 };
 use tessera_proto::rpc::{Call, Service};
+use tessera_proto::session::{
+    CloseSession, ListSessions, OpenSession, RenewSession, SessionCall, SessionId,
+};
 use tessera_proto::tls::Role;
 use tessera_proto::token::{Capability, Rights, TokenKey, unix_now_ms};
 use tessera_proto::wire::Method;
@@ -60,6 +66,8 @@ pub struct MetaService {
     pub leader_address: LeaderAddress,
     pub heartbeat_interval_ms: u64,
     pub contacts: crate::network::Contacts,
+    /// Leader only: when each session last renewed.
+    pub sessions: Mutex<Sessions>,
 }
 
 fn now_ns() -> i64 {
@@ -148,10 +156,49 @@ impl MetaService {
         self.batcher.propose(command).await
     }
 
-    async fn meta_call(&self, call: MetaCall) -> Result<MetaReply, Error> {
+    /// A client call, counted and timed by operation and outcome.
+    async fn measured(
+        &self,
+        call: MetaCall,
+        session: Option<SessionId>,
+    ) -> Result<MetaReply, Error> {
+        let name = call.op.name();
+        let started = Instant::now();
+        let result = self.meta_call(call, session).await;
+        let code = match &result {
+            Ok(_) => "ok".to_string(),
+            Err(e) => format!("{:?}", e.code),
+        };
+        self.metrics.ops.with_label_values(&[name, &code]).inc();
+        self.metrics
+            .op_seconds
+            .with_label_values(&[name])
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// A client call, under `session` when the client holds one: reads
+    /// and placements check the session is live; mutations are checked as
+    /// they apply, so a session that ends first fences them.
+    async fn meta_call(
+        &self,
+        call: MetaCall,
+        session: Option<SessionId>,
+    ) -> Result<MetaReply, Error> {
         if is_read(&call.op) {
             self.linearize().await?;
+            if let Some(id) = session {
+                self.require_session(id)?;
+            }
             return self.read(&call.op);
+        }
+        if let Some(id) = session
+            && matches!(
+                call.op,
+                MetaOp::AllocateChunk { .. } | MetaOp::ReportPieces { .. }
+            )
+        {
+            self.require_session(id)?;
         }
         match call.op {
             MetaOp::ReportPieces { pieces } => {
@@ -204,10 +251,18 @@ impl MetaService {
                 }
             }
             op => match self
-                .propose(Command::Client {
-                    request_id: call.request_id,
-                    op,
-                    now_ns: now_ns(),
+                .propose(match session {
+                    Some(session) => Command::SessionClient {
+                        request_id: call.request_id,
+                        session,
+                        op,
+                        now_ns: now_ns(),
+                    },
+                    None => Command::Client {
+                        request_id: call.request_id,
+                        op,
+                        now_ns: now_ns(),
+                    },
                 })
                 .await?
             {
@@ -548,19 +603,50 @@ impl Service for MetaService {
                 call.peer()
                     .require_role(&[Role::Client, Role::Gateway, Role::Meta], MetaCall::NAME)?;
                 let message: MetaCall = call.decode()?;
-                let name = message.op.name();
-                let started = Instant::now();
-                let result = self.meta_call(message).await;
-                let code = match &result {
-                    Ok(_) => "ok".to_string(),
-                    Err(e) => format!("{:?}", e.code),
-                };
-                self.metrics.ops.with_label_values(&[name, &code]).inc();
-                self.metrics
-                    .op_seconds
-                    .with_label_values(&[name])
-                    .observe(started.elapsed().as_secs_f64());
+                let result = self.measured(message, None).await;
                 call.respond(&result?, 0).await
+            }
+            SessionCall::ID => {
+                call.peer()
+                    .require_role(&[Role::Client, Role::Gateway], SessionCall::NAME)?;
+                let message: SessionCall = call.decode()?;
+                let session = message.session;
+                let message = MetaCall {
+                    request_id: message.request_id,
+                    op: message.op,
+                };
+                let result = self.measured(message, Some(session)).await;
+                call.respond(&result?, 0).await
+            }
+            OpenSession::ID => {
+                call.peer()
+                    .require_role(&[Role::Client, Role::Gateway], OpenSession::NAME)?;
+                let message: OpenSession = call.decode()?;
+                let reply = self.open_session(message).await?;
+                call.respond(&reply, 0).await
+            }
+            RenewSession::ID => {
+                call.peer()
+                    .require_role(&[Role::Client, Role::Gateway], RenewSession::NAME)?;
+                let message: RenewSession = call.decode()?;
+                self.renew_session(message.id).await?;
+                call.respond(&(), 0).await
+            }
+            ListSessions::ID => {
+                call.peer()
+                    .require_role(&[Role::Client, Role::Meta], ListSessions::NAME)?;
+                let _: ListSessions = call.decode()?;
+                let reply = self.list_sessions()?;
+                call.respond(&reply, 0).await
+            }
+            CloseSession::ID => {
+                call.peer().require_role(
+                    &[Role::Client, Role::Gateway, Role::Meta],
+                    CloseSession::NAME,
+                )?;
+                let message: CloseSession = call.decode()?;
+                self.close_session(message).await?;
+                call.respond(&(), 0).await
             }
             Status::ID => {
                 let _: Status = call.decode()?;
@@ -630,6 +716,11 @@ impl Service for MetaService {
     fn method_name(&self, method: u16) -> &'static str {
         match method {
             MetaCall::ID => MetaCall::NAME,
+            SessionCall::ID => SessionCall::NAME,
+            OpenSession::ID => OpenSession::NAME,
+            RenewSession::ID => RenewSession::NAME,
+            ListSessions::ID => ListSessions::NAME,
+            CloseSession::ID => CloseSession::NAME,
             Status::ID => Status::NAME,
             AddMember::ID => AddMember::NAME,
             RemoveMember::ID => RemoveMember::NAME,
@@ -674,7 +765,9 @@ pub async fn leader_loop(
             leading = true;
             service.registry().live.clear();
             service.healing().reset(now);
+            service.sessions().reset();
         }
+        sessions::expire(&service, now).await;
         heal::heal(&service, now).await;
         passes += 1;
         if !passes.is_multiple_of(5) {

@@ -453,6 +453,27 @@ impl State {
                 }
                 Ok(Applied::Done)
             }
+            Command::OpenSession { info, now_ns } => self.open_session(info, *now_ns),
+            Command::SessionClient {
+                request_id,
+                session,
+                op,
+                now_ns,
+            } => {
+                self.expire_requests(*now_ns);
+                if let Some(seen) = self.seen(*request_id) {
+                    return seen.reply;
+                }
+                self.ns.kv_mut().begin();
+                let reply = self.session_call(*session, op, *now_ns).map(Applied::Meta);
+                if reply.is_err() {
+                    self.ns.kv_mut().rollback();
+                }
+                self.release_chunks();
+                self.remember(*request_id, *now_ns, &reply);
+                reply
+            }
+            Command::EndSession { session, why } => self.end_session(*session, *why),
         }
     }
 
@@ -1053,6 +1074,10 @@ impl State {
 }
 
 mod chunks;
+mod sessions;
+
+pub use sessions::{SessionEnd, SessionRecord};
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,11 +1,12 @@
 //! The Raft type configuration and the commands that travel in the log.
 
-use crate::state::{NodeAdminState, RepairJob};
+use crate::state::{NodeAdminState, RepairJob, SessionEnd};
 use serde::{Deserialize, Serialize};
 use tessera_proto::chunk::Labels;
 use tessera_proto::error::Error;
 use tessera_proto::ids::{ChunkId, InodeId, NodeId, RequestId};
 use tessera_proto::meta::{MetaOp, MetaReply, Policy};
+use tessera_proto::session::{SessionId, SessionInfo};
 
 /// One state-machine command. Commands carry everything they need,
 /// including the leader's clock (`now_ns`), so every replica applies them to
@@ -47,6 +48,20 @@ pub enum Command {
         node: NodeId,
         state: Option<NodeAdminState>,
     },
+    // Appended, never inserted: entries already in logs keep their tags.
+    /// A client opens a session.
+    OpenSession { info: SessionInfo, now_ns: i64 },
+    /// A mutating client call made under a session; refused if the session
+    /// ended.
+    SessionClient {
+        request_id: RequestId,
+        session: SessionId,
+        op: MetaOp,
+        now_ns: i64,
+    },
+    /// A session ends (expired by the leader, evicted, closed) and what it
+    /// held is released.
+    EndSession { session: SessionId, why: SessionEnd },
 }
 
 /// What a Raft entry carries: a batch of commands applied in order, so many
@@ -67,6 +82,7 @@ pub enum Applied {
     Node(NodeId),
     Job(u64),
     Done,
+    Session(SessionId),
 }
 
 /// Replies to a batch, one per command.

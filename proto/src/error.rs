@@ -109,6 +109,9 @@ error_codes! {
     TokenExpired = 103, EACCES, "capability token expired";
     /// The capability token does not grant this right or this chunk.
     TokenRights = 104, EACCES, "capability token does not grant this access";
+    /// The client's session expired or was evicted: what it held is gone,
+    /// and it must open a new session before acting again.
+    SessionExpired = 105, EIO, "session expired";
 
     // 200..299: availability; callers may retry idempotent calls.
     /// The call's deadline passed; its outcome is unknown.

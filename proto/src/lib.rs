@@ -16,6 +16,7 @@ pub mod limits;
 pub mod meta;
 pub mod obs;
 pub mod rpc;
+pub mod session;
 pub mod stripe;
 pub mod tls;
 pub mod token;

@@ -172,14 +172,23 @@ impl Namespace {
     }
 
     pub(super) fn release_handle(&mut self, ino: InodeId) -> Result<MetaReply, Error> {
-        let node = self.node(ino)?;
-        let open = node.open.saturating_sub(1);
-        if open == 0 && node.nlink == 0 {
-            self.delete_inode(ino);
+        if self.release_handles(ino, 1)? {
             return Ok(MetaReply::Done);
         }
-        self.update_quiet(ino, |node| node.open = open);
         self.attr(ino).map(MetaReply::Attr)
+    }
+
+    /// Releases `count` handles at once (a session's, when it ends); an
+    /// unlinked inode goes with its last handle. Whether it went.
+    pub fn release_handles(&mut self, ino: InodeId, count: u64) -> Result<bool, Error> {
+        let node = self.node(ino)?;
+        let open = node.open.saturating_sub(count);
+        if open == 0 && node.nlink == 0 {
+            self.delete_inode(ino);
+            return Ok(true);
+        }
+        self.update_quiet(ino, |node| node.open = open);
+        Ok(false)
     }
 
     pub(super) fn set_policy(
