@@ -1,0 +1,418 @@
+//! What the mount keeps: open files with their write-behind state, handles
+//! with their readers, directory listings, and the calls behind each
+//! FUSE request.
+
+use super::*;
+
+/// Write-behind state of one inode open in this mount.
+pub(crate) struct OpenFile {
+    pub(crate) ino: InodeId,
+    /// Handles open on the inode here; guarded by `Shared::files`.
+    pub(crate) opens: AtomicU64,
+    /// Whether the metaserver counts an open handle for us, which keeps the
+    /// inode alive after its last name is removed.
+    pub(crate) pinned: AtomicBool,
+    pub(crate) writer: tokio::sync::Mutex<Option<FileWriter>>,
+    /// End of the bytes written and not yet committed (0: none), and when
+    /// they were written: getattr shows them before they are committed.
+    pub(crate) dirty_end: AtomicU64,
+    pub(crate) dirty_mtime_ns: AtomicI64,
+    /// Bumped whenever this mount changes the file's data, so readers
+    /// opened before fetch its layout again.
+    pub(crate) generation: AtomicU64,
+}
+
+impl OpenFile {
+    /// Seals and commits what was written. Errors of earlier background
+    /// writes surface here; the writer is then dropped so that later writes
+    /// start afresh.
+    pub(crate) async fn flush(&self) -> Result<(), Error> {
+        let mut slot = self.writer.lock().await;
+        self.flush_locked(&mut slot).await
+    }
+
+    pub(crate) async fn flush_locked(&self, slot: &mut Option<FileWriter>) -> Result<(), Error> {
+        let Some(writer) = slot.as_mut() else {
+            return Ok(());
+        };
+        let result = if writer.is_dirty() {
+            writer.flush().await
+        } else {
+            Ok(())
+        };
+        self.dirty_end.store(0, Ordering::Release);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        if result.is_err() {
+            *slot = None;
+        }
+        result
+    }
+}
+
+pub(crate) struct FileHandleState {
+    pub(crate) file: Arc<OpenFile>,
+    pub(crate) reader: tokio::sync::Mutex<Option<(u64, FileReader)>>,
+}
+
+/// One directory entry of a listing; attributes when a readdirplus pass
+/// loaded it.
+pub(crate) struct Listed {
+    pub(crate) name: Vec<u8>,
+    pub(crate) ino: InodeId,
+    pub(crate) kind: FileKind,
+    pub(crate) attr: Option<Attr>,
+}
+
+/// One listing per open directory. The kernel may start a pass with
+/// readdirplus and continue it with plain readdir (or the other way round),
+/// so both read the same snapshot by offset.
+pub(crate) struct DirHandle {
+    pub(crate) ino: InodeId,
+    pub(crate) entries: Vec<Listed>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) client: Arc<Client>,
+    pub(crate) attr_ttl: Duration,
+    pub(crate) entry_ttl: Duration,
+    pub(crate) files: Mutex<HashMap<InodeId, Arc<OpenFile>>>,
+    pub(crate) handles: Mutex<HashMap<u64, Arc<FileHandleState>>>,
+    pub(crate) dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirHandle>>>>,
+    /// The attribute version each inode had when the kernel last filled its
+    /// page cache for it: an open that finds the same version keeps the
+    /// cache.
+    pub(crate) cached_versions: Mutex<HashMap<InodeId, u64>>,
+    pub(crate) next_fh: AtomicU64,
+    /// Set once the session exists; lets an open drop attributes the
+    /// kernel cached before another mount changed the file.
+    pub(crate) notifier: std::sync::OnceLock<fuser::Notifier>,
+}
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Shared {
+    pub(crate) async fn call(&self, op: MetaOp) -> Result<MetaReply, Error> {
+        self.client.meta().call(op).await
+    }
+
+    pub(crate) async fn getattr(&self, ino: InodeId) -> Result<Attr, Error> {
+        let mut attr = attr_of(self.call(MetaOp::GetAttr { ino }).await?)?;
+        self.overlay(&mut attr);
+        Ok(attr)
+    }
+
+    /// Shows bytes written here and not yet committed, as a local disk
+    /// would.
+    pub(crate) fn overlay(&self, attr: &mut Attr) {
+        let file = lock(&self.files).get(&attr.ino).cloned();
+        if let Some(file) = file {
+            let end = file.dirty_end.load(Ordering::Acquire);
+            if end > 0 {
+                attr.size = attr.size.max(end);
+                let mtime = file.dirty_mtime_ns.load(Ordering::Acquire);
+                attr.mtime_ns = attr.mtime_ns.max(mtime);
+                attr.ctime_ns = attr.ctime_ns.max(mtime);
+            }
+        }
+    }
+
+    pub(crate) fn file(&self, ino: InodeId) -> Option<Arc<OpenFile>> {
+        lock(&self.files).get(&ino).cloned()
+    }
+
+    /// Registers a handle on `ino` and returns its number.
+    pub(crate) fn open_handle(&self, ino: InodeId) -> u64 {
+        let file = {
+            let mut files = lock(&self.files);
+            let file = files.entry(ino).or_insert_with(|| {
+                Arc::new(OpenFile {
+                    ino,
+                    opens: AtomicU64::new(0),
+                    pinned: AtomicBool::new(false),
+                    writer: tokio::sync::Mutex::new(None),
+                    dirty_end: AtomicU64::new(0),
+                    dirty_mtime_ns: AtomicI64::new(0),
+                    generation: AtomicU64::new(0),
+                })
+            });
+            file.opens.fetch_add(1, Ordering::AcqRel);
+            file.clone()
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.handles).insert(
+            fh,
+            Arc::new(FileHandleState {
+                file,
+                reader: tokio::sync::Mutex::new(None),
+            }),
+        );
+        fh
+    }
+
+    pub(crate) fn handle(&self, fh: FileHandle) -> Result<Arc<FileHandleState>, Errno> {
+        lock(&self.handles).get(&fh.0).cloned().ok_or(Errno::EBADF)
+    }
+
+    pub(crate) fn dir(&self, fh: FileHandle) -> Result<Arc<tokio::sync::Mutex<DirHandle>>, Errno> {
+        lock(&self.dirs).get(&fh.0).cloned().ok_or(Errno::EBADF)
+    }
+
+    /// The open directory's listing; a pass starting at offset 0
+    /// (opendir or rewinddir) lists the directory as it is now, later
+    /// pages continue that snapshot.
+    pub(crate) async fn listing<'d>(
+        &self,
+        dir: &'d tokio::sync::Mutex<DirHandle>,
+        offset: u64,
+        plus: bool,
+    ) -> Result<tokio::sync::MutexGuard<'d, DirHandle>, Error> {
+        let mut dir = dir.lock().await;
+        if offset == 0 {
+            dir.entries = self.load_dir(dir.ino, plus).await?;
+        }
+        Ok(dir)
+    }
+
+    /// Before a name goes away: if the inode behind it is open here, ask
+    /// the metaserver to keep it until the last handle closes.
+    pub(crate) async fn pin_if_open(&self, parent: InodeId, name: &[u8]) {
+        if lock(&self.files).is_empty() {
+            return;
+        }
+        let lookup = MetaOp::Lookup {
+            parent,
+            name: name.to_vec(),
+        };
+        let Ok(attr) = self.call(lookup).await.and_then(attr_of) else {
+            return;
+        };
+        let Some(file) = self.file(attr.ino) else {
+            return;
+        };
+        if file.pinned.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Err(err) = self.call(MetaOp::Open { ino: attr.ino }).await {
+            file.pinned.store(false, Ordering::Release);
+            tracing::warn!(ino = %attr.ino, error = %err, "could not keep an open file alive past its unlink");
+        }
+    }
+
+    pub(crate) async fn release(&self, fh: u64) -> Result<(), Error> {
+        let Some(handle) = lock(&self.handles).remove(&fh) else {
+            return Ok(());
+        };
+        let file = handle.file.clone();
+        drop(handle);
+        let last = {
+            let mut files = lock(&self.files);
+            let left = file.opens.fetch_sub(1, Ordering::AcqRel) - 1;
+            if left == 0 {
+                files.remove(&file.ino);
+            }
+            left == 0
+        };
+        if !last {
+            return Ok(());
+        }
+        let flushed = file.flush().await;
+        if file.pinned.load(Ordering::Acquire)
+            && let Err(err) = self.call(MetaOp::Release { ino: file.ino }).await
+        {
+            tracing::warn!(ino = %file.ino, error = %err, "release of an unlinked file failed; the metaserver frees it when its handle count is repaired");
+        }
+        flushed
+    }
+
+    pub(crate) async fn read(
+        &self,
+        handle: &FileHandleState,
+        offset: u64,
+        size: u32,
+    ) -> Result<bytes::Bytes, Error> {
+        let file = &handle.file;
+        if file.dirty_end.load(Ordering::Acquire) > 0 {
+            // Reads see this mount's own writes: commit them first.
+            file.flush().await?;
+        }
+        let mut slot = handle.reader.lock().await;
+        let generation = file.generation.load(Ordering::Acquire);
+        let stale = !matches!(&*slot, Some((g, _)) if *g == generation);
+        if stale {
+            let reader = FileReader::open(self.client.clone(), file.ino).await?;
+            *slot = Some((generation, reader));
+        }
+        let Some((_, reader)) = slot.as_mut() else {
+            return Err(Error::internal("reader missing"));
+        };
+        reader.read(offset, u64::from(size)).await
+    }
+
+    pub(crate) async fn write(
+        &self,
+        file: &OpenFile,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), Error> {
+        let mut slot = file.writer.lock().await;
+        let writer = slot.get_or_insert_with(|| FileWriter::new(self.client.clone(), file.ino));
+        let result = writer.write(offset, data).await;
+        // The end of this write, not the writer's furthest byte ever: a
+        // truncate since may have cut below that.
+        let end = offset + data.len() as u64;
+        if result.is_ok() {
+            let now = ns_of(SystemTime::now());
+            file.dirty_mtime_ns.store(now, Ordering::Release);
+            file.dirty_end.fetch_max(end.max(1), Ordering::AcqRel);
+        } else {
+            *slot = None;
+            file.dirty_end.store(0, Ordering::Release);
+        }
+        result
+    }
+
+    pub(crate) async fn setattr(&self, ino: InodeId, set: SetAttr) -> Result<Attr, Error> {
+        // Bytes written before the change must land before it: a truncate
+        // cuts them, and times set after writing (`cp -p`, `tar`) must not
+        // be overwritten by a later commit.
+        let file = self.file(ino);
+        // Held until the change is made, so no write slips in between.
+        let _writer = match &file {
+            Some(file) => {
+                let mut slot = file.writer.lock().await;
+                file.flush_locked(&mut slot).await?;
+                Some(slot)
+            }
+            None => None,
+        };
+        let attr = attr_of(self.call(MetaOp::SetAttr { ino, set }).await?)?;
+        if let Some(file) = &file {
+            file.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(attr)
+    }
+
+    /// The directory as it is now, with `.` and `..` first; with
+    /// attributes when `plus`.
+    pub(crate) async fn load_dir(&self, ino: InodeId, plus: bool) -> Result<Vec<Listed>, Error> {
+        let this = if plus {
+            Some(self.getattr(ino).await?)
+        } else {
+            None
+        };
+        let mut entries: Vec<Listed> = [b".".to_vec(), b"..".to_vec()]
+            .into_iter()
+            .map(|name| Listed {
+                name,
+                ino,
+                kind: FileKind::Dir,
+                attr: this.clone(),
+            })
+            .collect();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let op = if plus {
+                MetaOp::ReaddirPlus {
+                    ino,
+                    after: after.clone(),
+                    limit: READDIR_PAGE_MAX,
+                }
+            } else {
+                MetaOp::Readdir {
+                    ino,
+                    after: after.clone(),
+                    limit: READDIR_PAGE_MAX,
+                }
+            };
+            let more = match self.call(op).await? {
+                MetaReply::Dir {
+                    entries: page,
+                    more,
+                } => {
+                    entries.extend(page.into_iter().map(|DirEntry { name, ino, kind }| Listed {
+                        name,
+                        ino,
+                        kind,
+                        attr: None,
+                    }));
+                    more
+                }
+                MetaReply::DirPlus {
+                    entries: page,
+                    more,
+                } => {
+                    for (entry, mut attr) in page {
+                        self.overlay(&mut attr);
+                        entries.push(Listed {
+                            name: entry.name,
+                            ino: entry.ino,
+                            kind: entry.kind,
+                            attr: Some(attr),
+                        });
+                    }
+                    more
+                }
+                other => return Err(Error::internal(format!("a listing answered {other:?}"))),
+            };
+            let last = entries.last().map(|e| e.name.clone());
+            if !more || entries.len() <= 2 || last == after {
+                return Ok(entries);
+            }
+            after = last;
+        }
+    }
+
+    pub(crate) fn keep_cache(&self, attr: &Attr) -> bool {
+        let mut versions = lock(&self.cached_versions);
+        let keep = versions.get(&attr.ino) == Some(&attr.version);
+        if versions.len() >= CACHED_VERSIONS_MAX {
+            versions.clear();
+        }
+        versions.insert(attr.ino, attr.version);
+        keep
+    }
+
+    pub(crate) fn forget_cache(&self, ino: InodeId) {
+        lock(&self.cached_versions).remove(&ino);
+    }
+
+    pub(crate) async fn open(&self, ino: InodeId) -> Result<(u64, FopenFlags), Error> {
+        // Close-to-open: the attributes are asked for afresh, so an open
+        // after another mount's close sees its data.
+        let attr = attr_of(self.call(MetaOp::GetAttr { ino }).await?)?;
+        match attr.kind {
+            FileKind::Dir => return Err(Error::new(ErrorCode::IsDir, "is a directory")),
+            FileKind::File => {}
+            _ => {
+                return Err(Error::new(
+                    ErrorCode::NotSupported,
+                    "special files are opened by the kernel, not the mount",
+                ));
+            }
+        }
+        let dirty = self
+            .file(ino)
+            .is_some_and(|f| f.dirty_end.load(Ordering::Acquire) > 0);
+        let keep = !dirty && self.keep_cache(&attr);
+        if !keep && let Some(notifier) = self.notifier.get() {
+            // Attributes only (a negative offset): the size and times the
+            // kernel holds may predate another mount's close, and fstat on
+            // the new handle must not show them. This touches no page, so
+            // it cannot wait on a request this mount has yet to answer.
+            if let Err(err) = notifier.inval_inode(INodeNo(ino.0), -1, 0) {
+                tracing::debug!(%ino, error = %err, "attribute invalidation failed");
+            }
+        }
+        let fh = self.open_handle(ino);
+        let flags = if keep {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        };
+        Ok((fh, flags))
+    }
+}
