@@ -199,14 +199,22 @@ async fn a_million_files_fit_in_a_64_mib_cache() {
         deadline: Duration::from_secs(600),
     });
     let started = Instant::now();
-    admin
+    let added = admin
         .leader_call(&AddMember {
             node: NodeId(2),
             address: second.addr.to_string(),
             voter: true,
         })
-        .await
-        .unwrap();
+        .await;
+    // The members' logs go with the test's folder: their ends say why.
+    if let Err(err) = added {
+        panic!(
+            "adding a member failed after {:.1} s: {err}\n{}\n{}",
+            started.elapsed().as_secs_f64(),
+            common::log_tail(&m.log, 40),
+            common::log_tail(&second.log, 40)
+        );
+    }
     let target = wait_for(&pki, m.addr, "the leader", |s| s.leader.is_some())
         .await
         .applied_index

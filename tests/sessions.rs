@@ -70,7 +70,7 @@ async fn open_files_outlive_unlinks_until_their_session_ends() {
         root.path(),
         &pki,
         1,
-        &format!("session_expiry_ms = {EXPIRY_MS}"),
+        &format!("[session]\nexpiry_ms = {EXPIRY_MS}"),
     );
     let _daemon = start(&m, true);
     wait_for(&pki, m.addr, "a leader", |s| s.leader.is_some()).await;

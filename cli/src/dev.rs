@@ -139,7 +139,7 @@ pub async fn run(options: DevOptions, stop: impl std::future::Future<Output = ()
         repair: Default::default(),
         compaction: Default::default(),
         cache_bytes: tessera_meta::server::DEFAULT_CACHE_BYTES,
-        session_expiry_ms: tessera_meta::server::DEFAULT_SESSION_EXPIRY_MS,
+        session: Default::default(),
     };
     let meta = MetaServer::start(meta_config, &registry, true)
         .await

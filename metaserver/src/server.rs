@@ -32,6 +32,11 @@ pub struct RaftSettings {
     /// Entries kept behind a snapshot, so a briefly lagging member catches
     /// up from the log instead of a whole snapshot.
     pub logs_kept_after_snapshot: u64,
+    /// Longest one snapshot chunk (3 MiB) may take to send, and the last
+    /// one to send and install. A send that overruns starts over from the
+    /// first chunk, so a bound a loaded machine can miss (openraft's
+    /// default is 200 ms) means a member that never catches up.
+    pub install_snapshot_timeout_ms: u64,
 }
 
 impl Default for RaftSettings {
@@ -42,6 +47,7 @@ impl Default for RaftSettings {
             election_timeout_max_ms: 1500,
             snapshot_every_entries: 10_000,
             logs_kept_after_snapshot: 1_000,
+            install_snapshot_timeout_ms: 30_000,
         }
     }
 }
@@ -81,18 +87,24 @@ pub struct MetaConfig {
     /// bounds what a metaserver holds (docs/metaserver.md).
     #[serde(default = "default_cache_bytes")]
     pub cache_bytes: u64,
-    /// A client session the leader has not heard from for this long ends,
-    /// and what it held (open handles of unlinked files) is released
-    /// (docs/sessions.md).
-    #[serde(default = "default_session_expiry_ms")]
-    pub session_expiry_ms: u64,
+    /// Client sessions (docs/sessions.md).
+    #[serde(default)]
+    pub session: SessionSettings,
 }
 
-/// See [`MetaConfig::session_expiry_ms`].
-pub const DEFAULT_SESSION_EXPIRY_MS: u64 = 60_000;
+/// `[session]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionSettings {
+    /// A session the leader has not heard from for this long ends, and
+    /// what it held (open handles of unlinked files) is released.
+    pub expiry_ms: u64,
+}
 
-fn default_session_expiry_ms() -> u64 {
-    DEFAULT_SESSION_EXPIRY_MS
+impl Default for SessionSettings {
+    fn default() -> SessionSettings {
+        SessionSettings { expiry_ms: 60_000 }
+    }
 }
 
 /// See [`MetaConfig::cache_bytes`].
@@ -196,12 +208,12 @@ impl MetaServer {
         registry: &prometheus::Registry,
         bootstrap: bool,
     ) -> Result<MetaServer, Error> {
-        if config.session_expiry_ms < 1_000 {
+        if config.session.expiry_ms < 1_000 {
             return Err(Error::new(
                 ErrorCode::InvalidArgument,
                 format!(
-                    "session_expiry_ms is {}; set at least 1000 (clients renew every quarter of it)",
-                    config.session_expiry_ms
+                    "session.expiry_ms is {}; set at least 1000 (clients renew every quarter of it)",
+                    config.session.expiry_ms
                 ),
             ));
         }
@@ -249,6 +261,7 @@ impl MetaServer {
                 config.raft.snapshot_every_entries,
             ),
             max_in_snapshot_log_to_keep: config.raft.logs_kept_after_snapshot,
+            install_snapshot_timeout: config.raft.install_snapshot_timeout_ms,
             ..Default::default()
         }
         .validate()
@@ -299,7 +312,7 @@ impl MetaServer {
             heartbeat_interval_ms: config.chunk_heartbeat_interval_ms,
             contacts,
             sessions: Mutex::new(crate::service::Sessions::new(Duration::from_millis(
-                config.session_expiry_ms,
+                config.session.expiry_ms,
             ))),
         });
         let rpc = RpcServer::start(

@@ -60,7 +60,7 @@ pub fn config(dir: &Path, id: u64, port: u16, cache_bytes: u64) -> MetaConfig {
         repair: Default::default(),
         compaction: Default::default(),
         cache_bytes,
-        session_expiry_ms: tessera_meta::server::DEFAULT_SESSION_EXPIRY_MS,
+        session: Default::default(),
     }
 }
 
