@@ -192,3 +192,131 @@ async fn open_files_outlive_unlinks_until_their_session_ends() {
 fn admin_client(pki: &Pki, m: &common::meta::Member) -> Arc<Client> {
     Client::new(meta_client(pki, "test-client", &[m]), Default::default())
 }
+
+/// Regular files under every `pieces` folder of the cluster's chunkservers.
+fn pieces_on_disk(root: &std::path::Path) -> usize {
+    fn walk(dir: &std::path::Path, inside: bool) -> usize {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .map(|e| {
+                let path = e.path();
+                match e.file_type() {
+                    Ok(t) if t.is_dir() => walk(&path, inside || e.file_name() == "pieces"),
+                    Ok(t) if t.is_file() && inside => 1,
+                    _ => 0,
+                }
+            })
+            .sum()
+    }
+    walk(root, false)
+}
+
+fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !check() {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_file_open_on_one_mount_outlives_an_unlink_on_another() {
+    use common::cluster::{Cluster, Mount};
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let cluster = Cluster::up_with(30500, 1, 3, "[session]\nexpiry_ms = 3000", "");
+    let scratch = tempfile::Builder::new()
+        .prefix("tessera-sessions")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let mut a = Mount::new(&cluster, scratch.path(), "a", &[]);
+    let b = Mount::new(&cluster, scratch.path(), "b", &[]);
+    let root = cluster.root();
+    let mut data = vec![0u8; 5 << 20];
+    for (i, byte) in data.iter_mut().enumerate() {
+        *byte = (i.wrapping_mul(2654435761) >> 13) as u8;
+    }
+
+    // Open on A, unlinked on B: A reads and writes it to the end.
+    std::fs::write(a.path.join("f"), &data).unwrap();
+    let stored = pieces_on_disk(&root);
+    assert!(stored > 0, "no piece on disk after a write");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(a.path.join("f"))
+        .unwrap();
+    let mut head = vec![0u8; 1 << 20];
+    file.read_exact(&mut head).unwrap();
+    assert_eq!(head, data[..1 << 20]);
+    std::fs::remove_file(b.path.join("f")).unwrap();
+    let mut rest = Vec::new();
+    file.read_to_end(&mut rest).unwrap();
+    assert!(
+        rest == data[1 << 20..],
+        "the rest read after the unlink differs"
+    );
+    file.seek(SeekFrom::Start(4096)).unwrap();
+    file.write_all(b"written after the unlink").unwrap();
+    file.sync_all().unwrap();
+    file.seek(SeekFrom::Start(4096)).unwrap();
+    let mut back = vec![0u8; 24];
+    file.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"written after the unlink");
+    // Closed: the space comes back.
+    drop(file);
+    wait_until(
+        "the unlinked file's pieces to go",
+        Duration::from_secs(90),
+        || pieces_on_disk(&root) == 0,
+    );
+
+    // The same with the holder SIGKILLed: the space returns after the
+    // expiry, not before.
+    std::fs::write(a.path.join("g"), &data).unwrap();
+    let held = std::fs::File::open(a.path.join("g")).unwrap();
+    std::fs::remove_file(b.path.join("g")).unwrap();
+    a.sigkill();
+    assert!(
+        pieces_on_disk(&root) > 0,
+        "freed before the session expired"
+    );
+    wait_until(
+        "a dead mount's unlinked file to go",
+        Duration::from_secs(90),
+        || pieces_on_disk(&root) == 0,
+    );
+    drop(held);
+
+    // An evicted mount answers EIO on its old handles and works for new
+    // opens.
+    std::fs::write(b.path.join("h"), b"kept").unwrap();
+    let mut old = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(b.path.join("h"))
+        .unwrap();
+    let listed: serde_json::Value =
+        serde_json::from_str(&cluster.ok(&["admin", "session", "list", "--json"])).unwrap();
+    let wanted = b.path.display().to_string();
+    let id = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["info"]["mount_point"] == wanted.as_str())
+        .and_then(|s| s["id"].as_u64())
+        .unwrap_or_else(|| panic!("mount b's session is not listed: {listed}"));
+    cluster.ok(&["admin", "session", "evict", &id.to_string()]);
+    // The write may land in the page cache; its sync reaches the mount,
+    // which refuses the old session's handle.
+    let err = old
+        .write_all(b" and more")
+        .and_then(|()| old.sync_all())
+        .unwrap_err();
+    // EIO, without a libc binding in the tests.
+    assert_eq!(err.raw_os_error(), Some(5), "{err}");
+    assert_eq!(std::fs::read(b.path.join("h")).unwrap(), b"kept");
+    b.unmount();
+}

@@ -202,7 +202,7 @@ pub async fn run(options: DevOptions, stop: impl std::future::Future<Output = ()
             .await
             .context("connect the mount to the metaserver")?;
         let mount_options = crate::mount::options(1000, 1000, tessera_fuse::running_as_root());
-        mounted = Some(crate::mount::start(client, path, &mount_options)?);
+        mounted = Some(crate::mount::start(client, path, &mount_options).await?);
     }
 
     let mut gateway = None;

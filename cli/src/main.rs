@@ -443,7 +443,7 @@ fn run(cli: Cli) -> Result<()> {
             let allow_other = allow_other.unwrap_or_else(tessera_fuse::running_as_root);
             let options = mount::options(attr_timeout_ms, entry_timeout_ms, allow_other);
             files_command(&config, |client| async move {
-                let mounted = mount::start(client, &mountpoint, &options)?;
+                let mounted = mount::start(client, &mountpoint, &options).await?;
                 println!(
                     "mounted on {} (Ctrl-C or SIGTERM unmounts)",
                     mountpoint.display()

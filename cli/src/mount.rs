@@ -7,10 +7,29 @@ use std::sync::Arc;
 use std::time::Duration;
 use tessera_client::Client;
 use tessera_fuse::{MountOptions, Mounted};
+use tessera_proto::session::{SessionInfo, SessionKind};
 
-/// Checks the mount point and mounts; a dead mount left by a killed process
-/// is named with the command that clears it.
-pub fn start(client: Arc<Client>, mountpoint: &Path, options: &MountOptions) -> Result<Mounted> {
+/// Who this process is, for `tessera admin session list`.
+pub fn session_info(kind: SessionKind, what: &str) -> SessionInfo {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    SessionInfo {
+        kind,
+        host,
+        pid: std::process::id(),
+        mount_point: what.to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
+/// Checks the mount point, opens the mount's session and mounts; a dead
+/// mount left by a killed process is named with the command that clears it.
+pub async fn start(
+    client: Arc<Client>,
+    mountpoint: &Path,
+    options: &MountOptions,
+) -> Result<Mounted> {
     if tessera_fuse::is_dead_mount(mountpoint) {
         bail!(
             "{} is a dead mount left by a process that was killed; clear it with `fusermount3 -u {}` (or `umount -l {}` as root), then mount again",
@@ -33,6 +52,15 @@ pub fn start(client: Arc<Client>, mountpoint: &Path, options: &MountOptions) -> 
             "/dev/fuse is missing: load the fuse module (modprobe fuse) or run where FUSE is available"
         );
     }
+    // Handles opened here are the session's: an unlink from another client
+    // leaves them readable, and they are released if this process dies.
+    client
+        .start_session(session_info(
+            SessionKind::Mount,
+            &mountpoint.display().to_string(),
+        ))
+        .await
+        .context("open the mount's session with the metaservers")?;
     let runtime = tokio::runtime::Handle::current();
     tessera_fuse::mount(client, runtime, mountpoint, options).with_context(|| {
         format!(

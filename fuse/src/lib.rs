@@ -19,7 +19,7 @@ use std::future::Future;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -93,6 +93,11 @@ impl Mounted {
         }
         if let Some(session) = self.session.take() {
             let _ = tokio::task::spawn_blocking(move || drop(session)).await;
+        }
+        // A clean exit releases what the client's session held now rather
+        // than after its expiry.
+        if let Err(err) = self.shared.client.meta().close_session().await {
+            tracing::warn!(error = %err, "closing the session failed; the metaservers end it at its expiry");
         }
         first_error.map_or(Ok(()), Err)
     }

@@ -174,7 +174,6 @@ impl Filesystem for TesseraFs {
         let parent = ino_of(parent);
         let name = name_of(name);
         self.spawn(|shared| async move {
-            shared.pin_if_open(parent, &name).await;
             let result = shared.call(MetaOp::Unlink { parent, name }).await;
             TesseraFs::reply_empty(reply, result.map(|_| ()));
         });
@@ -239,11 +238,7 @@ impl Filesystem for TesseraFs {
             new_name: name_of(newname),
             mode,
         };
-        let (target_parent, target_name) = (ino_of(newparent), name_of(newname));
         self.spawn(|shared| async move {
-            if mode == RenameMode::Replace {
-                shared.pin_if_open(target_parent, &target_name).await;
-            }
             let result = shared.call(op).await;
             TesseraFs::reply_empty(reply, result.map(|_| ()));
         });
@@ -294,7 +289,11 @@ impl Filesystem for TesseraFs {
             Err(e) => return reply.error(e),
         };
         self.spawn(|shared| async move {
-            match shared.read(&handle, offset, size).await {
+            let read = match shared.check(&handle) {
+                Ok(()) => shared.read(&handle, offset, size).await,
+                Err(err) => Err(err),
+            };
+            match read {
                 Ok(bytes) => reply.data(&bytes),
                 Err(err) => {
                     tracing::warn!(ino = %handle.file.ino, offset, size, error = %err, "read failed");
@@ -323,7 +322,11 @@ impl Filesystem for TesseraFs {
         let data = data.to_vec();
         self.spawn(|shared| async move {
             let file = handle.file.clone();
-            match shared.write(&file, offset, &data).await {
+            let written = match shared.check(&handle) {
+                Ok(()) => shared.write(&file, offset, &data).await,
+                Err(err) => Err(err),
+            };
+            match written {
                 Ok(()) => reply.written(data.len() as u32),
                 Err(err) => {
                     tracing::warn!(ino = %file.ino, offset, len = data.len(), error = %err, "write failed");
@@ -345,8 +348,11 @@ impl Filesystem for TesseraFs {
             Ok(handle) => handle,
             Err(e) => return reply.error(e),
         };
-        self.spawn(|_shared| async move {
-            let result = handle.file.flush().await;
+        self.spawn(|shared| async move {
+            let result = match shared.check(&handle) {
+                Ok(()) => handle.file.flush().await,
+                Err(err) => Err(err),
+            };
             if let Err(err) = &result {
                 tracing::warn!(ino = %handle.file.ino, error = %err, "flush on close failed");
             }
@@ -385,8 +391,11 @@ impl Filesystem for TesseraFs {
             Ok(handle) => handle,
             Err(e) => return reply.error(e),
         };
-        self.spawn(|_shared| async move {
-            let result = handle.file.flush().await;
+        self.spawn(|shared| async move {
+            let result = match shared.check(&handle) {
+                Ok(()) => handle.file.flush().await,
+                Err(err) => Err(err),
+            };
             TesseraFs::reply_empty(reply, result);
         });
     }
@@ -665,7 +674,16 @@ impl Filesystem for TesseraFs {
                 Ok(attr) if attr.kind != FileKind::File => reply.error(Errno::EISDIR),
                 Ok(attr) => {
                     shared.forget_cache(attr.ino);
-                    let fh = shared.open_handle(attr.ino);
+                    // The new file's handle is the session's too, as any
+                    // open's (see `Shared::open`).
+                    let opened = match shared.call(MetaOp::Open { ino: attr.ino }).await {
+                        Ok(_) => Some(shared.epoch()),
+                        Err(err) => {
+                            tracing::warn!(ino = %attr.ino, error = %err, "created file not registered open; an unlink elsewhere removes it at once");
+                            None
+                        }
+                    };
+                    let fh = shared.open_handle(attr.ino, opened);
                     // One timeout covers both the entry and the attributes
                     // here: the shorter, so the entry timeout holds.
                     reply.created(

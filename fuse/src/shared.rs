@@ -9,9 +9,6 @@ pub(crate) struct OpenFile {
     pub(crate) ino: InodeId,
     /// Handles open on the inode here; guarded by `Shared::files`.
     pub(crate) opens: AtomicU64,
-    /// Whether the metaserver counts an open handle for us, which keeps the
-    /// inode alive after its last name is removed.
-    pub(crate) pinned: AtomicBool,
     pub(crate) writer: tokio::sync::Mutex<Option<FileWriter>>,
     /// End of the bytes written and not yet committed (0: none), and when
     /// they were written: getattr shows them before they are committed.
@@ -52,6 +49,11 @@ impl OpenFile {
 pub(crate) struct FileHandleState {
     pub(crate) file: Arc<OpenFile>,
     pub(crate) reader: tokio::sync::Mutex<Option<(u64, FileReader)>>,
+    /// The session epoch it was opened under (`None`: no session).
+    pub(crate) epoch: Option<u64>,
+    /// Whether the metaserver counts it open (an open it refused is not
+    /// released).
+    pub(crate) registered: bool,
 }
 
 /// One directory entry of a listing; attributes when a readdirplus pass
@@ -124,15 +126,16 @@ impl Shared {
         lock(&self.files).get(&ino).cloned()
     }
 
-    /// Registers a handle on `ino` and returns its number.
-    pub(crate) fn open_handle(&self, ino: InodeId) -> u64 {
+    /// Registers a handle on `ino`, opened on the metaserver under session
+    /// `epoch` (`None` if the metaserver does not count it), and returns
+    /// its number.
+    pub(crate) fn open_handle(&self, ino: InodeId, opened: Option<Option<u64>>) -> u64 {
         let file = {
             let mut files = lock(&self.files);
             let file = files.entry(ino).or_insert_with(|| {
                 Arc::new(OpenFile {
                     ino,
                     opens: AtomicU64::new(0),
-                    pinned: AtomicBool::new(false),
                     writer: tokio::sync::Mutex::new(None),
                     dirty_end: AtomicU64::new(0),
                     dirty_mtime_ns: AtomicI64::new(0),
@@ -148,6 +151,8 @@ impl Shared {
             Arc::new(FileHandleState {
                 file,
                 reader: tokio::sync::Mutex::new(None),
+                epoch: opened.flatten(),
+                registered: opened.is_some(),
             }),
         );
         fh
@@ -177,36 +182,52 @@ impl Shared {
         Ok(dir)
     }
 
-    /// Before a name goes away: if the inode behind it is open here, ask
-    /// the metaserver to keep it until the last handle closes.
-    pub(crate) async fn pin_if_open(&self, parent: InodeId, name: &[u8]) {
-        if lock(&self.files).is_empty() {
-            return;
-        }
-        let lookup = MetaOp::Lookup {
-            parent,
-            name: name.to_vec(),
-        };
-        let Ok(attr) = self.call(lookup).await.and_then(attr_of) else {
-            return;
-        };
-        let Some(file) = self.file(attr.ino) else {
-            return;
-        };
-        if file.pinned.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        if let Err(err) = self.call(MetaOp::Open { ino: attr.ino }).await {
-            file.pinned.store(false, Ordering::Release);
-            tracing::warn!(ino = %attr.ino, error = %err, "could not keep an open file alive past its unlink");
+    /// The epoch of the session calls are made under now; `None` without
+    /// one, or once the session is no longer trusted.
+    pub(crate) fn epoch(&self) -> Option<u64> {
+        self.client.meta().session().map(|(_, epoch)| epoch)
+    }
+
+    /// Refuses a handle opened under a session that ended: what it held
+    /// (its open count, later its locks) is gone, so acting on it could
+    /// write under a lock another client now holds.
+    pub(crate) fn check(&self, handle: &FileHandleState) -> Result<(), Error> {
+        match handle.epoch {
+            Some(epoch) if Some(epoch) != self.epoch() => Err(Error::new(
+                ErrorCode::SessionExpired,
+                format!(
+                    "{} was opened under a session that ended; open it again",
+                    handle.file.ino
+                ),
+            )),
+            _ => Ok(()),
         }
     }
 
-    pub(crate) async fn release(&self, fh: u64) -> Result<(), Error> {
+    /// Tells the metaserver a handle closed, without waiting: the close
+    /// needs no answer, and the release follows its own open in any case.
+    /// A handle of an ended session is not released: its session's end
+    /// released it.
+    pub(crate) fn release_on_server(self: &Arc<Self>, ino: InodeId, epoch: Option<u64>) {
+        if epoch.is_some() && epoch != self.epoch() {
+            return;
+        }
+        let shared = self.clone();
+        tokio::spawn(async move {
+            if let Err(err) = shared.call(MetaOp::Release { ino }).await {
+                tracing::warn!(%ino, error = %err, "release failed; the handle is freed when this mount's session ends");
+            }
+        });
+    }
+
+    pub(crate) async fn release(self: &Arc<Self>, fh: u64) -> Result<(), Error> {
         let Some(handle) = lock(&self.handles).remove(&fh) else {
             return Ok(());
         };
         let file = handle.file.clone();
+        if handle.registered {
+            self.release_on_server(file.ino, handle.epoch);
+        }
         drop(handle);
         let last = {
             let mut files = lock(&self.files);
@@ -219,13 +240,7 @@ impl Shared {
         if !last {
             return Ok(());
         }
-        let flushed = file.flush().await;
-        if file.pinned.load(Ordering::Acquire)
-            && let Err(err) = self.call(MetaOp::Release { ino: file.ino }).await
-        {
-            tracing::warn!(ino = %file.ino, error = %err, "release of an unlinked file failed; the metaserver frees it when its handle count is repaired");
-        }
-        flushed
+        file.flush().await
     }
 
     pub(crate) async fn read(
@@ -380,19 +395,24 @@ impl Shared {
         lock(&self.cached_versions).remove(&ino);
     }
 
-    pub(crate) async fn open(&self, ino: InodeId) -> Result<(u64, FopenFlags), Error> {
-        // Close-to-open: the attributes are asked for afresh, so an open
-        // after another mount's close sees its data.
-        let attr = attr_of(self.call(MetaOp::GetAttr { ino }).await?)?;
-        match attr.kind {
-            FileKind::Dir => return Err(Error::new(ErrorCode::IsDir, "is a directory")),
-            FileKind::File => {}
-            _ => {
-                return Err(Error::new(
-                    ErrorCode::NotSupported,
-                    "special files are opened by the kernel, not the mount",
-                ));
-            }
+    pub(crate) async fn open(self: &Arc<Self>, ino: InodeId) -> Result<(u64, FopenFlags), Error> {
+        // The handle is the session's on the metaserver, so an unlink from
+        // any mount leaves the file for this one until it closes. Its
+        // reply is the attributes asked for afresh (close-to-open: an open
+        // after another mount's close sees its data).
+        let attr = attr_of(self.call(MetaOp::Open { ino }).await?)?;
+        let epoch = self.epoch();
+        let refused = match attr.kind {
+            FileKind::Dir => Some(Error::new(ErrorCode::IsDir, "is a directory")),
+            FileKind::File => None,
+            _ => Some(Error::new(
+                ErrorCode::NotSupported,
+                "special files are opened by the kernel, not the mount",
+            )),
+        };
+        if let Some(err) = refused {
+            self.release_on_server(ino, epoch);
+            return Err(err);
         }
         let dirty = self
             .file(ino)
@@ -407,7 +427,7 @@ impl Shared {
                 tracing::debug!(%ino, error = %err, "attribute invalidation failed");
             }
         }
-        let fh = self.open_handle(ino);
+        let fh = self.open_handle(ino, Some(epoch));
         let flags = if keep {
             FopenFlags::FOPEN_KEEP_CACHE
         } else {
