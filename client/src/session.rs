@@ -85,7 +85,13 @@ impl MetaClient {
                 return Ok(None);
             };
             if slot.closed {
-                return Ok(None);
+                // Not `None`: a call made without a session would be
+                // counted against nobody's handles (a close still in
+                // flight would release one the session's end released).
+                return Err(Error::new(
+                    ErrorCode::SessionExpired,
+                    "this client closed its session; it makes no more calls",
+                ));
             }
             if let Some(held) = slot.held {
                 if Instant::now() < held.trusted_until() {
