@@ -289,10 +289,11 @@ impl Filesystem for TesseraFs {
             Err(e) => return reply.error(e),
         };
         self.spawn(|shared| async move {
-            let read = match shared.check(&handle) {
-                Ok(()) => shared.read(&handle, offset, size).await,
-                Err(err) => Err(err),
-            };
+            let read = async {
+                shared.check(&handle)?;
+                shared.read(&handle, offset, size).await
+            }
+            .await;
             match read {
                 Ok(bytes) => reply.data(&bytes),
                 Err(err) => {
@@ -322,10 +323,11 @@ impl Filesystem for TesseraFs {
         let data = data.to_vec();
         self.spawn(|shared| async move {
             let file = handle.file.clone();
-            let written = match shared.check(&handle) {
-                Ok(()) => shared.write(&file, offset, &data).await,
-                Err(err) => Err(err),
-            };
+            let written = async {
+                shared.check(&handle)?;
+                shared.write(&file, offset, &data).await
+            }
+            .await;
             match written {
                 Ok(()) => reply.written(data.len() as u32),
                 Err(err) => {
@@ -349,10 +351,11 @@ impl Filesystem for TesseraFs {
             Err(e) => return reply.error(e),
         };
         self.spawn(|shared| async move {
-            let result = match shared.check(&handle) {
-                Ok(()) => handle.file.flush().await,
-                Err(err) => Err(err),
-            };
+            let result = async {
+                shared.check(&handle)?;
+                handle.file.flush().await
+            }
+            .await;
             if let Err(err) = &result {
                 tracing::warn!(ino = %handle.file.ino, error = %err, "flush on close failed");
             }
@@ -392,10 +395,11 @@ impl Filesystem for TesseraFs {
             Err(e) => return reply.error(e),
         };
         self.spawn(|shared| async move {
-            let result = match shared.check(&handle) {
-                Ok(()) => handle.file.flush().await,
-                Err(err) => Err(err),
-            };
+            let result = async {
+                shared.check(&handle)?;
+                handle.file.flush().await
+            }
+            .await;
             TesseraFs::reply_empty(reply, result);
         });
     }

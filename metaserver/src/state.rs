@@ -369,22 +369,9 @@ impl State {
                 request_id,
                 op,
                 now_ns,
-            } => {
-                self.expire_requests(*now_ns);
-                if let Some(seen) = self.seen(*request_id) {
-                    return seen.reply;
-                }
-                // Operations check before they change anything; taking
-                // back a failed one's records is the second line.
-                self.ns.kv_mut().begin();
-                let reply = self.apply_client(op, *now_ns).map(Applied::Meta);
-                if reply.is_err() {
-                    self.ns.kv_mut().rollback();
-                }
-                self.release_chunks();
-                self.remember(*request_id, *now_ns, &reply);
-                reply
-            }
+            } => self.client_command(*request_id, *now_ns, |state| {
+                state.apply_client(op, *now_ns)
+            }),
             Command::Allocate {
                 request_id,
                 ino,
@@ -459,44 +446,71 @@ impl State {
                 session,
                 op,
                 now_ns,
-            } => {
-                self.expire_requests(*now_ns);
-                if let Some(seen) = self.seen(*request_id) {
-                    return seen.reply;
-                }
-                self.ns.kv_mut().begin();
-                let reply = self.session_call(*session, op, *now_ns).map(Applied::Meta);
-                if reply.is_err() {
-                    self.ns.kv_mut().rollback();
-                }
-                self.release_chunks();
-                self.remember(*request_id, *now_ns, &reply);
-                reply
-            }
+            } => self.client_command(*request_id, *now_ns, |state| {
+                state.session_call(*session, op, *now_ns)
+            }),
             Command::EndSession { session, why } => self.end_session(*session, *why),
         }
     }
 
+    /// A client call, with or without a session: answered from the reply
+    /// table if already applied, otherwise applied and its reply remembered.
+    fn client_command(
+        &mut self,
+        request_id: RequestId,
+        now_ns: i64,
+        apply: impl FnOnce(&mut State) -> Result<MetaReply, Error>,
+    ) -> Result<Applied, Error> {
+        self.expire_requests(now_ns);
+        if let Some(seen) = self.seen(request_id) {
+            return seen.reply;
+        }
+        // Operations check before they change anything; taking back a
+        // failed one's records is the second line.
+        self.ns.kv_mut().begin();
+        let reply = apply(self).map(Applied::Meta);
+        if reply.is_err() {
+            self.ns.kv_mut().rollback();
+        }
+        self.release_chunks();
+        self.remember(request_id, now_ns, &reply);
+        reply
+    }
+
     fn seen(&self, id: RequestId) -> Option<ReplyRecord> {
-        let key = request_key(id);
-        let value = self.ns.kv().get_once(&key)?;
-        match postcard::from_bytes(&value) {
+        let value = self.ns.kv().get_once(&request_key(id))?;
+        self.decoded_record(format_args!("request record {id:?}"), &value)
+    }
+
+    /// A record that does not decode is damage, not an answer: it is
+    /// reported like a failed read.
+    fn decoded_record<T: serde::de::DeserializeOwned>(
+        &self,
+        what: std::fmt::Arguments<'_>,
+        value: &[u8],
+    ) -> Option<T> {
+        match postcard::from_bytes(value) {
             Ok(record) => Some(record),
             Err(err) => {
                 self.ns
                     .kv()
-                    .report_failure(format!("request record {id:?} does not decode: {err}"));
+                    .report_failure(format!("{what} does not decode: {err}"));
                 None
             }
         }
     }
 
-    fn request_count(&self) -> u64 {
+    /// The count stored at `key` (0 when absent).
+    fn count_at(&self, key: &[u8]) -> u64 {
         self.ns
             .kv()
-            .get(KEY_REQUEST_COUNT)
+            .get(key)
             .and_then(|value| postcard::from_bytes(&value).ok())
             .unwrap_or(0)
+    }
+
+    fn request_count(&self) -> u64 {
+        self.count_at(KEY_REQUEST_COUNT)
     }
 
     fn remember(&mut self, id: RequestId, now_ns: i64, reply: &Result<Applied, Error>) {

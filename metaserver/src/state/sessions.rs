@@ -81,15 +81,7 @@ impl State {
     /// The session's record, if it is live.
     pub fn session(&self, id: SessionId) -> Option<SessionRecord> {
         let value = self.ns.kv().get(&session_key(id))?;
-        match postcard::from_bytes(&value) {
-            Ok(record) => Some(record),
-            Err(err) => {
-                self.ns
-                    .kv()
-                    .report_failure(format!("{id} record does not decode: {err}"));
-                None
-            }
-        }
+        self.decoded_record(format_args!("{id} record"), &value)
     }
 
     /// Live sessions from `after` on, in id order, at most `limit`.
@@ -131,12 +123,8 @@ impl State {
                 ));
             }
         }
-        let next: u64 = self
-            .ns
-            .kv()
-            .get(KEY_NEXT_SESSION)
-            .and_then(|value| postcard::from_bytes(&value).ok())
-            .unwrap_or(1);
+        // Ids start at 1: the counter is absent until the first session.
+        let next = self.count_at(KEY_NEXT_SESSION).max(1);
         let id = SessionId(next);
         self.ns
             .kv_mut()
@@ -167,7 +155,7 @@ impl State {
             MetaOp::Open { ino } => {
                 let reply = self.apply_client(op, now_ns)?;
                 let key = handle_key(id, *ino);
-                let held = self.held(&key);
+                let held = self.count_at(&key);
                 self.ns.kv_mut().put(key, encode(&held.saturating_add(1)));
                 record.handles = record.handles.saturating_add(1);
                 self.put_session(id, &record);
@@ -175,7 +163,7 @@ impl State {
             }
             MetaOp::Release { ino } => {
                 let key = handle_key(id, *ino);
-                let held = self.held(&key);
+                let held = self.count_at(&key);
                 if held == 0 {
                     // Not this session's handle (a retry after the release
                     // applied, or a handle of an earlier session): the
@@ -193,14 +181,6 @@ impl State {
             }
             _ => self.apply_client(op, now_ns),
         }
-    }
-
-    fn held(&self, key: &[u8]) -> u64 {
-        self.ns
-            .kv()
-            .get(key)
-            .and_then(|value| postcard::from_bytes(&value).ok())
-            .unwrap_or(0)
     }
 
     /// Ends a session and releases everything it held. Ending one that is
