@@ -330,3 +330,77 @@ fn a_file_open_on_one_mount_outlives_an_unlink_on_another() {
     assert_eq!(std::fs::read(b.path.join("h")).unwrap(), b"kept");
     b.unmount();
 }
+
+/// Names in the cluster's root, from `tessera ls /`.
+fn names_in_root(cluster: &common::cluster::Cluster) -> Vec<String> {
+    cluster
+        .ok(&["ls", "/"])
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(2).map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn a_killed_put_leaves_nothing_after_its_session_expires() {
+    use common::cluster::Cluster;
+    let cluster = Cluster::up_with(36500, 1, 3, "[session]\nexpiry_ms = 3000", "");
+    let scratch = tempfile::Builder::new()
+        .prefix("tessera-put-kill")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    // Big enough that the put is still writing when it is killed.
+    let local = scratch.path().join("big");
+    let mut data = vec![0u8; 512 << 20];
+    for (i, byte) in data.iter_mut().enumerate() {
+        *byte = (i.wrapping_mul(2654435761) >> 13) as u8;
+    }
+    std::fs::write(&local, &data).unwrap();
+    drop(data);
+    let mut put = std::process::Command::new(common::tessera_bin())
+        .args(["put", local.to_str().unwrap(), "/big"])
+        .env("TESSERA_CONFIG", cluster.config())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Halfway: its temporary file exists and has bytes.
+    wait_until("the put's temporary file", Duration::from_secs(60), || {
+        names_in_root(&cluster)
+            .iter()
+            .any(|n| n.starts_with(".tessera-put.big."))
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        put.try_wait().unwrap().is_none(),
+        "the put finished before it could be killed halfway"
+    );
+    put.kill().unwrap();
+    put.wait().unwrap();
+    let names = names_in_root(&cluster);
+    assert!(
+        !names.contains(&"big".to_string()),
+        "a partial file became visible: {names:?}"
+    );
+    wait_until(
+        "the killed put's temporary file to go",
+        Duration::from_secs(60),
+        || {
+            let names = names_in_root(&cluster);
+            assert!(
+                !names.contains(&"big".to_string()),
+                "a partial file became visible"
+            );
+            !names.iter().any(|n| n.starts_with(".tessera-put."))
+        },
+    );
+    wait_until("its pieces to go", Duration::from_secs(90), || {
+        pieces_on_disk(&cluster.root()) == 0
+    });
+    // A put that finishes keeps its file and leaves no session behind.
+    std::fs::write(&local, b"small").unwrap();
+    cluster.ok(&["put", local.to_str().unwrap(), "/small"]);
+    assert_eq!(cluster.ok(&["ls", "/"]).lines().count(), 1);
+    let listed: serde_json::Value =
+        serde_json::from_str(&cluster.ok(&["admin", "session", "list", "--json"])).unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
+}

@@ -71,13 +71,14 @@ pub enum AdminCommand {
 #[derive(Subcommand)]
 pub enum SessionCommand {
     /// Every live session: id, kind, host, pid, mount point, age, time
-    /// since its last renewal, open handles.
+    /// since its last renewal, open handles, locks held (and waiting).
     List {
         #[command(flatten)]
         common: Common,
     },
     /// End a session now, with the cleanup of an expiry: its open handles
-    /// are released (unlinked files it kept go). The client gets an error
+    /// are released (unlinked files it kept go), its locks released (their
+    /// waiters granted) and its temporary files deleted. The client gets an error
     /// on what it held and opens a new session.
     Evict {
         id: u64,
@@ -307,13 +308,13 @@ async fn run_session(command: SessionCommand) -> Result<()> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as i64);
             println!(
-                "{:>8}  {:<8} {:<20} {:>8}  {:>9}  {:>9}  {:>7}  WHERE",
-                "ID", "KIND", "HOST", "PID", "AGE", "RENEWED", "HANDLES"
+                "{:>8}  {:<8} {:<20} {:>8}  {:>9}  {:>9}  {:>7}  {:>9}  WHERE",
+                "ID", "KIND", "HOST", "PID", "AGE", "RENEWED", "HANDLES", "LOCKS"
             );
             for s in &sessions {
                 let age_s = now_ns.saturating_sub(s.opened_ns).max(0) / 1_000_000_000;
                 println!(
-                    "{:>8}  {:<8} {:<20} {:>8}  {:>8}s  {:>7}ms  {:>7}  {}",
+                    "{:>8}  {:<8} {:<20} {:>8}  {:>8}s  {:>7}ms  {:>7}  {:>9}  {}",
                     s.id.0,
                     s.info.kind.name(),
                     s.info.host,
@@ -321,6 +322,11 @@ async fn run_session(command: SessionCommand) -> Result<()> {
                     age_s,
                     s.renewed_ms_ago,
                     s.handles,
+                    if s.waiting > 0 {
+                        format!("{}+{}w", s.locks, s.waiting)
+                    } else {
+                        s.locks.to_string()
+                    },
                     s.info.mount_point
                 );
             }

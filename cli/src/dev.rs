@@ -275,7 +275,7 @@ pub async fn run(options: DevOptions, stop: impl std::future::Future<Output = ()
     }
     println!("stopping");
     if let Some((gateway, _, _)) = gateway {
-        gateway.shutdown();
+        gateway.shutdown().await;
     }
     for chunk in chunks {
         chunk.shutdown().await;

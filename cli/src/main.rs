@@ -304,7 +304,7 @@ fn run_gateway(
         );
         stop_signal().await;
         tracing::info!("stop requested; shutting down");
-        gateway.shutdown();
+        gateway.shutdown().await;
         if let Some((_, task)) = metrics {
             task.abort();
         }
@@ -378,6 +378,31 @@ where
     runtime()?.block_on(async {
         let client = tessera_client::Client::connect(&config).await?;
         command(client).await
+    })
+}
+
+/// A command that writes: it holds a session while it runs, so what it
+/// leaves half done (a `put`'s temporary file) goes when it dies, and
+/// closes it when done.
+fn writing_command<F, Fut>(config: &std::path::Path, command: F) -> Result<()>
+where
+    F: FnOnce(std::sync::Arc<tessera_client::Client>) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    files_command(config, |client| async move {
+        let line: Vec<String> = std::env::args().collect();
+        client
+            .start_session(tessera_client::session_info(
+                tessera_proto::session::SessionKind::Command,
+                &line.join(" "),
+            ))
+            .await
+            .context("open a session with the metaservers")?;
+        let result = command(client.clone()).await;
+        if let Err(err) = client.meta().close_session().await {
+            tracing::debug!(error = %err, "could not close the session; it expires");
+        }
+        result
     })
 }
 
@@ -456,7 +481,7 @@ fn run(cli: Cli) -> Result<()> {
             recursive,
             remote,
             config,
-        } => files_command(&config, |client| async move {
+        } => writing_command(&config, |client| async move {
             transfer::put(&client, &local, &remote, recursive).await
         })?,
         Command::Get {
@@ -470,7 +495,7 @@ fn run(cli: Cli) -> Result<()> {
             path,
             parents,
             config,
-        } => files_command(&config, |client| async move {
+        } => writing_command(&config, |client| async move {
             files::mkdir(client.meta(), &path, parents).await
         })?,
         Command::Ls { path, config } => files_command(&config, |client| async move {
@@ -483,7 +508,7 @@ fn run(cli: Cli) -> Result<()> {
             path,
             recursive,
             config,
-        } => files_command(&config, |client| async move {
+        } => writing_command(&config, |client| async move {
             files::rm(client.meta(), &path, recursive).await
         })?,
         Command::Policy { command } => match command {
@@ -491,7 +516,7 @@ fn run(cli: Cli) -> Result<()> {
                 path,
                 policy,
                 config,
-            } => files_command(&config, |client| async move {
+            } => writing_command(&config, |client| async move {
                 files::policy_set(client.meta(), &path, &policy).await
             })?,
             PolicyCommand::Get { path, config } => files_command(&config, |client| async move {

@@ -6,22 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_client::Client;
+use tessera_client::session_info;
 use tessera_fuse::{MountOptions, Mounted};
-use tessera_proto::session::{SessionInfo, SessionKind};
-
-/// Who this process is, for `tessera admin session list`.
-pub fn session_info(kind: SessionKind, what: &str) -> SessionInfo {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default();
-    SessionInfo {
-        kind,
-        host,
-        pid: std::process::id(),
-        mount_point: what.to_string(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
-    }
-}
+use tessera_proto::session::SessionKind;
 
 /// Checks the mount point, opens the mount's session and mounts; a dead
 /// mount left by a killed process is named with the command that clears it.

@@ -266,16 +266,15 @@ async fn put_file(
         rand::random::<u64>()
     )
     .into_bytes();
+    // The session's end unlinks it if this process dies before the
+    // rename: nothing partial is ever under the final name.
     let created = meta
-        .call(MetaOp::Create {
+        .call(MetaOp::CreateTemporary {
             parent: parent.ino,
             name: temp_name.clone(),
-            kind: FileKind::File,
             mode: 0o644,
             uid: 0,
             gid: 0,
-            rdev: 0,
-            exclusive: true,
         })
         .await
         .map_err(|e| explain(e, &format!("create {remote}")))?;

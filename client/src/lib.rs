@@ -5,6 +5,7 @@
 //! handing out placements and tokens.
 
 mod client;
+mod lock;
 pub mod meta;
 pub mod path;
 mod pieces;
@@ -15,4 +16,5 @@ pub mod write;
 pub use client::Client;
 pub use meta::MetaClient;
 pub use read::FileReader;
+pub use session::session_info;
 pub use write::FileWriter;

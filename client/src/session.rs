@@ -14,8 +14,25 @@ use crate::meta::MetaClient;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tessera_proto::error::{Error, ErrorCode};
-use tessera_proto::session::{CloseSession, OpenSession, RenewSession, SessionId, SessionInfo};
+use tessera_proto::session::{
+    CloseSession, OpenSession, RenewSession, SessionId, SessionInfo, SessionKind,
+};
 use tokio::time::Instant;
+
+/// Who this process is, for a session of `kind`; `what` is the mount
+/// point, listen address or command line operators see.
+pub fn session_info(kind: SessionKind, what: &str) -> SessionInfo {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    SessionInfo {
+        kind,
+        host,
+        pid: std::process::id(),
+        mount_point: what.to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
 
 /// The session a client asked for and the one it holds now.
 pub(crate) struct SessionSlot {

@@ -26,8 +26,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     AccessFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 use tessera_client::{Client, FileReader, FileWriter};
 use tessera_proto::error::{Error, ErrorCode};
@@ -162,10 +162,12 @@ pub fn is_dead_mount(path: &Path) -> bool {
 }
 
 mod convert;
+mod locks;
 mod ops;
 mod shared;
 
 use convert::*;
+use locks::KernelLock;
 use shared::*;
 
 /// The filesystem `fuser` drives.
@@ -187,6 +189,7 @@ impl TesseraFs {
                 cached_versions: Mutex::new(HashMap::new()),
                 next_fh: AtomicU64::new(1),
                 notifier: std::sync::OnceLock::new(),
+                locks: locks::LockState::default(),
             }),
             runtime,
         }

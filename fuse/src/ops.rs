@@ -17,6 +17,15 @@ impl Filesystem for TesseraFs {
         if let Err(missing) = config.add_capabilities(plus) {
             tracing::debug!(?missing, "the kernel offers no readdirplus");
         }
+        // Locks go to the metaservers, so every mount sees one set of
+        // holders (without these the kernel keeps them per mount).
+        let locks = fuser::InitFlags::FUSE_POSIX_LOCKS | fuser::InitFlags::FUSE_FLOCK_LOCKS;
+        if let Err(missing) = config.add_capabilities(locks) {
+            tracing::warn!(
+                ?missing,
+                "the kernel does not pass locks to the mount; they stay local to it"
+            );
+        }
         Ok(())
     }
 
@@ -268,6 +277,11 @@ impl Filesystem for TesseraFs {
         self.spawn(|shared| async move {
             match shared.open(ino).await {
                 Ok((fh, flags)) => reply.opened(FileHandle(fh), flags),
+                // The kernel found the name in its cache but another mount
+                // removed the file since: ESTALE makes the VFS look the
+                // path up again (an O_CREAT open then creates it afresh)
+                // rather than failing the open with ENOENT.
+                Err(err) if err.code == ErrorCode::NotFound => reply.error(Errno::ESTALE),
                 Err(err) => reply.error(errno(&err)),
             }
         });
@@ -343,7 +357,7 @@ impl Filesystem for TesseraFs {
         _req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
         let handle = match self.shared.handle(fh) {
@@ -353,7 +367,11 @@ impl Filesystem for TesseraFs {
         self.spawn(|shared| async move {
             let result = async {
                 shared.check(&handle)?;
-                handle.file.flush().await
+                handle.file.flush().await?;
+                // After the data: the next holder reads what was written.
+                shared
+                    .release_posix_locks(handle.file.ino, lock_owner.0)
+                    .await
             }
             .await;
             if let Err(err) = &result {
@@ -366,14 +384,27 @@ impl Filesystem for TesseraFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
         self.spawn(|shared| async move {
+            if let Some(owner) = lock_owner {
+                // The open file description used flock: its lock goes with
+                // its last close (after the data, which `release` below
+                // commits only when this is the inode's last handle).
+                if let Some(file) = shared.file(ino_of(ino))
+                    && let Err(err) = file.flush().await
+                {
+                    tracing::warn!(ino = ino.0, error = %err, "flush before a flock release failed");
+                }
+                if let Err(err) = shared.release_flock(ino_of(ino), owner.0).await {
+                    tracing::warn!(ino = ino.0, error = %err, "flock release failed; it goes when this mount's session ends");
+                }
+            }
             let result = shared.release(fh.0).await;
             if let Err(err) = &result {
                 tracing::warn!(fh = fh.0, error = %err, "flush at release failed");
@@ -701,5 +732,95 @@ impl Filesystem for TesseraFs {
                 Err(err) => reply.error(errno(&err)),
             }
         });
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        let handle = match self.shared.handle(fh) {
+            Ok(handle) => handle,
+            Err(e) => return reply.error(e),
+        };
+        let asked = KernelLock {
+            owner: lock_owner.0,
+            start,
+            end,
+            typ,
+            pid,
+            flock: false,
+        };
+        self.spawn(|shared| async move {
+            let result = async {
+                shared.check(&handle)?;
+                shared.get_lock(ino_of(ino), asked.request(false)?).await
+            }
+            .await;
+            match result {
+                Ok((start, end, typ, pid)) => reply.locked(start, end, typ, pid),
+                Err(err) => reply.error(errno(&err)),
+            }
+        });
+    }
+
+    fn setlk(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        flock: bool,
+        reply: ReplyEmpty,
+    ) {
+        let handle = match self.shared.handle(fh) {
+            Ok(handle) => handle,
+            Err(e) => return reply.error(e),
+        };
+        let asked = KernelLock {
+            owner: lock_owner.0,
+            start,
+            end,
+            typ,
+            pid,
+            flock,
+        };
+        let unique = req.unique().0;
+        self.spawn(|shared| async move {
+            let result = async {
+                // A handle of an ended session must not lock (or unlock)
+                // under the new one.
+                shared.check(&handle)?;
+                shared
+                    .set_lock(ino_of(ino), asked.request(sleep)?, unique)
+                    .await
+            }
+            .await;
+            if let Err(err) = &result
+                && !matches!(
+                    err.code,
+                    ErrorCode::Locked | ErrorCode::Interrupted | ErrorCode::Deadlock
+                )
+            {
+                tracing::warn!(ino = ino.0, error = %err, "lock request failed");
+            }
+            TesseraFs::reply_empty(reply, result);
+        });
+    }
+
+    fn interrupt(&self, _req: &Request, unique: fuser::RequestId) {
+        self.shared.locks.interrupt(unique.0);
     }
 }

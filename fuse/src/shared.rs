@@ -88,6 +88,7 @@ pub(crate) struct Shared {
     /// Set once the session exists; lets an open drop attributes the
     /// kernel cached before another mount changed the file.
     pub(crate) notifier: std::sync::OnceLock<fuser::Notifier>,
+    pub(crate) locks: crate::locks::LockState,
 }
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

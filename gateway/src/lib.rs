@@ -21,6 +21,7 @@ use tessera_client::Client;
 use tessera_proto::config::{ClientConfig, LogConfig};
 use tessera_proto::error::Error;
 use tessera_proto::meta::{FileKind, MetaOp};
+use tessera_proto::session::SessionKind;
 use tokio::net::TcpListener;
 
 /// A client that sends no request headers for this long is dropped, so
@@ -103,6 +104,7 @@ impl Metrics {
 pub struct Gateway {
     addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
+    client: Arc<Client>,
 }
 
 impl Gateway {
@@ -113,7 +115,17 @@ impl Gateway {
         region: String,
         registry: &Registry,
     ) -> Result<Gateway, Error> {
+        // Staged uploads are the session's temporary files: a gateway that
+        // dies mid-upload leaves nothing behind once its session expires.
+        client
+            .start_session(tessera_client::session_info(
+                SessionKind::Gateway,
+                &listen.to_string(),
+            ))
+            .await?;
+        let session_client = client.clone();
         let store = Arc::new(store::Store::open(client).await?);
+        // Staged files of gateways from before sessions, by age.
         sweep_staging(&store).await;
         let gateway = s3::Gateway::new(store.clone(), region);
         let mut builder = s3s::service::S3ServiceBuilder::new(gateway);
@@ -221,16 +233,24 @@ impl Gateway {
                 });
             }
         });
-        Ok(Gateway { addr, task })
+        Ok(Gateway {
+            addr,
+            task,
+            client: session_client,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
-    /// Stops accepting connections; requests in progress are cut off.
-    pub fn shutdown(self) {
+    /// Stops accepting connections; requests in progress are cut off and
+    /// their staged files deleted with the session.
+    pub async fn shutdown(self) {
         self.task.abort();
+        if let Err(err) = self.client.meta().close_session().await {
+            tracing::warn!(error = %err, "could not close the gateway's session; it expires");
+        }
     }
 }
 

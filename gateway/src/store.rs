@@ -217,16 +217,15 @@ impl Store {
     /// A new empty file in the staging directory, and its name there.
     pub async fn create_staged(&self) -> S3Result<(Attr, Vec<u8>)> {
         let name = format!("{:032x}", rand::random::<u128>()).into_bytes();
+        // The gateway's session's end unlinks it if the gateway dies
+        // mid-upload.
         let reply = self
-            .call(MetaOp::Create {
+            .call(MetaOp::CreateTemporary {
                 parent: self.staging,
                 name: name.clone(),
-                kind: FileKind::File,
                 mode: 0o644,
                 uid: 0,
                 gid: 0,
-                rdev: 0,
-                exclusive: true,
             })
             .await
             .map_err(s3_error)?;

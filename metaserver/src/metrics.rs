@@ -28,6 +28,9 @@ pub struct MetaMetrics {
     pub sessions_live: IntGauge,
     pub sessions_opened: IntCounterVec,
     pub sessions_ended: IntCounterVec,
+    pub locks_held: IntGauge,
+    pub lock_waiters: IntGauge,
+    pub orphaned_inodes: IntGauge,
 }
 
 impl MetaMetrics {
@@ -136,6 +139,18 @@ impl MetaMetrics {
                 ),
                 &["reason"],
             )?,
+            locks_held: IntGauge::with_opts(opts(
+                "tessera_meta_locks_held",
+                "File locks held, each flock and POSIX range counted (leader only)",
+            ))?,
+            lock_waiters: IntGauge::with_opts(opts(
+                "tessera_meta_lock_waiters",
+                "Blocked lock requests queued on the leader (leader only)",
+            ))?,
+            orphaned_inodes: IntGauge::with_opts(opts(
+                "tessera_meta_orphaned_inodes",
+                "Unlinked files kept by open handles, deleted at their last close or their holders' session end (leader only)",
+            ))?,
         };
         registry.register(Box::new(metrics.term.clone()))?;
         registry.register(Box::new(metrics.is_leader.clone()))?;
@@ -156,6 +171,9 @@ impl MetaMetrics {
         registry.register(Box::new(metrics.sessions_live.clone()))?;
         registry.register(Box::new(metrics.sessions_opened.clone()))?;
         registry.register(Box::new(metrics.sessions_ended.clone()))?;
+        registry.register(Box::new(metrics.locks_held.clone()))?;
+        registry.register(Box::new(metrics.lock_waiters.clone()))?;
+        registry.register(Box::new(metrics.orphaned_inodes.clone()))?;
         Ok(metrics)
     }
 

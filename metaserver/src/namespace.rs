@@ -96,6 +96,9 @@ const PREFIX_EXTENT: &[u8] = b"ne";
 const PREFIX_XATTR: &[u8] = b"na";
 const PREFIX_CHUNK: &[u8] = b"nc";
 const PREFIX_FRAGMENTED: &[u8] = b"nf";
+/// Unlinked files kept alive by open handles, for operators: each goes
+/// when its last handle is released (or its holder's session ends).
+const PREFIX_ORPHAN: &[u8] = b"no";
 
 /// One inode as stored. Entries, extents and xattrs are records of their
 /// own so that a change to one of them does not rewrite the inode, and a
@@ -193,6 +196,10 @@ fn chunk_key(chunk: ChunkId) -> Vec<u8> {
 
 fn fragmented_key(ino: InodeId) -> Vec<u8> {
     [PREFIX_FRAGMENTED, &ino.0.to_be_bytes()].concat()
+}
+
+fn orphan_key(ino: InodeId) -> Vec<u8> {
+    [PREFIX_ORPHAN, &ino.0.to_be_bytes()].concat()
 }
 
 /// The number after a key's two-byte prefix.
@@ -557,7 +564,11 @@ impl Namespace {
             | MetaOp::CreateAccessKey { .. }
             | MetaOp::ListAccessKeys
             | MetaOp::GetAccessKey { .. }
-            | MetaOp::DeleteAccessKey { .. } => Err(err(
+            | MetaOp::DeleteAccessKey { .. }
+            | MetaOp::SetLock { .. }
+            | MetaOp::GetLock { .. }
+            | MetaOp::EndLockWait { .. }
+            | MetaOp::CreateTemporary { .. } => Err(err(
                 ErrorCode::Internal,
                 format!("{} is not a namespace operation", op.name()),
             )),
@@ -672,6 +683,14 @@ impl Namespace {
     /// Inodes, including unlinked ones kept alive by open handles.
     pub fn inode_count(&self) -> u64 {
         self.counters().inodes
+    }
+
+    /// Unlinked files still open somewhere, awaiting deletion at their
+    /// last close (or their holders' session ends).
+    pub fn orphan_count(&self) -> u64 {
+        self.kv
+            .keys(PREFIX_ORPHAN, &prefix_end(PREFIX_ORPHAN))
+            .len() as u64
     }
 }
 
@@ -830,7 +849,8 @@ impl Namespace {
         self.decoded(&key, &value)
     }
 
-    fn child(&self, parent: InodeId, name: &[u8]) -> Option<InodeId> {
+    /// The inode `name` in `parent` names, if any (no checks).
+    pub fn child(&self, parent: InodeId, name: &[u8]) -> Option<InodeId> {
         self.dirent(parent, name).map(|entry| entry.ino)
     }
 

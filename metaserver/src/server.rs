@@ -314,6 +314,7 @@ impl MetaServer {
             sessions: Mutex::new(crate::service::Sessions::new(Duration::from_millis(
                 config.session.expiry_ms,
             ))),
+            lock_events: tokio::sync::watch::Sender::new(0),
         });
         let rpc = RpcServer::start(
             &identity,

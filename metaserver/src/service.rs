@@ -10,6 +10,7 @@
 #![allow(clippy::result_large_err)]
 
 mod heal;
+mod locks;
 mod sessions;
 
 pub use sessions::Sessions;
@@ -32,6 +33,7 @@ use tessera_proto::chunk::{
 use tessera_proto::error::{Error, ErrorCode};
 use tessera_proto::ids::InodeId;
 use tessera_proto::ids::{NodeId, PieceId};
+use tessera_proto::lock::WaitLock;
 use tessera_proto::meta::{
     AddMember, ChunkPlacement, ChunkserverStatus, MemberStatus, MetaCall, MetaOp, MetaReply,
     NamespaceTotals, NodeAdmin, RemoveMember, RepairQueue, StatFs, Status, StatusReply,
@@ -68,6 +70,9 @@ pub struct MetaService {
     pub contacts: crate::network::Contacts,
     /// Leader only: when each session last renewed.
     pub sessions: Mutex<Sessions>,
+    /// Bumped after every command that may grant a queued lock, to wake
+    /// the `WaitLock` calls held here.
+    pub lock_events: tokio::sync::watch::Sender<u64>,
 }
 
 fn now_ns() -> i64 {
@@ -153,7 +158,12 @@ impl MetaService {
     }
 
     async fn propose(&self, command: Command) -> Result<Applied, Error> {
-        self.batcher.propose(command).await
+        let wakes = locks::may_grant(&command);
+        let result = self.batcher.propose(command).await;
+        if wakes {
+            self.lock_events.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        result
     }
 
     /// A client call, counted and timed by operation and outcome.
@@ -185,6 +195,18 @@ impl MetaService {
         call: MetaCall,
         session: Option<SessionId>,
     ) -> Result<MetaReply, Error> {
+        if let MetaOp::GetLock { ino, request } = &call.op {
+            self.linearize().await?;
+            let session = session.ok_or_else(|| {
+                Error::new(
+                    ErrorCode::InvalidArgument,
+                    "locks belong to a session: open one first",
+                )
+            })?;
+            self.require_session(session)?;
+            let holder = self.shared.read().get_lock(session, *ino, request)?;
+            return Ok(MetaReply::LockHolder(holder));
+        }
         if is_read(&call.op) {
             self.linearize().await?;
             if let Some(id) = session {
@@ -648,6 +670,13 @@ impl Service for MetaService {
                 self.close_session(message).await?;
                 call.respond(&(), 0).await
             }
+            WaitLock::ID => {
+                call.peer()
+                    .require_role(&[Role::Client, Role::Gateway], WaitLock::NAME)?;
+                let message: WaitLock = call.decode()?;
+                let reply = self.wait_lock(message).await?;
+                call.respond(&reply, 0).await
+            }
             Status::ID => {
                 let _: Status = call.decode()?;
                 call.respond(&self.status(), 0).await
@@ -721,6 +750,7 @@ impl Service for MetaService {
             RenewSession::ID => RenewSession::NAME,
             ListSessions::ID => ListSessions::NAME,
             CloseSession::ID => CloseSession::NAME,
+            WaitLock::ID => WaitLock::NAME,
             Status::ID => Status::NAME,
             AddMember::ID => AddMember::NAME,
             RemoveMember::ID => RemoveMember::NAME,
@@ -773,6 +803,7 @@ pub async fn leader_loop(
         if !passes.is_multiple_of(5) {
             continue;
         }
+        service.observe_locks();
         {
             let state = service.shared.read();
             service.registry().reconcile(&state, now);

@@ -449,7 +449,14 @@ impl State {
             } => self.client_command(*request_id, *now_ns, |state| {
                 state.session_call(*session, op, *now_ns)
             }),
-            Command::EndSession { session, why } => self.end_session(*session, *why),
+            // Written before sessions had temporary files: there are none
+            // to unlink, so the time is never used.
+            Command::EndSession { session, why } => self.end_session(*session, *why, 0),
+            Command::EndSessionAt {
+                session,
+                why,
+                now_ns,
+            } => self.end_session(*session, *why, *now_ns),
         }
     }
 
@@ -733,6 +740,13 @@ impl State {
                 self.dirty.insert(access_key_key(id));
                 Ok(MetaReply::Done)
             }
+            MetaOp::SetLock { .. }
+            | MetaOp::GetLock { .. }
+            | MetaOp::EndLockWait { .. }
+            | MetaOp::CreateTemporary { .. } => Err(Error::new(
+                ErrorCode::InvalidArgument,
+                format!("{} belongs to a session: open one first", op.name()),
+            )),
             other => self.ns.apply(other, now_ns),
         }
     }
@@ -1088,8 +1102,10 @@ impl State {
 }
 
 mod chunks;
+mod locks;
 mod sessions;
 
+pub use locks::{INODE_LOCKS_MAX, InodeLocks, LockCounts, Waiter};
 pub use sessions::{SessionEnd, SessionRecord};
 
 #[cfg(test)]

@@ -62,6 +62,13 @@ pub enum Command {
     /// A session ends (expired by the leader, evicted, closed) and what it
     /// held is released.
     EndSession { session: SessionId, why: SessionEnd },
+    /// The same, with the leader's clock: the session's temporary files
+    /// are unlinked then.
+    EndSessionAt {
+        session: SessionId,
+        why: SessionEnd,
+        now_ns: i64,
+    },
 }
 
 /// What a Raft entry carries: a batch of commands applied in order, so many

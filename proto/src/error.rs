@@ -50,6 +50,7 @@ macro_rules! error_codes {
 /// Linux errno values, so this crate needs no libc binding.
 pub mod errno {
     pub const EPERM: i32 = 1;
+    pub const EINTR: i32 = 4;
     pub const ENOENT: i32 = 2;
     pub const EIO: i32 = 5;
     pub const E2BIG: i32 = 7;
@@ -66,6 +67,7 @@ pub mod errno {
     pub const EROFS: i32 = 30;
     pub const EMLINK: i32 = 31;
     pub const ERANGE: i32 = 34;
+    pub const EDEADLK: i32 = 35;
     pub const ENAMETOOLONG: i32 = 36;
     pub const ENOSYS: i32 = 38;
     pub const ENOTEMPTY: i32 = 39;
@@ -178,6 +180,13 @@ error_codes! {
     TooManyLinks = 412, EMLINK, "too many links";
     /// The object is in use.
     Busy = 413, EBUSY, "resource busy";
+    /// Another owner holds a conflicting lock.
+    Locked = 414, EAGAIN, "lock held by another owner";
+    /// Waiting for the lock would close a cycle of owners waiting on each
+    /// other.
+    Deadlock = 415, EDEADLK, "lock wait would deadlock";
+    /// The wait was ended by a signal before the lock was granted.
+    Interrupted = 416, EINTR, "interrupted";
 
     // 900..: the server's own fault.
     /// A bug or an unexpected state on the server; a human should look.

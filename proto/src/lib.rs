@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod ids;
 pub mod limits;
+pub mod lock;
 pub mod meta;
 pub mod obs;
 pub mod rpc;

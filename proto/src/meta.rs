@@ -8,6 +8,7 @@
 //! applied twice. That is why [`MetaCall`] is marked idempotent.
 
 use crate::ids::{ChunkId, InodeId, NodeId, PieceId, RequestId};
+use crate::lock::{LockAnswer, LockHolder, LockRequest};
 use crate::token::Token;
 use crate::wire::Method;
 use serde::{Deserialize, Serialize};
@@ -440,6 +441,35 @@ pub enum MetaOp {
     DeleteAccessKey {
         id: String,
     },
+    /// Takes, changes or releases a lock (under a session only). A
+    /// refused non-blocking request is `ErrorCode::Locked`; a blocking one
+    /// that would close a wait cycle is `ErrorCode::Deadlock`.
+    SetLock {
+        ino: InodeId,
+        request: LockRequest,
+    },
+    /// The first lock that conflicts with `request` (`F_GETLK`), if any.
+    GetLock {
+        ino: InodeId,
+        request: LockRequest,
+    },
+    /// Ends a queued wait: taken out of the queue if still waiting
+    /// (`Cancelled`, for a signal), forgotten if already granted
+    /// (`Granted`).
+    EndLockWait {
+        waiter: u64,
+    },
+    /// Creates an empty regular file (exclusively) that the session's end
+    /// unlinks unless it was renamed or unlinked first: a staging file
+    /// (`tessera put`, an S3 upload) whose writer may die. Under a session
+    /// only.
+    CreateTemporary {
+        parent: InodeId,
+        name: Vec<u8>,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
 }
 
 impl MetaOp {
@@ -482,6 +512,10 @@ impl MetaOp {
             MetaOp::ListAccessKeys => "key_list",
             MetaOp::GetAccessKey { .. } => "key_get",
             MetaOp::DeleteAccessKey { .. } => "key_delete",
+            MetaOp::SetLock { .. } => "setlock",
+            MetaOp::GetLock { .. } => "getlock",
+            MetaOp::EndLockWait { .. } => "end_lock_wait",
+            MetaOp::CreateTemporary { .. } => "create_temporary",
         }
     }
 }
@@ -523,6 +557,9 @@ pub enum MetaReply {
         info: AccessKeyInfo,
         secret: String,
     },
+    Lock(LockAnswer),
+    /// `GetLock`'s answer: the conflicting lock, if any.
+    LockHolder(Option<LockHolder>),
 }
 
 /// One client API call.

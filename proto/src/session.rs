@@ -127,6 +127,10 @@ pub struct SessionStatus {
     pub renewed_ms_ago: u64,
     /// Open handles it holds (each open counts).
     pub handles: u64,
+    /// Locks it holds (each flock and each POSIX range counts).
+    pub locks: u64,
+    /// Lock requests of its queued on the leader.
+    pub waiting: u64,
 }
 
 /// Every session (leader only).
@@ -175,6 +179,7 @@ mod tests {
             SessionCall::ID,
             ListSessions::ID,
             CloseSession::ID,
+            crate::lock::WaitLock::ID,
         ];
         let before = ids.len();
         ids.sort_unstable();

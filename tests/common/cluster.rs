@@ -232,16 +232,26 @@ impl Mount {
 
     /// Mounts with a client configuration of the test's own.
     pub fn with_config(config: &Path, dir: &Path, name: &str, extra: &[&str]) -> Mount {
+        Mount::with_command(dir, name, |path| {
+            let mut command = Command::new(super::tessera_bin());
+            command
+                .arg("mount")
+                .arg(path)
+                .arg("--config")
+                .arg(config)
+                .args(extra);
+            command
+        })
+    }
+
+    /// Mounts on `dir/name` with the command `command` builds for the
+    /// mount point (one that ends by exec'ing `tessera mount`).
+    pub fn with_command(dir: &Path, name: &str, command: impl FnOnce(&Path) -> Command) -> Mount {
         let path = dir.join(name);
         std::fs::create_dir_all(&path).expect("mount point");
         let log = dir.join(format!("{name}.log"));
         let log_file = std::fs::File::create(&log).expect("mount log");
-        let child = Command::new(super::tessera_bin())
-            .arg("mount")
-            .arg(&path)
-            .arg("--config")
-            .arg(config)
-            .args(extra)
+        let child = command(&path)
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())

@@ -17,6 +17,7 @@ pub(super) struct Loaded {
     pub(super) xattrs: BTreeMap<InodeId, BTreeMap<Vec<u8>, Vec<u8>>>,
     pub(super) chunks: BTreeMap<ChunkId, u64>,
     pub(super) fragmented: BTreeSet<InodeId>,
+    pub(super) orphans: BTreeSet<InodeId>,
 }
 
 /// The counters of one inode as its records say they must be.
@@ -77,6 +78,9 @@ impl Loaded {
                 }
                 PREFIX_FRAGMENTED if key.len() == 10 => {
                     loaded.fragmented.insert(InodeId(number()?));
+                }
+                PREFIX_ORPHAN if key.len() == 10 => {
+                    loaded.orphans.insert(InodeId(number()?));
                 }
                 _ => return Err(bad()),
             }
@@ -290,6 +294,15 @@ impl Loaded {
             .collect();
         if fragmented != self.fragmented {
             return Err("the index of fragmented files disagrees with the extents".to_string());
+        }
+        let orphans: BTreeSet<InodeId> = self
+            .inodes
+            .iter()
+            .filter(|(_, node)| node.nlink == 0 && node.kind != FileKind::Dir)
+            .map(|(ino, _)| *ino)
+            .collect();
+        if orphans != self.orphans {
+            return Err("the index of unlinked open files disagrees with the inodes".to_string());
         }
         Ok(())
     }

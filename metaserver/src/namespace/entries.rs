@@ -226,6 +226,7 @@ impl Namespace {
         };
         let mut uncount = None;
         let mut gone = false;
+        let mut orphaned = false;
         self.update(ino, |node| {
             node.nlink = if node.kind == FileKind::Dir {
                 0
@@ -241,7 +242,11 @@ impl Namespace {
                 node.parent = InodeId(0);
             }
             gone = node.nlink == 0 && node.open == 0;
+            orphaned = node.nlink == 0 && node.open > 0 && node.kind != FileKind::Dir;
         });
+        if orphaned {
+            self.kv.put(orphan_key(ino), Vec::new());
+        }
         if let Some(counted) = uncount {
             let bytes = if before.kind == FileKind::File {
                 before.size
@@ -264,6 +269,7 @@ impl Namespace {
     /// only deleted empty, so no entry is lost.
     pub(super) fn delete_inode(&mut self, ino: InodeId) {
         self.kv.delete(inode_key(ino));
+        self.kv.delete(orphan_key(ino));
         let mut counters = self.counters();
         counters.inodes = counters.inodes.saturating_sub(1);
         self.put_counters(counters);

@@ -160,6 +160,9 @@ pub fn run(store: &dyn Store) -> Result<u64, String> {
         if node.extents > FRAGMENT_BASE_EXTENTS {
             loaded.fragmented.insert(*ino);
         }
+        if node.nlink == 0 && node.kind != FileKind::Dir {
+            loaded.orphans.insert(*ino);
+        }
     }
     loaded
         .check()
@@ -194,6 +197,9 @@ pub fn run(store: &dyn Store) -> Result<u64, String> {
     }
     for ino in &loaded.fragmented {
         new.insert(fragmented_key(*ino), Vec::new());
+    }
+    for ino in &loaded.orphans {
+        new.insert(orphan_key(*ino), Vec::new());
     }
     let mut changes: Vec<Change> = old
         .into_iter()

@@ -146,6 +146,7 @@ impl MetaService {
             };
             after = *last;
             for (id, record) in page {
+                let locks = state.session_lock_counts(id);
                 out.push(SessionStatus {
                     id,
                     info: record.info,
@@ -154,6 +155,8 @@ impl MetaService {
                         now.saturating_duration_since(*at).as_millis() as u64
                     }),
                     handles: record.handles,
+                    locks: locks.held,
+                    waiting: locks.waiting,
                 });
             }
         }
@@ -181,8 +184,12 @@ impl MetaService {
     }
 
     async fn end_session(&self, id: SessionId, why: SessionEnd) -> Result<(), Error> {
-        self.propose(Command::EndSession { session: id, why })
-            .await?;
+        self.propose(Command::EndSessionAt {
+            session: id,
+            why,
+            now_ns: now_ns(),
+        })
+        .await?;
         self.sessions().renewed.remove(&id);
         self.metrics
             .sessions_ended

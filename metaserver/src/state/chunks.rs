@@ -13,6 +13,7 @@
 use super::{ALLOCATION_TTL_NS, ChunkRecord, ChunkState, State, decode_chunk, encode};
 use crate::kv::{Store, prefix_end};
 use std::collections::BTreeSet;
+use tessera_proto::error::ErrorCode;
 use tessera_proto::ids::{ChunkId, NodeId};
 
 const PREFIX_CHUNK: &[u8] = b"c";
@@ -147,15 +148,30 @@ impl State {
         }
     }
 
-    /// Up to `limit` allocations made more than the TTL before `now_ns` and
-    /// never committed, oldest first.
+    /// Up to `limit` uncommitted allocations that can go, oldest first:
+    /// those made more than the TTL before `now_ns`, and at once those
+    /// whose file no longer exists (a writer killed with its temporary
+    /// file, a file unlinked mid-write), since no commit can land on them.
+    /// Only the `limit` oldest allocations are looked at, so one command's
+    /// work stays bounded; the rest wait for the next.
     pub(super) fn due_allocations(&self, now_ns: i64, limit: usize) -> Vec<ChunkId> {
-        let end = allocated_key(now_ns.saturating_sub(ALLOCATION_TTL_NS), ChunkId(0));
+        let expired_before = allocated_key(now_ns.saturating_sub(ALLOCATION_TTL_NS), ChunkId(0));
         self.ns
             .kv()
-            .scan(PREFIX_ALLOCATED, &end, limit)
+            .scan(PREFIX_ALLOCATED, &prefix_end(PREFIX_ALLOCATED), limit)
             .iter()
-            .filter_map(|(key, _)| trailing_chunk(key))
+            .filter_map(|(key, _)| {
+                let chunk = trailing_chunk(key)?;
+                let due = *key < expired_before
+                    || match self.chunk(chunk).map(|r| r.state) {
+                        Some(ChunkState::Allocated { ino, .. }) => matches!(
+                            self.ns.attr(ino),
+                            Err(err) if err.code == ErrorCode::NotFound
+                        ),
+                        _ => false,
+                    };
+                due.then_some(chunk)
+            })
             .collect()
     }
 
@@ -383,6 +399,52 @@ mod tests {
         assert_eq!(
             state.chunks_on(nodes[1], ChunkId::default(), 10),
             vec![(kept, vec![0])]
+        );
+        // An allocation for a file that is gone is due at once.
+        let Applied::Meta(MetaReply::Entry(gone)) = apply(
+            &mut state,
+            client(
+                MetaOp::Create {
+                    parent: InodeId::ROOT,
+                    name: b"g".to_vec(),
+                    kind: FileKind::File,
+                    mode: 0o644,
+                    uid: 0,
+                    gid: 0,
+                    rdev: 0,
+                    exclusive: true,
+                },
+                40,
+            ),
+        ) else {
+            panic!("create")
+        };
+        let Applied::Meta(MetaReply::Chunk(orphan)) = apply(
+            &mut state,
+            Command::Allocate {
+                request_id: RequestId::fresh(),
+                ino: gone.ino,
+                policy: Policy::Replicas(2),
+                nodes: vec![nodes[0], nodes[1]],
+                now_ns: ALLOCATION_TTL_NS + 50,
+            },
+        ) else {
+            panic!("allocate")
+        };
+        assert_eq!(state.due_allocations(ALLOCATION_TTL_NS + 60, 10), vec![]);
+        apply(
+            &mut state,
+            client(
+                MetaOp::Unlink {
+                    parent: InodeId::ROOT,
+                    name: b"g".to_vec(),
+                },
+                60,
+            ),
+        );
+        assert_eq!(
+            state.due_allocations(ALLOCATION_TTL_NS + 70, 10),
+            vec![orphan.chunk]
         );
         state.take_changes();
 

@@ -20,12 +20,13 @@ use crate::types::Applied;
 use serde::{Deserialize, Serialize};
 use tessera_proto::error::{Error, ErrorCode};
 use tessera_proto::ids::InodeId;
-use tessera_proto::meta::{MetaOp, MetaReply};
+use tessera_proto::meta::{FileKind, MetaOp, MetaReply};
 use tessera_proto::session::{SESSION_TEXT_MAX, SessionId, SessionInfo};
 
 const KEY_NEXT_SESSION: &[u8] = b"xsessions";
 const PREFIX_SESSION: &[u8] = b"s";
 const PREFIX_HANDLE: &[u8] = b"h";
+const PREFIX_TEMPORARY: &[u8] = b"T";
 
 /// One session as stored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +69,14 @@ fn handle_prefix(id: SessionId) -> Vec<u8> {
 
 fn handle_key(id: SessionId, ino: InodeId) -> Vec<u8> {
     [PREFIX_HANDLE, &id.0.to_be_bytes(), &ino.0.to_be_bytes()].concat()
+}
+
+fn temporary_prefix(id: SessionId) -> Vec<u8> {
+    [PREFIX_TEMPORARY, &id.0.to_be_bytes()].concat()
+}
+
+fn temporary_key(id: SessionId, ino: InodeId) -> Vec<u8> {
+    [PREFIX_TEMPORARY, &id.0.to_be_bytes(), &ino.0.to_be_bytes()].concat()
 }
 
 fn expired(id: SessionId) -> Error {
@@ -179,16 +188,69 @@ impl State {
                 self.put_session(id, &record);
                 self.apply_client(op, now_ns)
             }
+            MetaOp::CreateTemporary {
+                parent,
+                name,
+                mode,
+                uid,
+                gid,
+            } => {
+                let create = MetaOp::Create {
+                    parent: *parent,
+                    name: name.clone(),
+                    kind: FileKind::File,
+                    mode: *mode,
+                    uid: *uid,
+                    gid: *gid,
+                    rdev: 0,
+                    exclusive: true,
+                };
+                let reply = self.apply_client(&create, now_ns)?;
+                let (MetaReply::Attr(attr) | MetaReply::Entry(attr)) = &reply else {
+                    return Err(Error::internal(format!("create replied {reply:?}")));
+                };
+                self.ns.kv_mut().put(
+                    temporary_key(id, attr.ino),
+                    encode(&(*parent, name.clone())),
+                );
+                Ok(reply)
+            }
+            // A temporary file renamed (published) or unlinked is no
+            // longer the session's to delete.
+            MetaOp::Rename { parent, name, .. } | MetaOp::Unlink { parent, name } => {
+                let named = self.ns.child(*parent, name);
+                let reply = self.apply_client(op, now_ns)?;
+                if let Some(ino) = named {
+                    let key = temporary_key(id, ino);
+                    if self.ns.kv().get(&key).is_some() {
+                        self.ns.kv_mut().delete(key);
+                    }
+                }
+                Ok(reply)
+            }
+            MetaOp::SetLock { ino, request } => {
+                self.set_lock(id, *ino, request).map(MetaReply::Lock)
+            }
+            MetaOp::EndLockWait { waiter } => self.end_lock_wait(id, *waiter).map(MetaReply::Lock),
             _ => self.apply_client(op, now_ns),
         }
     }
 
     /// Ends a session and releases everything it held. Ending one that is
     /// already gone is not an error: an expiry and an eviction may race.
-    pub(super) fn end_session(&mut self, id: SessionId, why: SessionEnd) -> Result<Applied, Error> {
+    pub(super) fn end_session(
+        &mut self,
+        id: SessionId,
+        why: SessionEnd,
+        now_ns: i64,
+    ) -> Result<Applied, Error> {
         if self.session(id).is_none() {
             return Ok(Applied::Done);
         }
+        // Locks first: their waiters may be granted on inodes this
+        // session's handles kept alive.
+        let locks = self.release_session_locks(id);
+        let temporary = self.delete_temporaries(id, now_ns);
         let prefix = handle_prefix(id);
         let held = self.ns.kv().scan(&prefix, &prefix_end(&prefix), usize::MAX);
         let mut deleted = 0u64;
@@ -209,8 +271,50 @@ impl State {
         }
         self.release_chunks();
         self.ns.kv_mut().delete(session_key(id));
-        tracing::info!(%id, reason = why.name(), unlinked_inodes_deleted = deleted, "session ended");
+        tracing::info!(
+            %id,
+            reason = why.name(),
+            unlinked_inodes_deleted = deleted,
+            locks_released = locks,
+            temporary_files_deleted = temporary,
+            "session ended"
+        );
         Ok(Applied::Done)
+    }
+
+    /// Unlinks the session's temporary files still under the name they
+    /// were created with. Returns how many.
+    fn delete_temporaries(&mut self, id: SessionId, now_ns: i64) -> u64 {
+        let prefix = temporary_prefix(id);
+        let marked = self.ns.kv().scan(&prefix, &prefix_end(&prefix), usize::MAX);
+        let mut deleted = 0;
+        for (key, value) in marked {
+            self.ns.kv_mut().delete(key.clone());
+            let Some(ino) = key
+                .get(9..17)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+            else {
+                continue;
+            };
+            let Some((parent, name)) = self
+                .decoded_record::<(InodeId, Vec<u8>)>(format_args!("temporary file {ino}"), &value)
+            else {
+                continue;
+            };
+            if self.ns.child(parent, &name) != Some(InodeId(ino)) {
+                continue;
+            }
+            match self.ns.apply(&MetaOp::Unlink { parent, name }, now_ns) {
+                Ok(_) => deleted += 1,
+                Err(err) => tracing::warn!(
+                    ino,
+                    error = %err,
+                    "could not delete a temporary file of an ended session"
+                ),
+            }
+        }
+        deleted
     }
 
     /// Handles `id` holds, by inode, for tests and checks.
@@ -316,6 +420,8 @@ mod tests {
         // Unlinked from anywhere: both sessions still hold it.
         unlink(&mut state, b, "f");
         assert_eq!(state.ns.open_handles(ino).unwrap(), 3);
+        assert_eq!(state.ns.orphan_count(), 1);
+        state.ns.check().unwrap();
         // A release of a handle the session does not hold changes nothing.
         let other = create(&mut state, a, "g");
         call(&mut state, b, MetaOp::Release { ino: other }).unwrap();
@@ -337,6 +443,8 @@ mod tests {
             state.ns.open_handles(ino).is_err(),
             "the inode outlived its last holder"
         );
+        assert_eq!(state.ns.orphan_count(), 0);
+        state.ns.check().unwrap();
         assert!(state.session(b).is_none());
         assert!(state.session(a).is_some());
     }
@@ -385,6 +493,80 @@ mod tests {
             },
         )
         .unwrap_err()
+    }
+
+    #[test]
+    fn temporary_files_go_with_their_session_unless_published() {
+        let mut state = State::new(Policy::Replicas(1), 0);
+        let a = open(&mut state);
+        let temporary = |state: &mut State, name: &str| {
+            let op = MetaOp::CreateTemporary {
+                parent: InodeId::ROOT,
+                name: name.as_bytes().to_vec(),
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+            };
+            match call(state, a, op).unwrap() {
+                MetaReply::Attr(attr) | MetaReply::Entry(attr) => attr.ino,
+                other => panic!("create_temporary replied {other:?}"),
+            }
+        };
+        let kept = temporary(&mut state, "staged-1");
+        let dropped = temporary(&mut state, "staged-2");
+        let discarded = temporary(&mut state, "staged-3");
+        let replaced = temporary(&mut state, "staged-4");
+        call(
+            &mut state,
+            a,
+            MetaOp::Rename {
+                parent: InodeId::ROOT,
+                name: b"staged-1".to_vec(),
+                new_parent: InodeId::ROOT,
+                new_name: b"object".to_vec(),
+                mode: tessera_proto::meta::RenameMode::Replace,
+            },
+        )
+        .unwrap();
+        unlink(&mut state, a, "staged-3");
+        // Another file now under a temporary's name is not deleted.
+        unlink(&mut state, a, "staged-4");
+        let other = create(&mut state, a, "staged-4");
+        assert_ne!(other, replaced);
+        // Without a session, temporaries are refused.
+        let refused = state.apply(&Command::Client {
+            request_id: RequestId::fresh(),
+            op: MetaOp::CreateTemporary {
+                parent: InodeId::ROOT,
+                name: b"x".to_vec(),
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+            },
+            now_ns: 3,
+        });
+        assert_eq!(refused.unwrap_err().code, ErrorCode::InvalidArgument);
+        state
+            .apply(&Command::EndSessionAt {
+                session: a,
+                why: SessionEnd::Expired,
+                now_ns: 4,
+            })
+            .unwrap();
+        state.take_changes();
+        assert!(state.ns.attr(kept).is_ok(), "a published temporary went");
+        assert!(
+            state.ns.attr(dropped).is_err(),
+            "an abandoned temporary stayed"
+        );
+        assert!(state.ns.attr(discarded).is_err());
+        assert!(
+            state.ns.attr(other).is_ok(),
+            "a file that took a temporary's name went"
+        );
+        assert_eq!(state.ns.child(InodeId::ROOT, b"staged-2"), None);
+        assert_eq!(state.ns.child(InodeId::ROOT, b"object"), Some(kept));
+        state.ns.check().unwrap();
     }
 
     #[test]
