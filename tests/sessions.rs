@@ -333,8 +333,13 @@ fn a_file_open_on_one_mount_outlives_an_unlink_on_another() {
 
 /// Names in the cluster's root, from `tessera ls /`.
 fn names_in_root(cluster: &common::cluster::Cluster) -> Vec<String> {
+    names_in(cluster, "/")
+}
+
+/// Names in one of the cluster's directories, from `tessera ls`.
+fn names_in(cluster: &common::cluster::Cluster, dir: &str) -> Vec<String> {
     cluster
-        .ok(&["ls", "/"])
+        .ok(&["ls", dir])
         .lines()
         .filter_map(|line| line.split_whitespace().nth(2).map(str::to_string))
         .collect()
@@ -403,4 +408,112 @@ fn a_killed_put_leaves_nothing_after_its_session_expires() {
     let listed: serde_json::Value =
         serde_json::from_str(&cluster.ok(&["admin", "session", "list", "--json"])).unwrap();
     assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
+}
+
+/// An S3 PUT whose gateway is SIGKILLed halfway: its staging file goes with
+/// the gateway's session, its chunks with it, and the object never appears.
+#[test]
+fn a_killed_s3_put_leaves_nothing_after_its_session_expires() {
+    use common::cluster::Cluster;
+    let Some(aws) = std::env::var_os("AWS_CLI")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            let venv = std::path::Path::new(&std::env::var_os("HOME")?)
+                .join(".cache/tessera/venv/bin/aws");
+            venv.exists().then_some(venv)
+        })
+    else {
+        let message = "awscli is not installed: run .ci/run";
+        assert!(std::env::var_os("CI").is_none(), "{message}");
+        eprintln!("skipped: {message}");
+        return;
+    };
+    let cluster = Cluster::up_with(37500, 1, 3, "[session]\nexpiry_ms = 3000", "");
+    let scratch = tempfile::Builder::new()
+        .prefix("tessera-s3-kill")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    // The gateway reaches the cluster as the mount does; keys come from it.
+    let client = std::fs::read_to_string(cluster.config()).unwrap();
+    let mut config = String::from(
+        "listen = \"127.0.0.1:39700\"\nmetrics_listen = \"127.0.0.1:39701\"\n[client]\n",
+    );
+    for line in client.lines() {
+        match line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            Some(table) => config.push_str(&format!("[client.{table}]\n")),
+            None => config.push_str(&format!("{line}\n")),
+        }
+    }
+    let gateway_config = scratch.path().join("gateway.toml");
+    std::fs::write(&gateway_config, config).unwrap();
+    let admin = cluster.root().join("admin.toml");
+    let key: serde_json::Value = serde_json::from_str(&cluster.ok(&[
+        "admin",
+        "key",
+        "create",
+        "--json",
+        "--config",
+        admin.to_str().unwrap(),
+    ]))
+    .unwrap();
+    let credentials = scratch.path().join("credentials");
+    std::fs::write(
+        &credentials,
+        format!(
+            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            key["id"].as_str().unwrap(),
+            key["secret"].as_str().unwrap()
+        ),
+    )
+    .unwrap();
+    cluster.ok(&["mkdir", "/bkt"]);
+    let gateway = common::Daemon::start(
+        &["gateway", "--config", gateway_config.to_str().unwrap()],
+        &scratch.path().join("gateway.log"),
+    );
+    let local = scratch.path().join("big");
+    std::fs::write(&local, common::pattern(7, 512 << 20)).unwrap();
+    let mut put = std::process::Command::new(&aws)
+        .args(["s3api", "put-object", "--bucket", "bkt", "--key", "big"])
+        .arg("--body")
+        .arg(&local)
+        .args(["--endpoint-url", "http://127.0.0.1:39700"])
+        .env("AWS_SHARED_CREDENTIALS_FILE", &credentials)
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Halfway: the staging file exists and the upload is still running.
+    wait_until("the PUT's staging file", Duration::from_secs(60), || {
+        !names_in(&cluster, "/.tessera-s3/staging").is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        put.try_wait().unwrap().is_none(),
+        "the PUT finished before the gateway could be killed halfway"
+    );
+    gateway.kill();
+    let _ = put.kill();
+    let _ = put.wait();
+    let never_visible = |cluster: &Cluster| {
+        assert!(
+            names_in(cluster, "/bkt").is_empty(),
+            "a partial object became visible"
+        );
+    };
+    never_visible(&cluster);
+    wait_until(
+        "the killed PUT's staging file to go",
+        Duration::from_secs(60),
+        || {
+            never_visible(&cluster);
+            names_in(&cluster, "/.tessera-s3/staging").is_empty()
+        },
+    );
+    wait_until("its pieces to go", Duration::from_secs(90), || {
+        pieces_on_disk(&cluster.root()) == 0
+    });
+    never_visible(&cluster);
 }

@@ -108,7 +108,13 @@ pub async fn ls(client: &MetaClient, path: &str) -> Result<()> {
         return Ok(());
     }
     for entry in list_dir(client, attr.ino).await? {
-        let child = attr_of(client.call(MetaOp::GetAttr { ino: entry.ino }).await?)?;
+        let child = match client.call(MetaOp::GetAttr { ino: entry.ino }).await {
+            Ok(reply) => attr_of(reply)?,
+            // Removed since the listing was read: as `ls` on a local
+            // directory, list what still exists.
+            Err(err) if err.code == ErrorCode::NotFound => continue,
+            Err(err) => return Err(err.into()),
+        };
         println!(
             "{}{:04o} {:>12} {}",
             kind_char(child.kind),
