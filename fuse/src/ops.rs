@@ -694,14 +694,14 @@ impl Filesystem for TesseraFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let op = MetaOp::Create {
+        // Created and opened for this mount's session in one commit, so
+        // an unlink from another mount right after leaves it to this one.
+        let op = MetaOp::CreateOpen {
             parent: ino_of(parent),
             name: name_of(name),
-            kind: FileKind::File,
             mode: mode & 0o7777,
             uid: req.uid(),
             gid: req.gid(),
-            rdev: 0,
             exclusive: flags & libc::O_EXCL != 0,
         };
         self.spawn(|shared| async move {
@@ -709,15 +709,8 @@ impl Filesystem for TesseraFs {
                 Ok(attr) if attr.kind != FileKind::File => reply.error(Errno::EISDIR),
                 Ok(attr) => {
                     shared.forget_cache(attr.ino);
-                    // The new file's handle is the session's too, as any
-                    // open's (see `Shared::open`).
-                    let opened = match shared.call(MetaOp::Open { ino: attr.ino }).await {
-                        Ok(_) => Some(shared.epoch()),
-                        Err(err) => {
-                            tracing::warn!(ino = %attr.ino, error = %err, "created file not registered open; an unlink elsewhere removes it at once");
-                            None
-                        }
-                    };
+                    // The session the call went under, as `Shared::open`.
+                    let opened = Some(shared.epoch());
                     let fh = shared.open_handle(attr.ino, opened);
                     // One timeout covers both the entry and the attributes
                     // here: the shorter, so the entry timeout holds.

@@ -568,7 +568,8 @@ impl Namespace {
             | MetaOp::SetLock { .. }
             | MetaOp::GetLock { .. }
             | MetaOp::EndLockWait { .. }
-            | MetaOp::CreateTemporary { .. } => Err(err(
+            | MetaOp::CreateTemporary { .. }
+            | MetaOp::CreateOpen { .. } => Err(err(
                 ErrorCode::Internal,
                 format!("{} is not a namespace operation", op.name()),
             )),

@@ -743,7 +743,8 @@ impl State {
             MetaOp::SetLock { .. }
             | MetaOp::GetLock { .. }
             | MetaOp::EndLockWait { .. }
-            | MetaOp::CreateTemporary { .. } => Err(Error::new(
+            | MetaOp::CreateTemporary { .. }
+            | MetaOp::CreateOpen { .. } => Err(Error::new(
                 ErrorCode::InvalidArgument,
                 format!("{} belongs to a session: open one first", op.name()),
             )),

@@ -470,6 +470,17 @@ pub enum MetaOp {
         uid: u32,
         gid: u32,
     },
+    /// Creates a regular file (or finds it, unless `exclusive`) and opens
+    /// it for the session in one commit: what open(2) with O_CREAT needs,
+    /// at the cost of one round trip instead of two. Under a session only.
+    CreateOpen {
+        parent: InodeId,
+        name: Vec<u8>,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        exclusive: bool,
+    },
 }
 
 impl MetaOp {
@@ -516,6 +527,7 @@ impl MetaOp {
             MetaOp::GetLock { .. } => "getlock",
             MetaOp::EndLockWait { .. } => "end_lock_wait",
             MetaOp::CreateTemporary { .. } => "create_temporary",
+            MetaOp::CreateOpen { .. } => "create_open",
         }
     }
 }

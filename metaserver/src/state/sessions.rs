@@ -163,11 +163,37 @@ impl State {
         match op {
             MetaOp::Open { ino } => {
                 let reply = self.apply_client(op, now_ns)?;
-                let key = handle_key(id, *ino);
-                let held = self.count_at(&key);
-                self.ns.kv_mut().put(key, encode(&held.saturating_add(1)));
-                record.handles = record.handles.saturating_add(1);
-                self.put_session(id, &record);
+                self.hold_handle(id, &mut record, *ino);
+                Ok(reply)
+            }
+            MetaOp::CreateOpen {
+                parent,
+                name,
+                mode,
+                uid,
+                gid,
+                exclusive,
+            } => {
+                let create = MetaOp::Create {
+                    parent: *parent,
+                    name: name.clone(),
+                    kind: FileKind::File,
+                    mode: *mode,
+                    uid: *uid,
+                    gid: *gid,
+                    rdev: 0,
+                    exclusive: *exclusive,
+                };
+                let reply = self.apply_client(&create, now_ns)?;
+                let (MetaReply::Attr(attr) | MetaReply::Entry(attr)) = &reply else {
+                    return Err(Error::internal(format!("create replied {reply:?}")));
+                };
+                // A name that is a directory or a special file is not
+                // opened here: the caller refuses it (EISDIR).
+                if attr.kind == FileKind::File {
+                    self.apply_client(&MetaOp::Open { ino: attr.ino }, now_ns)?;
+                    self.hold_handle(id, &mut record, attr.ino);
+                }
                 Ok(reply)
             }
             MetaOp::Release { ino } => {
@@ -234,6 +260,15 @@ impl State {
             MetaOp::EndLockWait { waiter } => self.end_lock_wait(id, *waiter).map(MetaReply::Lock),
             _ => self.apply_client(op, now_ns),
         }
+    }
+
+    /// One more handle of the session on `ino`, in the batch being applied.
+    fn hold_handle(&mut self, id: SessionId, record: &mut SessionRecord, ino: InodeId) {
+        let key = handle_key(id, ino);
+        let held = self.count_at(&key);
+        self.ns.kv_mut().put(key, encode(&held.saturating_add(1)));
+        record.handles = record.handles.saturating_add(1);
+        self.put_session(id, record);
     }
 
     /// Ends a session and releases everything it held. Ending one that is
@@ -403,6 +438,60 @@ mod tests {
             },
         )
         .unwrap();
+    }
+
+    #[test]
+    fn create_open_creates_and_holds_in_one_call() {
+        let mut state = State::new(Policy::Replicas(1), 0);
+        let (a, b) = (open(&mut state), open(&mut state));
+        let create_open = |name: &str, exclusive| MetaOp::CreateOpen {
+            parent: InodeId::ROOT,
+            name: name.as_bytes().to_vec(),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            exclusive,
+        };
+        let Ok(MetaReply::Entry(made)) = call(&mut state, a, create_open("f", true)) else {
+            panic!("create_open")
+        };
+        assert_eq!(state.session_handles(a), vec![(made.ino, 1)]);
+        // Not exclusive: the existing file, opened again.
+        let Ok(MetaReply::Entry(found)) = call(&mut state, b, create_open("f", false)) else {
+            panic!("create_open of an existing file")
+        };
+        assert_eq!(found.ino, made.ino);
+        assert_eq!(
+            call(&mut state, b, create_open("f", true)).map_err(|e| e.code),
+            Err(ErrorCode::AlreadyExists),
+            "exclusive on an existing name"
+        );
+        unlink(&mut state, b, "f");
+        assert_eq!(state.ns.open_handles(made.ino).unwrap(), 2);
+        // A directory under the name is found but not held.
+        call(
+            &mut state,
+            a,
+            MetaOp::Mkdir {
+                parent: InodeId::ROOT,
+                name: b"d".to_vec(),
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+            },
+        )
+        .unwrap();
+        let before = state.session(a).unwrap().handles;
+        let _ = call(&mut state, a, create_open("d", false));
+        assert_eq!(state.session(a).unwrap().handles, before);
+        // Without a session it is refused.
+        let refused = state.apply(&Command::Client {
+            request_id: RequestId::fresh(),
+            op: create_open("g", true),
+            now_ns: 3,
+        });
+        assert!(refused.is_err());
+        state.ns.check().unwrap();
     }
 
     #[test]
