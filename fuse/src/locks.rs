@@ -253,22 +253,18 @@ impl Shared {
         if !held {
             return Ok(());
         }
-        let request = LockRequest {
-            kind: LockKind::Posix,
-            typ: LockType::Unlock,
-            owner,
-            pid: 0,
-            start: 0,
-            end: LOCK_EOF,
-            wait: false,
-        };
-        self.client.meta().set_lock(ino, request).await.map(|_| ())
+        self.unlock_all(ino, LockKind::Posix, owner).await
     }
 
     /// The last close of an open file description that used flock.
     pub(crate) async fn release_flock(&self, ino: InodeId, owner: u64) -> Result<(), Error> {
+        self.unlock_all(ino, LockKind::Flock, owner).await
+    }
+
+    /// Releases every lock of one family `owner` holds on the file.
+    async fn unlock_all(&self, ino: InodeId, kind: LockKind, owner: u64) -> Result<(), Error> {
         let request = LockRequest {
-            kind: LockKind::Flock,
+            kind,
             typ: LockType::Unlock,
             owner,
             pid: 0,

@@ -20,7 +20,7 @@ use crate::types::Applied;
 use serde::{Deserialize, Serialize};
 use tessera_proto::error::{Error, ErrorCode};
 use tessera_proto::ids::InodeId;
-use tessera_proto::meta::{FileKind, MetaOp, MetaReply};
+use tessera_proto::meta::{Attr, FileKind, MetaOp, MetaReply};
 use tessera_proto::session::{SESSION_TEXT_MAX, SessionId, SessionInfo};
 
 const KEY_NEXT_SESSION: &[u8] = b"xsessions";
@@ -174,20 +174,8 @@ impl State {
                 gid,
                 exclusive,
             } => {
-                let create = MetaOp::Create {
-                    parent: *parent,
-                    name: name.clone(),
-                    kind: FileKind::File,
-                    mode: *mode,
-                    uid: *uid,
-                    gid: *gid,
-                    rdev: 0,
-                    exclusive: *exclusive,
-                };
-                let reply = self.apply_client(&create, now_ns)?;
-                let (MetaReply::Attr(attr) | MetaReply::Entry(attr)) = &reply else {
-                    return Err(Error::internal(format!("create replied {reply:?}")));
-                };
+                let (reply, attr) =
+                    self.create_file(*parent, name, *mode, *uid, *gid, *exclusive, now_ns)?;
                 // A name that is a directory or a special file is not
                 // opened here: the caller refuses it (EISDIR).
                 if attr.kind == FileKind::File {
@@ -221,20 +209,8 @@ impl State {
                 uid,
                 gid,
             } => {
-                let create = MetaOp::Create {
-                    parent: *parent,
-                    name: name.clone(),
-                    kind: FileKind::File,
-                    mode: *mode,
-                    uid: *uid,
-                    gid: *gid,
-                    rdev: 0,
-                    exclusive: true,
-                };
-                let reply = self.apply_client(&create, now_ns)?;
-                let (MetaReply::Attr(attr) | MetaReply::Entry(attr)) = &reply else {
-                    return Err(Error::internal(format!("create replied {reply:?}")));
-                };
+                let (reply, attr) =
+                    self.create_file(*parent, name, *mode, *uid, *gid, true, now_ns)?;
                 self.ns.kv_mut().put(
                     temporary_key(id, attr.ino),
                     encode(&(*parent, name.clone())),
@@ -260,6 +236,37 @@ impl State {
             MetaOp::EndLockWait { waiter } => self.end_lock_wait(id, *waiter).map(MetaReply::Lock),
             _ => self.apply_client(op, now_ns),
         }
+    }
+
+    /// A regular file made (or found, unless `exclusive`) as `Create`
+    /// does, with its attributes out of the reply.
+    #[allow(clippy::too_many_arguments)]
+    fn create_file(
+        &mut self,
+        parent: InodeId,
+        name: &[u8],
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        exclusive: bool,
+        now_ns: i64,
+    ) -> Result<(MetaReply, Attr), Error> {
+        let create = MetaOp::Create {
+            parent,
+            name: name.to_vec(),
+            kind: FileKind::File,
+            mode,
+            uid,
+            gid,
+            rdev: 0,
+            exclusive,
+        };
+        let reply = self.apply_client(&create, now_ns)?;
+        let (MetaReply::Attr(attr) | MetaReply::Entry(attr)) = &reply else {
+            return Err(Error::internal(format!("create replied {reply:?}")));
+        };
+        let attr = attr.clone();
+        Ok((reply, attr))
     }
 
     /// One more handle of the session on `ino`, in the batch being applied.
