@@ -49,6 +49,21 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// Small files around the client's inline limit: appends, overwrites and
+/// truncates that carry a file into chunks and back under the limit.
+fn small_op() -> impl Strategy<Value = Op> {
+    let limit = tessera_proto::config::IoOptions::default().inline_max_bytes;
+    prop_oneof![
+        4 => (0..2 * limit, 1usize..limit as usize, any::<u64>())
+            .prop_map(|(offset, len, seed)| Op::Write { offset, len, seed }),
+        3 => (1usize..6000, any::<u64>()).prop_map(|(len, seed)| Op::Append { len, seed }),
+        2 => (0..2 * limit).prop_map(|size| Op::Truncate { size }),
+        2 => Just(Op::Flush),
+        1 => Just(Op::Reopen),
+        2 => (0..2 * limit, 0..limit).prop_map(|(offset, len)| Op::Read { offset, len }),
+    ]
+}
+
 async fn read_all(client: &Arc<Client>, ino: InodeId) -> Vec<u8> {
     let mut reader = FileReader::open(client.clone(), ino).await.expect("open");
     let mut out = Vec::new();
@@ -183,4 +198,12 @@ fn random_file_operations_match_a_local_model() {
             runtime.block_on(run_case(&client, n, &ops))
         })
         .expect("operations diverged from the model");
+
+    // The same against small files, which start inline and cross the limit.
+    runner
+        .run(&proptest::collection::vec(small_op(), 1..16), |ops| {
+            let n = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            runtime.block_on(run_case(&client, n, &ops))
+        })
+        .expect("operations on small files diverged from the model");
 }

@@ -573,6 +573,7 @@ async fn chunkservers_register_and_chunks_are_placed_committed_and_collected() {
         size,
         extents,
         chunks: placements,
+        ..
     } = client
         .call(MetaOp::GetLayout {
             ino: file,

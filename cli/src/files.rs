@@ -150,11 +150,26 @@ pub async fn stat(client: &MetaClient, path: &str) -> Result<()> {
             })
             .await?;
         let MetaReply::Layout {
-            extents, chunks, ..
+            inline,
+            extents,
+            chunks,
+            ..
         } = reply
         else {
             bail!("unexpected layout reply")
         };
+        // Where the bytes are: in the metaservers' own records, in chunks
+        // on chunkservers, or both (inline bytes under later extents).
+        let place = match (inline.is_empty(), extents.is_empty()) {
+            (true, true) => "none (empty or all holes)",
+            (false, true) => "inline (in the metaservers' Raft state)",
+            (true, false) => "chunks",
+            (false, false) => "chunks over inline bytes",
+        };
+        println!("data    {place}");
+        if !inline.is_empty() {
+            println!("inline  {} bytes", inline.len());
+        }
         let capped = if extents.len() >= tessera_proto::meta::LAYOUT_EXTENTS_MAX {
             " (the first ones only)"
         } else {

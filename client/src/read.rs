@@ -37,6 +37,8 @@ const LAYOUT_MAX_AGE: Duration = Duration::from_secs(240);
 struct Layout {
     start: u64,
     end: u64,
+    /// The file's inline bytes: what no extent covers reads from here.
+    inline: Bytes,
     fetched: Instant,
     extents: Vec<Extent>,
     chunks: HashMap<ChunkId, Arc<ChunkPlacement>>,
@@ -93,6 +95,7 @@ impl FileReader {
         let want_end = end.max(start.saturating_add(LAYOUT_SPAN_BYTES));
         let mut extents = Vec::new();
         let mut chunks = HashMap::new();
+        let mut inline_bytes;
         let mut at = start;
         let covered_end = loop {
             let reply = self
@@ -106,6 +109,7 @@ impl FileReader {
                 .await?;
             let MetaReply::Layout {
                 size,
+                inline,
                 extents: page,
                 chunks: placements,
             } = reply
@@ -113,6 +117,7 @@ impl FileReader {
                 return Err(Error::internal(format!("layout answered {reply:?}")));
             };
             self.size = size;
+            inline_bytes = Bytes::from(inline);
             let full = page.len() >= LAYOUT_EXTENTS_MAX;
             let page_end = page.last().map(|e| e.offset + e.length).unwrap_or(at);
             extents.extend(page);
@@ -130,6 +135,7 @@ impl FileReader {
         self.layout = Some(Layout {
             start,
             end: covered_end,
+            inline: inline_bytes,
             fetched: Instant::now(),
             extents,
             chunks,
@@ -137,8 +143,9 @@ impl FileReader {
         Ok(())
     }
 
-    /// The segments of file range `[start, end)`.
-    async fn plan(&mut self, start: u64, end: u64) -> Result<Vec<Segment>, Error> {
+    /// The segments of file range `[start, end)`, and the inline bytes
+    /// under them.
+    async fn plan(&mut self, start: u64, end: u64) -> Result<(Vec<Segment>, Bytes), Error> {
         let fresh = self.layout.as_ref().is_some_and(|l| {
             l.start <= start && end <= l.end && l.fetched.elapsed() < LAYOUT_MAX_AGE
         });
@@ -189,7 +196,7 @@ impl FileReader {
                 chunk: None,
             });
         }
-        Ok(segments)
+        Ok((segments, layout.inline.clone()))
     }
 
     async fn spawn_window(&mut self, index: u64) -> Result<(), Error> {
@@ -198,9 +205,9 @@ impl FileReader {
         }
         let start = index * WINDOW_BYTES;
         let end = (start + WINDOW_BYTES).min(self.size);
-        let segments = self.plan(start, end).await?;
+        let (segments, inline) = self.plan(start, end).await?;
         let client = self.client.clone();
-        let task = tokio::spawn(async move { fetch(&client, start, end, segments).await });
+        let task = tokio::spawn(async move { fetch(&client, start, end, segments, inline).await });
         self.windows.insert(index, Window::Pending(task));
         Ok(())
     }
@@ -233,8 +240,8 @@ impl FileReader {
         self.next_offset = end;
         if !sequential {
             self.windows.clear();
-            let segments = self.plan(offset, end).await?;
-            return fetch(&self.client, offset, end, segments).await;
+            let (segments, inline) = self.plan(offset, end).await?;
+            return fetch(&self.client, offset, end, segments, inline).await;
         }
         let ahead = (self.client.io().readahead_bytes / WINDOW_BYTES).max(1);
         let stop = self.size.div_ceil(WINDOW_BYTES);
@@ -274,17 +281,23 @@ impl Drop for FileReader {
     }
 }
 
-/// File bytes `[start, end)` from their segments, fetched in parallel.
+/// File bytes `[start, end)` from their segments, fetched in parallel,
+/// over the file's inline bytes (holes read those, then zeros).
 async fn fetch(
     client: &Arc<Client>,
     start: u64,
     end: u64,
     segments: Vec<Segment>,
+    inline: Bytes,
 ) -> Result<Bytes, Error> {
     if let [only] = segments.as_slice()
         && let Some((placement, chunk_offset)) = &only.chunk
     {
         return read_chunk(client, placement, *chunk_offset, only.length).await;
+    }
+    let inline_end = inline.len() as u64;
+    if end <= inline_end && segments.iter().all(|s| s.chunk.is_none()) {
+        return Ok(inline.slice(start as usize..end as usize));
     }
     let reads = segments.iter().filter_map(|segment| {
         let (placement, chunk_offset) = segment.chunk.as_ref()?;
@@ -294,6 +307,10 @@ async fn fetch(
         })
     });
     let mut out = vec![0u8; (end - start) as usize];
+    if start < inline_end {
+        let to = end.min(inline_end);
+        out[..(to - start) as usize].copy_from_slice(&inline[start as usize..to as usize]);
+    }
     for result in join_all(reads).await {
         let (offset, bytes) = result?;
         let at = (offset - start) as usize;

@@ -13,6 +13,13 @@
 //! end, wherever it lands in the file, so overwrites and random writes
 //! append to the chunk and never read old data back.
 //!
+//! Small files: while everything written ends within `inline_max_bytes`
+//! and no chunk was opened, the bytes wait here, and the flush writes them
+//! into the metaservers (`WriteInline`) in the same Raft entry as the new
+//! size: no allocation, no chunkserver, no seal. A write past the limit, or
+//! a file that already has chunk extents (`NotInline`), sends what waits to
+//! a chunk as ordinary writes, in order.
+//!
 //! Failures (docs/client.md): a chunk keeps streaming while at least
 //! [`min_live`] of its pieces are healthy. Below that the chunk is cut
 //! there (sealed on the survivors, which hold every byte sent so far, and
@@ -34,7 +41,8 @@ use tessera_proto::chunk::PieceTrailer;
 use tessera_proto::error::{Error, ErrorCode};
 use tessera_proto::ids::{ChunkId, InodeId, NodeId, PieceId};
 use tessera_proto::meta::{
-    CHUNK_BYTES, ChunkPlacement, Extent, FILE_SIZE_MAX_BYTES, MetaOp, MetaReply, Policy,
+    CHUNK_BYTES, ChunkPlacement, Extent, FILE_SIZE_MAX_BYTES, INLINE_MAX_BYTES, MetaOp, MetaReply,
+    Policy,
 };
 use tessera_proto::stripe::Geometry;
 use tokio::task::JoinHandle;
@@ -382,11 +390,22 @@ struct Sealed {
     min_size: u64,
 }
 
+/// Writes held back while the file may stay inline.
+struct InlineBuffer {
+    limit: u64,
+    writes: Vec<(u64, Vec<u8>)>,
+    bytes: usize,
+}
+
 /// Writes one regular file. Not shared between tasks: a front end keeps one
 /// per open file handle and serialises its calls.
 pub struct FileWriter {
     client: Arc<Client>,
     ino: InodeId,
+    /// `None` once this writer went to chunks (or was made without inline
+    /// writes): the file then has extents, and inline writes would be
+    /// refused.
+    inline: Option<InlineBuffer>,
     open: Option<OpenChunk>,
     next: Option<JoinHandle<Result<ChunkPlacement, Error>>>,
     sealing: VecDeque<JoinHandle<Result<Sealed, Error>>>,
@@ -397,9 +416,15 @@ pub struct FileWriter {
 
 impl FileWriter {
     pub fn new(client: Arc<Client>, ino: InodeId) -> FileWriter {
+        let limit = client.io().inline_max_bytes.min(INLINE_MAX_BYTES);
         FileWriter {
             client,
             ino,
+            inline: (limit > 0).then(|| InlineBuffer {
+                limit,
+                writes: Vec::new(),
+                bytes: 0,
+            }),
             open: None,
             next: None,
             sealing: VecDeque::new(),
@@ -413,6 +438,14 @@ impl FileWriter {
         self.ino
     }
 
+    /// A writer that never keeps bytes inline: for files whose extents
+    /// move to another file later (multipart parts, which a concat moves),
+    /// since inline bytes cannot move.
+    pub fn chunked(mut self) -> FileWriter {
+        self.inline = None;
+        self
+    }
+
     /// End of the furthest byte written through this writer, committed or
     /// not: what the file's size will be at least once it is flushed.
     pub fn written_end(&self) -> u64 {
@@ -421,7 +454,9 @@ impl FileWriter {
 
     /// Whether bytes wait to be flushed.
     pub fn is_dirty(&self) -> bool {
-        self.open.is_some() || !self.sealing.is_empty()
+        self.open.is_some()
+            || !self.sealing.is_empty()
+            || self.inline.as_ref().is_some_and(|b| !b.writes.is_empty())
     }
 
     fn check(&self) -> Result<(), Error> {
@@ -436,6 +471,7 @@ impl FileWriter {
             self.failure = Some(err.clone());
         }
         self.open = None;
+        self.inline = None;
         for task in self.sealing.drain(..) {
             task.abort();
         }
@@ -459,6 +495,37 @@ impl FileWriter {
                     ),
                 )
             })?;
+        let end = offset + data.len() as u64;
+        if self.open.is_none()
+            && self.sealing.is_empty()
+            && let Some(buffer) = self.inline.as_mut()
+            && end <= buffer.limit
+            // Rewrites of the same bytes pile up: past twice the limit they
+            // go to a chunk rather than grow the buffer without bound.
+            && buffer.bytes + data.len() <= 2 * buffer.limit as usize
+        {
+            buffer.writes.push((offset, data.to_vec()));
+            buffer.bytes += data.len();
+            self.written_end = self.written_end.max(end);
+            return Ok(());
+        }
+        self.spill().await?;
+        self.write_chunked(offset, data).await
+    }
+
+    /// Sends the writes held for an inline flush to chunks, in order; from
+    /// here on this writer uses chunks only.
+    async fn spill(&mut self) -> Result<(), Error> {
+        let Some(buffer) = self.inline.take() else {
+            return Ok(());
+        };
+        for (offset, data) in buffer.writes {
+            self.write_chunked(offset, &data).await?;
+        }
+        Ok(())
+    }
+
+    async fn write_chunked(&mut self, offset: u64, data: &[u8]) -> Result<(), Error> {
         let mut done = 0usize;
         while done < data.len() {
             if self.open.is_none() {
@@ -626,6 +693,38 @@ impl FileWriter {
     /// the bytes survive the policy's failures and every reader sees them.
     pub async fn flush(&mut self) -> Result<(), Error> {
         self.check()?;
+        if let Some(buffer) = self.inline.as_mut()
+            && !buffer.writes.is_empty()
+        {
+            let writes = std::mem::take(&mut buffer.writes);
+            buffer.bytes = 0;
+            let min_size = writes
+                .iter()
+                .map(|(offset, data)| offset + data.len() as u64)
+                .max()
+                .unwrap_or(0);
+            let op = MetaOp::WriteInline {
+                ino: self.ino,
+                writes: writes.clone(),
+                min_size,
+            };
+            match self.client.meta().call(op).await {
+                Ok(_) => return Ok(()),
+                Err(err) if err.code == ErrorCode::NotInline => {
+                    if let Some(buffer) = self.inline.as_mut() {
+                        buffer.writes = writes;
+                    }
+                    self.spill().await?;
+                }
+                Err(err) => {
+                    let err = Error::new(
+                        err.code,
+                        format!("inline write of {} to the metaserver: {err}", self.ino),
+                    );
+                    return Err(self.poison(err));
+                }
+            }
+        }
         self.start_seal().await?;
         while !self.sealing.is_empty() {
             self.commit_oldest().await?;

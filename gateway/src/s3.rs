@@ -87,10 +87,16 @@ impl Gateway {
         body: Option<StreamingBlob>,
         declared: Option<i64>,
         promised: Promised,
+        part: bool,
     ) -> S3Result<([u8; 16], u64)> {
         let mut sums = promised.hasher();
         let mut md5 = Md5::new();
         let mut writer = FileWriter::new(self.store.client.clone(), ino);
+        if part {
+            // A concat moves the parts' extents into the object; inline
+            // bytes cannot move.
+            writer = writer.chunked();
+        }
         let mut buffer = Vec::with_capacity(IO_BYTES);
         let mut offset = 0u64;
         if let Some(mut body) = body {
@@ -869,7 +875,13 @@ impl S3 for Gateway {
         let (staged, name) = self.store.create_staged().await?;
         let written = async {
             let (md5, _) = self
-                .write_body(staged.ino, input.body, input.content_length, promised)
+                .write_body(
+                    staged.ino,
+                    input.body,
+                    input.content_length,
+                    promised,
+                    false,
+                )
                 .await?;
             check_md5(input.content_md5.as_deref(), &md5)?;
             Ok(md5)
@@ -1345,7 +1357,7 @@ impl S3 for Gateway {
         let part = tessera_client::path::attr_of(reply).map_err(s3_error)?;
         let result = async {
             let (md5, _) = self
-                .write_body(part.ino, input.body, input.content_length, promised)
+                .write_body(part.ino, input.body, input.content_length, promised, true)
                 .await?;
             check_md5(input.content_md5.as_deref(), &md5)?;
             let etag = names::hex(&md5);

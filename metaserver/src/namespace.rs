@@ -27,6 +27,7 @@
 //! | `na` ino name | one xattr value |
 //! | `nc` chunk | the chunk's reference count |
 //! | `nf` ino | present while the file has more than 64 extents |
+//! | `nb` ino | a small file's inline bytes from offset 0, under its extents |
 //!
 //! Invariants kept between operations:
 //!
@@ -45,12 +46,15 @@
 //!   nowhere (`parent` 0) until it is renamed;
 //! - a file's extents never overlap and never reach past its size; its
 //!   `extents` counts them;
+//! - a file's inline bytes are never empty, never longer than its size nor
+//!   than [`INLINE_MAX_BYTES`];
 //! - a chunk's reference count is the number of extents, across all files,
 //!   pointing into it; chunks with no references are not kept.
 
 mod attrs;
 mod check;
 mod entries;
+mod inline;
 mod layout;
 pub mod migrate;
 
@@ -60,10 +64,10 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use tessera_proto::ids::{ChunkId, InodeId};
 use tessera_proto::meta::{
-    Attr, DirEntry, Extent, FILE_SIZE_MAX_BYTES, FileKind, LAYOUT_EXTENTS_MAX, MetaOp, MetaReply,
-    NAME_MAX_BYTES, Policy, READDIR_PAGE_BYTES, READDIR_PAGE_MAX, RenameMode, SYMLINK_MAX_BYTES,
-    SetAttr, SetTime, XATTR_NAME_MAX_BYTES, XATTR_TOTAL_MAX_BYTES, XATTR_VALUE_MAX_BYTES,
-    XattrMode,
+    Attr, DirEntry, Extent, FILE_SIZE_MAX_BYTES, FileKind, INLINE_MAX_BYTES, LAYOUT_EXTENTS_MAX,
+    MetaOp, MetaReply, NAME_MAX_BYTES, Policy, READDIR_PAGE_BYTES, READDIR_PAGE_MAX, RenameMode,
+    SYMLINK_MAX_BYTES, SetAttr, SetTime, XATTR_NAME_MAX_BYTES, XATTR_TOTAL_MAX_BYTES,
+    XATTR_VALUE_MAX_BYTES, XattrMode,
 };
 use tessera_proto::{Error, ErrorCode};
 
@@ -99,6 +103,9 @@ const PREFIX_FRAGMENTED: &[u8] = b"nf";
 /// Unlinked files kept alive by open handles, for operators: each goes
 /// when its last handle is released (or its holder's session ends).
 const PREFIX_ORPHAN: &[u8] = b"no";
+/// A small file's inline bytes (`namespace/inline.rs`): one record per
+/// file, the layer under its extents.
+const PREFIX_INLINE: &[u8] = b"nb";
 
 /// One inode as stored. Entries, extents and xattrs are records of their
 /// own so that a change to one of them does not rewrite the inode, and a
@@ -160,6 +167,10 @@ struct ExtentRecord {
 #[derive(Serialize, Deserialize)]
 struct ChunkRecord {
     refs: u64,
+}
+
+fn inline_key(ino: InodeId) -> Vec<u8> {
+    [PREFIX_INLINE, &ino.0.to_be_bytes()].concat()
 }
 
 fn inode_key(ino: InodeId) -> Vec<u8> {
@@ -555,6 +566,13 @@ impl Namespace {
             MetaOp::Open { ino } => self.open_handle(*ino).map(MetaReply::Attr),
             MetaOp::Release { ino } => self.release_handle(*ino),
             MetaOp::SetPolicy { ino, policy } => self.set_policy(*ino, *policy, now_ns),
+            MetaOp::WriteInline {
+                ino,
+                writes,
+                min_size,
+            } => self
+                .write_inline(*ino, writes, *min_size, now_ns)
+                .map(MetaReply::Attr),
             MetaOp::StatFs
             | MetaOp::AllocateChunk { .. }
             | MetaOp::CommitExtents { .. }

@@ -303,6 +303,7 @@ impl MetaService {
             } => {
                 let state = self.shared.read();
                 let (size, extents) = state.ns.layout(*ino, *offset, *length)?;
+                let inline = state.ns.inline_bytes(*ino);
                 let chunks: BTreeSet<_> = extents.iter().map(|e| e.chunk).collect();
                 let mut placements = Vec::new();
                 for chunk in chunks {
@@ -313,6 +314,7 @@ impl MetaService {
                 }
                 Ok(MetaReply::Layout {
                     size,
+                    inline,
                     extents,
                     chunks: placements,
                 })

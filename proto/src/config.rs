@@ -313,6 +313,11 @@ pub struct IoOptions {
     /// Longest one metadata call keeps trying, across dead members, redirects
     /// and elections, before it fails. Bounds every attempt.
     pub meta_call_deadline_ms: u64,
+    /// Files whose every byte lies below this offset are written into the
+    /// metaservers (inline) rather than to chunks: one Raft entry instead
+    /// of an allocation, the pieces' seals and a commit. 0 turns it off;
+    /// at most 64 KiB (`meta::INLINE_MAX_BYTES`) is used.
+    pub inline_max_bytes: u64,
 }
 
 impl Default for IoOptions {
@@ -324,6 +329,7 @@ impl Default for IoOptions {
             read_timeout_ms: 10_000,
             meta_attempt_timeout_ms: 5_000,
             meta_call_deadline_ms: 30_000,
+            inline_max_bytes: 16 * 1024,
         }
     }
 }

@@ -187,6 +187,9 @@ error_codes! {
     Deadlock = 415, EDEADLK, "lock wait would deadlock";
     /// The wait was ended by a signal before the lock was granted.
     Interrupted = 416, EINTR, "interrupted";
+    /// The file keeps its bytes in chunks, so an inline write does not
+    /// apply; the writer uses chunks instead.
+    NotInline = 417, EINVAL, "file bytes are in chunks, not inline";
 
     // 900..: the server's own fault.
     /// A bug or an unexpected state on the server; a human should look.

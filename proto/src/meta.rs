@@ -31,6 +31,10 @@ pub const FILE_SIZE_MAX_BYTES: u64 = 1 << 50;
 /// Extents per layout reply: a fragmented file's layout comes in pages that
 /// stay far below the header cap (about 40 bytes an extent).
 pub const LAYOUT_EXTENTS_MAX: usize = 512;
+/// Most bytes a file may keep inline in the metaservers (`WriteInline`):
+/// they ride in Raft entries and every voter's RocksDB, so the cap keeps an
+/// entry small. Clients choose their own limit at or below it.
+pub const INLINE_MAX_BYTES: u64 = 64 * 1024;
 /// Directory entries per readdir page.
 pub const READDIR_PAGE_MAX: u32 = 256;
 /// Rough bytes of one readdir page: a page ends early rather than pass it,
@@ -481,6 +485,16 @@ pub enum MetaOp {
         gid: u32,
         exclusive: bool,
     },
+    /// Writes bytes of a small file into the metaservers themselves, in the
+    /// same entry as its new size: no chunk, no piece seal. Every write
+    /// must end at or below [`INLINE_MAX_BYTES`], and the file must have
+    /// no chunk extents (else `NotInline`: the writer falls back to
+    /// chunks). Raises the size to at least `min_size`.
+    WriteInline {
+        ino: InodeId,
+        writes: Vec<(u64, Vec<u8>)>,
+        min_size: u64,
+    },
 }
 
 impl MetaOp {
@@ -528,6 +542,7 @@ impl MetaOp {
             MetaOp::EndLockWait { .. } => "end_lock_wait",
             MetaOp::CreateTemporary { .. } => "create_temporary",
             MetaOp::CreateOpen { .. } => "create_open",
+            MetaOp::WriteInline { .. } => "write_inline",
         }
     }
 }
@@ -561,6 +576,9 @@ pub enum MetaReply {
     Fragmented(Vec<(Attr, u64)>),
     Layout {
         size: u64,
+        /// The file's inline bytes from offset 0: the layer under its
+        /// extents (what no extent covers reads from here, then zeros).
+        inline: Vec<u8>,
         extents: Vec<Extent>,
         chunks: Vec<ChunkPlacement>,
     },

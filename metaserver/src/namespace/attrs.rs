@@ -50,6 +50,7 @@ impl Namespace {
             && size < old_size
         {
             self.truncate_extents(ino, size);
+            self.truncate_inline(ino, size);
         }
         self.update(ino, |node| {
             if let Some(mode) = mode {

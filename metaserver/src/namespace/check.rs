@@ -18,6 +18,7 @@ pub(super) struct Loaded {
     pub(super) chunks: BTreeMap<ChunkId, u64>,
     pub(super) fragmented: BTreeSet<InodeId>,
     pub(super) orphans: BTreeSet<InodeId>,
+    pub(super) inline: BTreeMap<InodeId, u64>,
 }
 
 /// The counters of one inode as its records say they must be.
@@ -81,6 +82,9 @@ impl Loaded {
                 }
                 PREFIX_ORPHAN if key.len() == 10 => {
                     loaded.orphans.insert(InodeId(number()?));
+                }
+                PREFIX_INLINE if key.len() == 10 => {
+                    loaded.inline.insert(InodeId(number()?), value.len() as u64);
                 }
                 _ => return Err(bad()),
             }
@@ -260,6 +264,19 @@ impl Loaded {
         for ino in self.xattrs.keys() {
             if !self.inodes.contains_key(ino) {
                 return Err(format!("xattrs recorded for missing {ino}"));
+            }
+        }
+        for (ino, length) in &self.inline {
+            let fits = self.inodes.get(ino).is_some_and(|node| {
+                node.kind == FileKind::File
+                    && *length > 0
+                    && *length <= node.size
+                    && *length <= INLINE_MAX_BYTES
+            });
+            if !fits {
+                return Err(format!(
+                    "{ino} has {length} inline bytes, which do not fit it"
+                ));
             }
         }
         let mut refs: BTreeMap<ChunkId, u64> = BTreeMap::new();

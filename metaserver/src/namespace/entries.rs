@@ -278,6 +278,7 @@ impl Namespace {
             self.kv.delete(key);
         }
         self.kv.delete(fragmented_key(ino));
+        self.delete_inline(ino);
         let prefix = extent_prefix(ino);
         let mut changes = RefChanges::default();
         for (key, value) in self.kv.scan(&prefix, &prefix_end(&prefix), usize::MAX) {

@@ -95,6 +95,11 @@ impl Namespace {
         let new = self.extents_of(source);
         self.replace_extents(source, new.clone(), Vec::new());
         self.replace_extents(target, old, new);
+        // The copy's inline bytes (if it was small enough to have them)
+        // replace the target's, which the new extents may not cover.
+        let inline = self.inline_bytes(source);
+        self.delete_inline(source);
+        self.put_inline(target, inline);
         self.update(source, |node| node.size = 0);
         self.update(target, |_| {});
         self.attr(target)
@@ -197,6 +202,16 @@ impl Namespace {
                 return Err(err(
                     ErrorCode::InvalidArgument,
                     format!("{source} appears twice in a concat (sources and target must differ)"),
+                ));
+            }
+            // Inline bytes sit at offset 0 of their own file and cannot
+            // move; concatenated parts are written to chunks.
+            if !self.inline_bytes(source).is_empty() {
+                return Err(err(
+                    ErrorCode::NotInline,
+                    format!(
+                        "{source} keeps inline bytes, which a concat cannot move; write it to chunks"
+                    ),
                 ));
             }
             total = total

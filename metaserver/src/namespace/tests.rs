@@ -1812,3 +1812,5 @@ fn swap_layout_replaces_extents_only_while_the_file_is_unchanged() {
     released.sort();
     assert!(released.contains(&ChunkId(1)) && released.contains(&ChunkId(2)));
 }
+
+mod inline;
