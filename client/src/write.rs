@@ -41,8 +41,8 @@ use tessera_proto::chunk::PieceTrailer;
 use tessera_proto::error::{Error, ErrorCode};
 use tessera_proto::ids::{ChunkId, InodeId, NodeId, PieceId};
 use tessera_proto::meta::{
-    CHUNK_BYTES, ChunkPlacement, Extent, FILE_SIZE_MAX_BYTES, INLINE_MAX_BYTES, MetaOp, MetaReply,
-    Policy,
+    Attr, CHUNK_BYTES, ChunkPlacement, Extent, FILE_SIZE_MAX_BYTES, INLINE_MAX_BYTES, MetaOp,
+    MetaReply, Policy, SetAttr,
 };
 use tessera_proto::stripe::Geometry;
 use tokio::task::JoinHandle;
@@ -692,6 +692,14 @@ impl FileWriter {
     /// Seals everything written so far and commits it: once this returns,
     /// the bytes survive the policy's failures and every reader sees them.
     pub async fn flush(&mut self) -> Result<(), Error> {
+        self.flush_with(None).await.map(|_| ())
+    }
+
+    /// [`FileWriter::flush`], then the attribute changes `set` (in the same
+    /// commit when the bytes are inline): what a close commits for a file
+    /// whose setattrs were held back. Returns the attributes after both
+    /// when a commit made them known.
+    pub async fn flush_with(&mut self, set: Option<SetAttr>) -> Result<Option<Attr>, Error> {
         self.check()?;
         if let Some(buffer) = self.inline.as_mut()
             && !buffer.writes.is_empty()
@@ -707,9 +715,15 @@ impl FileWriter {
                 ino: self.ino,
                 writes: writes.clone(),
                 min_size,
+                set: set.clone().unwrap_or_default(),
             };
             match self.client.meta().call(op).await {
-                Ok(_) => return Ok(()),
+                Ok(MetaReply::Attr(attr)) => return Ok(Some(attr)),
+                Ok(other) => {
+                    return Err(
+                        self.poison(Error::internal(format!("inline write answered {other:?}")))
+                    );
+                }
                 Err(err) if err.code == ErrorCode::NotInline => {
                     if let Some(buffer) = self.inline.as_mut() {
                         buffer.writes = writes;
@@ -729,7 +743,20 @@ impl FileWriter {
         while !self.sealing.is_empty() {
             self.commit_oldest().await?;
         }
-        Ok(())
+        match set {
+            Some(set) => {
+                let reply = self
+                    .client
+                    .meta()
+                    .call(MetaOp::SetAttr { ino: self.ino, set });
+                match reply.await {
+                    Ok(MetaReply::Attr(attr)) => Ok(Some(attr)),
+                    Ok(other) => Err(Error::internal(format!("setattr answered {other:?}"))),
+                    Err(err) => Err(err),
+                }
+            }
+            None => Ok(None),
+        }
     }
 }
 

@@ -368,6 +368,9 @@ impl Filesystem for TesseraFs {
             let result = async {
                 shared.check(&handle)?;
                 handle.file.flush().await?;
+                // Closed once: later setattrs go out at once, so other
+                // mounts never wait on a handle's release for them.
+                lock(&handle.file.folding).attr = None;
                 // After the data: the next holder reads what was written.
                 shared
                     .release_posix_locks(handle.file.ino, lock_owner.0)
@@ -696,13 +699,14 @@ impl Filesystem for TesseraFs {
     ) {
         // Created and opened for this mount's session in one commit, so
         // an unlink from another mount right after leaves it to this one.
+        let exclusive = flags & libc::O_EXCL != 0;
         let op = MetaOp::CreateOpen {
             parent: ino_of(parent),
             name: name_of(name),
             mode: mode & 0o7777,
             uid: req.uid(),
             gid: req.gid(),
-            exclusive: flags & libc::O_EXCL != 0,
+            exclusive,
         };
         self.spawn(|shared| async move {
             match shared.call(op).await.and_then(attr_of) {
@@ -712,6 +716,11 @@ impl Filesystem for TesseraFs {
                     // The session the call went under, as `Shared::open`.
                     let opened = Some(shared.epoch());
                     let fh = shared.open_handle(attr.ino, opened);
+                    if exclusive && let Some(file) = shared.file(attr.ino) {
+                        // Created here and open: its setattrs may wait
+                        // for the close (see `Folding`).
+                        lock(&file.folding).attr = Some(attr.clone());
+                    }
                     // One timeout covers both the entry and the attributes
                     // here: the shorter, so the entry timeout holds.
                     reply.created(

@@ -7,6 +7,7 @@ use super::*;
 /// Write-behind state of one inode open in this mount.
 pub(crate) struct OpenFile {
     pub(crate) ino: InodeId,
+    pub(crate) client: Arc<Client>,
     /// Handles open on the inode here; guarded by `Shared::files`.
     pub(crate) opens: AtomicU64,
     pub(crate) writer: tokio::sync::Mutex<Option<FileWriter>>,
@@ -17,6 +18,107 @@ pub(crate) struct OpenFile {
     /// Bumped whenever this mount changes the file's data, so readers
     /// opened before fetch its layout again.
     pub(crate) generation: AtomicU64,
+    /// Setattrs held back for the close commit; see [`Folding`].
+    pub(crate) folding: Mutex<Folding>,
+}
+
+/// A file this mount created (`O_EXCL`) and still holds open takes its
+/// setattrs into the commit at close (tar's futimens, fchown and fchmod
+/// after the write cost no round trip each). The kernel checked the
+/// permissions against the attributes the mount gave it, so the change
+/// cannot fail later for want of them; other mounts see it at the close,
+/// as they see the bytes.
+#[derive(Default)]
+pub(crate) struct Folding {
+    /// The file's attributes as this mount shows them (`None`: the file
+    /// does not fold, and setattrs go to the metaserver at once).
+    pub(crate) attr: Option<Attr>,
+    /// What waits for the close.
+    pub(crate) set: Option<SetAttr>,
+}
+
+impl Folding {
+    /// Takes `set` into the close commit if it can wait: no size (the
+    /// bytes' order matters), no setuid or setgid bits (the server's rules
+    /// for those apply at once). Returns the attributes to show.
+    pub(crate) fn fold(&mut self, set: &SetAttr, now_ns: i64) -> Option<Attr> {
+        let attr = self.attr.as_mut()?;
+        if set.size.is_some() || set.mode.is_some_and(|mode| mode & 0o6000 != 0) {
+            return None;
+        }
+        let resolve = |time: SetTime| match time {
+            SetTime::Now => now_ns,
+            SetTime::At(at) => at,
+        };
+        let pending = self.set.get_or_insert_with(SetAttr::default);
+        if let Some(mode) = set.mode {
+            attr.mode = mode;
+            pending.mode = Some(mode);
+        }
+        if let Some(uid) = set.uid {
+            attr.uid = uid;
+            pending.uid = Some(uid);
+        }
+        if let Some(gid) = set.gid {
+            attr.gid = gid;
+            pending.gid = Some(gid);
+        }
+        if let Some(time) = set.atime {
+            attr.atime_ns = resolve(time);
+            pending.atime = Some(SetTime::At(attr.atime_ns));
+        }
+        if let Some(time) = set.mtime {
+            attr.mtime_ns = resolve(time);
+            pending.mtime = Some(SetTime::At(attr.mtime_ns));
+        }
+        attr.ctime_ns = now_ns;
+        Some(attr.clone())
+    }
+
+    /// A write after a held-back mtime makes the write's time the file's
+    /// mtime again, as on a local disk.
+    pub(crate) fn wrote(&mut self, end: u64, now_ns: i64) {
+        if let Some(set) = self.set.as_mut() {
+            set.mtime = None;
+        }
+        if let Some(attr) = self.attr.as_mut() {
+            attr.size = attr.size.max(end);
+            attr.mtime_ns = now_ns;
+            attr.ctime_ns = now_ns;
+        }
+    }
+
+    /// Attributes the metaserver just answered with replace what this
+    /// mount tracked.
+    pub(crate) fn answered(&mut self, attr: &Attr) {
+        if self.attr.is_some() {
+            self.attr = Some(attr.clone());
+        }
+    }
+
+    /// Shows the held-back changes on attributes fetched from the
+    /// metaserver.
+    pub(crate) fn show(&self, attr: &mut Attr) {
+        let (Some(set), Some(folded)) = (&self.set, &self.attr) else {
+            return;
+        };
+        if set.mode.is_some() {
+            attr.mode = folded.mode;
+        }
+        if set.uid.is_some() {
+            attr.uid = folded.uid;
+        }
+        if set.gid.is_some() {
+            attr.gid = folded.gid;
+        }
+        if set.atime.is_some() {
+            attr.atime_ns = folded.atime_ns;
+        }
+        if set.mtime.is_some() {
+            attr.mtime_ns = folded.mtime_ns;
+        }
+        attr.ctime_ns = attr.ctime_ns.max(folded.ctime_ns);
+    }
 }
 
 impl OpenFile {
@@ -29,13 +131,15 @@ impl OpenFile {
     }
 
     pub(crate) async fn flush_locked(&self, slot: &mut Option<FileWriter>) -> Result<(), Error> {
-        let Some(writer) = slot.as_mut() else {
-            return Ok(());
-        };
-        let result = if writer.is_dirty() {
-            writer.flush().await
-        } else {
-            Ok(())
+        let set = lock(&self.folding).set.take();
+        let result = match (slot.as_mut(), set) {
+            (Some(writer), None) if !writer.is_dirty() => Ok(()),
+            (Some(writer), set) => writer.flush_with(set).await.map(|_| ()),
+            (None, None) => return Ok(()),
+            (None, Some(set)) => {
+                let writer = FileWriter::new(self.client.clone(), self.ino);
+                slot.insert(writer).flush_with(Some(set)).await.map(|_| ())
+            }
         };
         self.dirty_end.store(0, Ordering::Release);
         self.generation.fetch_add(1, Ordering::AcqRel);
@@ -120,6 +224,7 @@ impl Shared {
                 attr.mtime_ns = attr.mtime_ns.max(mtime);
                 attr.ctime_ns = attr.ctime_ns.max(mtime);
             }
+            lock(&file.folding).show(attr);
         }
     }
 
@@ -136,11 +241,13 @@ impl Shared {
             let file = files.entry(ino).or_insert_with(|| {
                 Arc::new(OpenFile {
                     ino,
+                    client: self.client.clone(),
                     opens: AtomicU64::new(0),
                     writer: tokio::sync::Mutex::new(None),
                     dirty_end: AtomicU64::new(0),
                     dirty_mtime_ns: AtomicI64::new(0),
                     generation: AtomicU64::new(0),
+                    folding: Mutex::new(Folding::default()),
                 })
             });
             file.opens.fetch_add(1, Ordering::AcqRel);
@@ -282,6 +389,7 @@ impl Shared {
         let end = offset + data.len() as u64;
         if result.is_ok() {
             let now = ns_of(SystemTime::now());
+            lock(&file.folding).wrote(end, now);
             file.dirty_mtime_ns.store(now, Ordering::Release);
             file.dirty_end.fetch_max(end.max(1), Ordering::AcqRel);
         } else {
@@ -296,6 +404,12 @@ impl Shared {
         // cuts them, and times set after writing (`cp -p`, `tar`) must not
         // be overwritten by a later commit.
         let file = self.file(ino);
+        if let Some(file) = &file {
+            let folded = lock(&file.folding).fold(&set, ns_of(SystemTime::now()));
+            if let Some(attr) = folded {
+                return Ok(attr);
+            }
+        }
         // Held until the change is made, so no write slips in between.
         let _writer = match &file {
             Some(file) => {
@@ -308,6 +422,7 @@ impl Shared {
         let attr = attr_of(self.call(MetaOp::SetAttr { ino, set }).await?)?;
         if let Some(file) = &file {
             file.generation.fetch_add(1, Ordering::AcqRel);
+            lock(&file.folding).answered(&attr);
         }
         Ok(attr)
     }

@@ -570,9 +570,14 @@ impl Namespace {
                 ino,
                 writes,
                 min_size,
-            } => self
-                .write_inline(*ino, writes, *min_size, now_ns)
-                .map(MetaReply::Attr),
+                set,
+            } => {
+                self.write_inline(*ino, writes, *min_size, now_ns)?;
+                // After the bytes, as the application ordered them (times
+                // set after writing stay); a failure rolls the whole
+                // command back.
+                self.set_attr(*ino, set, now_ns).map(MetaReply::Attr)
+            }
             MetaOp::StatFs
             | MetaOp::AllocateChunk { .. }
             | MetaOp::CommitExtents { .. }

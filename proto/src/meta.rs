@@ -489,11 +489,14 @@ pub enum MetaOp {
     /// same entry as its new size: no chunk, no piece seal. Every write
     /// must end at or below [`INLINE_MAX_BYTES`], and the file must have
     /// no chunk extents (else `NotInline`: the writer falls back to
-    /// chunks). Raises the size to at least `min_size`.
+    /// chunks). Raises the size to at least `min_size`, then applies
+    /// `set`: attribute changes a mount held back until the close (tar's
+    /// chmod, chown and utimens on the file it just created).
     WriteInline {
         ino: InodeId,
         writes: Vec<(u64, Vec<u8>)>,
         min_size: u64,
+        set: SetAttr,
     },
 }
 

@@ -8,6 +8,7 @@ fn write_inline(ns: &mut Namespace, ino: InodeId, offset: u64, data: &[u8]) -> R
         ino,
         writes: vec![(offset, data.to_vec())],
         min_size: 0,
+        set: SetAttr::default(),
     };
     ns.apply(&op, T0).map(|reply| entry(Ok(reply)))
 }
