@@ -94,6 +94,7 @@ impl Mounted {
         if let Some(session) = self.session.take() {
             let _ = tokio::task::spawn_blocking(move || drop(session)).await;
         }
+        self.shared.send_releases().await;
         // A clean exit releases what the client's session held now rather
         // than after its expiry.
         if let Err(err) = self.shared.client.meta().close_session().await {
@@ -190,6 +191,7 @@ impl TesseraFs {
                 next_fh: AtomicU64::new(1),
                 notifier: std::sync::OnceLock::new(),
                 locks: locks::LockState::default(),
+                releases: Mutex::new(Vec::new()),
             }),
             runtime,
         }

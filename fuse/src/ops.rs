@@ -182,6 +182,7 @@ impl Filesystem for TesseraFs {
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let parent = ino_of(parent);
         let name = name_of(name);
+        self.shared.stop_local_answers();
         self.spawn(|shared| async move {
             let result = shared.call(MetaOp::Unlink { parent, name }).await;
             TesseraFs::reply_empty(reply, result.map(|_| ()));
@@ -193,6 +194,7 @@ impl Filesystem for TesseraFs {
             parent: ino_of(parent),
             name: name_of(name),
         };
+        self.shared.stop_local_answers();
         self.spawn(|shared| async move {
             let result = shared.call(op).await;
             TesseraFs::reply_empty(reply, result.map(|_| ()));
@@ -247,6 +249,7 @@ impl Filesystem for TesseraFs {
             new_name: name_of(newname),
             mode,
         };
+        self.shared.stop_local_answers();
         self.spawn(|shared| async move {
             let result = shared.call(op).await;
             TesseraFs::reply_empty(reply, result.map(|_| ()));
@@ -266,6 +269,7 @@ impl Filesystem for TesseraFs {
             parent: ino_of(newparent),
             name: name_of(newname),
         };
+        self.shared.stop_local_answers();
         self.spawn(|shared| async move {
             let result = shared.call(op).await;
             TesseraFs::reply_entry(&shared, reply, result);
@@ -611,6 +615,7 @@ impl Filesystem for TesseraFs {
             value: value.to_vec(),
             mode,
         };
+        self.shared.stop_local_answers_for(ino_of(ino));
         self.spawn(|shared| async move {
             let result = shared.call(op).await;
             TesseraFs::reply_empty(reply, result.map(|_| ()));
@@ -618,6 +623,14 @@ impl Filesystem for TesseraFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        // The kernel asks for this on every write (to drop file
+        // capabilities): a file this mount created and answers for has
+        // none, since setting one would have ended the local answers.
+        if name.as_bytes() == b"security.capability"
+            && self.shared.local_attr(ino_of(ino)).is_some()
+        {
+            return reply.error(Errno::ENODATA);
+        }
         let op = MetaOp::GetXattr {
             ino: ino_of(ino),
             name: name_of(name),
@@ -660,6 +673,7 @@ impl Filesystem for TesseraFs {
             ino: ino_of(ino),
             name: name_of(name),
         };
+        self.shared.stop_local_answers_for(ino_of(ino));
         self.spawn(|shared| async move {
             let result = shared.call(op).await;
             TesseraFs::reply_empty(reply, result.map(|_| ()));

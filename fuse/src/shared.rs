@@ -27,14 +27,18 @@ pub(crate) struct OpenFile {
 /// after the write cost no round trip each). The kernel checked the
 /// permissions against the attributes the mount gave it, so the change
 /// cannot fail later for want of them; other mounts see it at the close,
-/// as they see the bytes.
+/// as they see the bytes. While nothing but this mount's own calls on the
+/// file could have changed it, the mount also answers its getattr and the
+/// kernel's `security.capability` probe on every write itself.
 #[derive(Default)]
 pub(crate) struct Folding {
     /// The file's attributes as this mount shows them (`None`: the file
-    /// does not fold, and setattrs go to the metaserver at once).
+    /// neither folds nor is answered locally).
     pub(crate) attr: Option<Attr>,
-    /// What waits for the close.
+    /// What waits for the close, with times resolved.
     pub(crate) set: Option<SetAttr>,
+    /// The ctime the held-back changes gave the file.
+    pub(crate) ctime_ns: i64,
 }
 
 impl Folding {
@@ -72,6 +76,7 @@ impl Folding {
             pending.mtime = Some(SetTime::At(attr.mtime_ns));
         }
         attr.ctime_ns = now_ns;
+        self.ctime_ns = now_ns;
         Some(attr.clone())
     }
 
@@ -99,25 +104,25 @@ impl Folding {
     /// Shows the held-back changes on attributes fetched from the
     /// metaserver.
     pub(crate) fn show(&self, attr: &mut Attr) {
-        let (Some(set), Some(folded)) = (&self.set, &self.attr) else {
+        let Some(set) = &self.set else {
             return;
         };
-        if set.mode.is_some() {
-            attr.mode = folded.mode;
+        if let Some(mode) = set.mode {
+            attr.mode = mode;
         }
-        if set.uid.is_some() {
-            attr.uid = folded.uid;
+        if let Some(uid) = set.uid {
+            attr.uid = uid;
         }
-        if set.gid.is_some() {
-            attr.gid = folded.gid;
+        if let Some(gid) = set.gid {
+            attr.gid = gid;
         }
-        if set.atime.is_some() {
-            attr.atime_ns = folded.atime_ns;
+        if let Some(SetTime::At(at)) = set.atime {
+            attr.atime_ns = at;
         }
-        if set.mtime.is_some() {
-            attr.mtime_ns = folded.mtime_ns;
+        if let Some(SetTime::At(at)) = set.mtime {
+            attr.mtime_ns = at;
         }
-        attr.ctime_ns = attr.ctime_ns.max(folded.ctime_ns);
+        attr.ctime_ns = attr.ctime_ns.max(self.ctime_ns);
     }
 }
 
@@ -193,7 +198,13 @@ pub(crate) struct Shared {
     /// kernel cached before another mount changed the file.
     pub(crate) notifier: std::sync::OnceLock<fuser::Notifier>,
     pub(crate) locks: crate::locks::LockState,
+    /// Handle releases waiting to go out, with the session epoch each was
+    /// opened under.
+    pub(crate) releases: Mutex<Vec<(InodeId, Option<u64>)>>,
 }
+
+/// How long released handles gather before one `ReleaseMany` sends them.
+pub(crate) const RELEASE_DELAY: Duration = Duration::from_millis(20);
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
@@ -207,6 +218,9 @@ impl Shared {
     }
 
     pub(crate) async fn getattr(&self, ino: InodeId) -> Result<Attr, Error> {
+        if let Some(attr) = self.local_attr(ino) {
+            return Ok(attr);
+        }
         let mut attr = attr_of(self.call(MetaOp::GetAttr { ino }).await?)?;
         self.overlay(&mut attr);
         Ok(attr)
@@ -225,6 +239,30 @@ impl Shared {
                 attr.ctime_ns = attr.ctime_ns.max(mtime);
             }
             lock(&file.folding).show(attr);
+        }
+    }
+
+    /// The attributes of a file this mount answers for itself (see
+    /// [`Folding`]).
+    pub(crate) fn local_attr(&self, ino: InodeId) -> Option<Attr> {
+        let file = self.file(ino)?;
+        let folding = lock(&file.folding);
+        folding.attr.clone()
+    }
+
+    /// A link, unlink or rename here may change a link count the mount
+    /// does not track: every open file goes back to the metaserver's
+    /// answers (held-back changes still wait for their close).
+    pub(crate) fn stop_local_answers(&self) {
+        for file in lock(&self.files).values() {
+            lock(&file.folding).attr = None;
+        }
+    }
+
+    /// An xattr change on `ino`: its answers come from the metaserver.
+    pub(crate) fn stop_local_answers_for(&self, ino: InodeId) {
+        if let Some(file) = self.file(ino) {
+            lock(&file.folding).attr = None;
         }
     }
 
@@ -316,16 +354,47 @@ impl Shared {
     /// needs no answer, and the release follows its own open in any case.
     /// A handle of an ended session is not released: its session's end
     /// released it.
+    /// Queues the release of a handle on the metaserver. Releases go out
+    /// together every [`RELEASE_DELAY`] (`ReleaseMany`), so a process
+    /// closing file after file does not wait behind a commit of its own
+    /// between two creates; an unlinked file still open elsewhere goes
+    /// that much later.
     pub(crate) fn release_on_server(self: &Arc<Self>, ino: InodeId, epoch: Option<u64>) {
         if epoch.is_some() && epoch != self.epoch() {
             return;
         }
+        let first = {
+            let mut queue = lock(&self.releases);
+            queue.push((ino, epoch));
+            queue.len() == 1
+        };
+        if !first {
+            return;
+        }
         let shared = self.clone();
         tokio::spawn(async move {
-            if let Err(err) = shared.call(MetaOp::Release { ino }).await {
-                tracing::warn!(%ino, error = %err, "release failed; the handle is freed when this mount's session ends");
-            }
+            tokio::time::sleep(RELEASE_DELAY).await;
+            shared.send_releases().await;
         });
+    }
+
+    /// Sends the queued releases now (also before the session closes).
+    pub(crate) async fn send_releases(&self) {
+        let queued = std::mem::take(&mut *lock(&self.releases));
+        let current = self.epoch();
+        // Handles of an ended session went with it.
+        let inos: Vec<InodeId> = queued
+            .into_iter()
+            .filter(|(_, epoch)| epoch.is_none() || *epoch == current)
+            .map(|(ino, _)| ino)
+            .collect();
+        if inos.is_empty() {
+            return;
+        }
+        let count = inos.len();
+        if let Err(err) = self.call(MetaOp::ReleaseMany { inos }).await {
+            tracing::warn!(count, error = %err, "release failed; the handles are freed when this mount's session ends");
+        }
     }
 
     pub(crate) async fn release(self: &Arc<Self>, fh: u64) -> Result<(), Error> {

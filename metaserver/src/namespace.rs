@@ -565,6 +565,14 @@ impl Namespace {
             MetaOp::SetXattrs { ino, set } => self.set_xattrs(*ino, set, now_ns),
             MetaOp::Open { ino } => self.open_handle(*ino).map(MetaReply::Attr),
             MetaOp::Release { ino } => self.release_handle(*ino),
+            MetaOp::ReleaseMany { inos } => {
+                for ino in inos {
+                    // Each release checks before it changes anything, so
+                    // one that fails (a file already gone) leaves the rest.
+                    let _ = self.release_handle(*ino);
+                }
+                Ok(MetaReply::Done)
+            }
             MetaOp::SetPolicy { ino, policy } => self.set_policy(*ino, *policy, now_ns),
             MetaOp::WriteInline {
                 ino,

@@ -316,7 +316,9 @@ pub struct IoOptions {
     /// Files whose every byte lies below this offset are written into the
     /// metaservers (inline) rather than to chunks: one Raft entry instead
     /// of an allocation, the pieces' seals and a commit. 0 turns it off;
-    /// at most 64 KiB (`meta::INLINE_MAX_BYTES`) is used.
+    /// at most 32 KiB (`meta::INLINE_MAX_BYTES`) is used. The bytes live
+    /// in every voter's RocksDB, so a larger limit trades metaserver disk
+    /// for speed (docs/posix.md).
     pub inline_max_bytes: u64,
 }
 

@@ -32,9 +32,10 @@ pub const FILE_SIZE_MAX_BYTES: u64 = 1 << 50;
 /// stay far below the header cap (about 40 bytes an extent).
 pub const LAYOUT_EXTENTS_MAX: usize = 512;
 /// Most bytes a file may keep inline in the metaservers (`WriteInline`):
-/// they ride in Raft entries and every voter's RocksDB, so the cap keeps an
-/// entry small. Clients choose their own limit at or below it.
-pub const INLINE_MAX_BYTES: u64 = 64 * 1024;
+/// they ride in Raft entries and every voter's RocksDB, and a call travels
+/// in one header (`limits::HEADER_MAX_BYTES`, 64 KiB), so half of that.
+/// Clients choose their own limit at or below it.
+pub const INLINE_MAX_BYTES: u64 = 32 * 1024;
 /// Directory entries per readdir page.
 pub const READDIR_PAGE_MAX: u32 = 256;
 /// Rough bytes of one readdir page: a page ends early rather than pass it,
@@ -498,6 +499,13 @@ pub enum MetaOp {
         min_size: u64,
         set: SetAttr,
     },
+    /// `Release` of several handles in one command: a mount gathers the
+    /// releases of a few milliseconds, so closing files one after another
+    /// does not put a commit of its own between every two creates.
+    /// Handles the session does not hold are passed over.
+    ReleaseMany {
+        inos: Vec<InodeId>,
+    },
 }
 
 impl MetaOp {
@@ -546,6 +554,7 @@ impl MetaOp {
             MetaOp::CreateTemporary { .. } => "create_temporary",
             MetaOp::CreateOpen { .. } => "create_open",
             MetaOp::WriteInline { .. } => "write_inline",
+            MetaOp::ReleaseMany { .. } => "release_many",
         }
     }
 }
