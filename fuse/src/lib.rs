@@ -163,6 +163,7 @@ pub fn is_dead_mount(path: &Path) -> bool {
 }
 
 mod convert;
+mod dircache;
 mod locks;
 mod ops;
 mod shared;
@@ -192,6 +193,7 @@ impl TesseraFs {
                 notifier: std::sync::OnceLock::new(),
                 locks: locks::LockState::default(),
                 releases: Mutex::new(Vec::new()),
+                dir_cache: dircache::DirCache::new(options.attr_timeout, options.entry_timeout),
             }),
             runtime,
         }

@@ -30,39 +30,17 @@ impl Filesystem for TesseraFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let op = MetaOp::Lookup {
-            parent: ino_of(parent),
-            name: name_of(name),
-        };
+        let (parent, name) = (ino_of(parent), name_of(name));
+        if self.shared.dir_cache.absent(parent, &name) {
+            return reply_absent(&self.shared, reply);
+        }
+        let op = MetaOp::Lookup { parent, name };
         self.spawn(|shared| async move {
             let result = shared.call(op).await;
-            if let Err(err) = &result
-                && err.code == ErrorCode::NotFound
-            {
-                // A negative entry, cached for the entry timeout.
-                let attr = FileAttr {
-                    ino: INodeNo(0),
-                    size: 0,
-                    blocks: 0,
-                    atime: UNIX_EPOCH,
-                    mtime: UNIX_EPOCH,
-                    ctime: UNIX_EPOCH,
-                    crtime: UNIX_EPOCH,
-                    kind: FileType::RegularFile,
-                    perm: 0,
-                    nlink: 0,
-                    uid: 0,
-                    gid: 0,
-                    rdev: 0,
-                    blksize: BLOCK_SIZE,
-                    flags: 0,
-                };
-                if shared.entry_ttl.is_zero() {
-                    reply.error(Errno::ENOENT);
-                } else {
-                    reply.entry_with_ttls(&Duration::ZERO, &shared.entry_ttl, &attr, Generation(0));
-                }
-                return;
+            match &result {
+                Err(err) if err.code == ErrorCode::NotFound => return reply_absent(&shared, reply),
+                Ok(MetaReply::Entry(attr)) => shared.dir_cache.fetched(attr),
+                _ => {}
             }
             TesseraFs::reply_entry(&shared, reply, result);
         });
@@ -151,8 +129,12 @@ impl Filesystem for TesseraFs {
             rdev,
             exclusive: true,
         };
+        let (parent, name) = (ino_of(parent), name_of(name));
         self.spawn(|shared| async move {
             let result = shared.call(op).await;
+            if result.is_ok() {
+                shared.dir_cache.added(parent, &name, false);
+            }
             TesseraFs::reply_entry(&shared, reply, result);
         });
     }
@@ -173,8 +155,13 @@ impl Filesystem for TesseraFs {
             uid: req.uid(),
             gid: req.gid(),
         };
+        let (parent, name) = (ino_of(parent), name_of(name));
         self.spawn(|shared| async move {
             let result = shared.call(op).await;
+            if let Ok(MetaReply::Entry(attr)) = &result {
+                shared.dir_cache.added(parent, &name, true);
+                shared.dir_cache.created_dir(attr);
+            }
             TesseraFs::reply_entry(&shared, reply, result);
         });
     }
@@ -185,6 +172,10 @@ impl Filesystem for TesseraFs {
         self.shared.stop_local_answers();
         self.spawn(|shared| async move {
             let result = shared.call(MetaOp::Unlink { parent, name }).await;
+            match &result {
+                Ok(_) => shared.dir_cache.removed(parent, false),
+                Err(_) => shared.dir_cache.forget(parent),
+            }
             TesseraFs::reply_empty(reply, result.map(|_| ()));
         });
     }
@@ -195,8 +186,13 @@ impl Filesystem for TesseraFs {
             name: name_of(name),
         };
         self.shared.stop_local_answers();
+        let parent = ino_of(parent);
         self.spawn(|shared| async move {
             let result = shared.call(op).await;
+            match &result {
+                Ok(_) => shared.dir_cache.removed(parent, true),
+                Err(_) => shared.dir_cache.forget(parent),
+            }
             TesseraFs::reply_empty(reply, result.map(|_| ()));
         });
     }
@@ -216,8 +212,12 @@ impl Filesystem for TesseraFs {
             uid: req.uid(),
             gid: req.gid(),
         };
+        let (parent, name) = (ino_of(parent), name_of(link_name));
         self.spawn(|shared| async move {
             let result = shared.call(op).await;
+            if result.is_ok() {
+                shared.dir_cache.added(parent, &name, false);
+            }
             TesseraFs::reply_entry(&shared, reply, result);
         });
     }
@@ -250,8 +250,11 @@ impl Filesystem for TesseraFs {
             mode,
         };
         self.shared.stop_local_answers();
+        let (from, to) = (ino_of(parent), ino_of(newparent));
         self.spawn(|shared| async move {
             let result = shared.call(op).await;
+            shared.dir_cache.forget(from);
+            shared.dir_cache.forget(to);
             TesseraFs::reply_empty(reply, result.map(|_| ()));
         });
     }
@@ -270,8 +273,12 @@ impl Filesystem for TesseraFs {
             name: name_of(newname),
         };
         self.shared.stop_local_answers();
+        let (parent, name) = (ino_of(newparent), name_of(newname));
         self.spawn(|shared| async move {
             let result = shared.call(op).await;
+            if result.is_ok() {
+                shared.dir_cache.added(parent, &name, false);
+            }
             TesseraFs::reply_entry(&shared, reply, result);
         });
     }
@@ -714,9 +721,10 @@ impl Filesystem for TesseraFs {
         // Created and opened for this mount's session in one commit, so
         // an unlink from another mount right after leaves it to this one.
         let exclusive = flags & libc::O_EXCL != 0;
+        let (parent, name) = (ino_of(parent), name_of(name));
         let op = MetaOp::CreateOpen {
-            parent: ino_of(parent),
-            name: name_of(name),
+            parent,
+            name: name.clone(),
             mode: mode & 0o7777,
             uid: req.uid(),
             gid: req.gid(),
@@ -727,6 +735,7 @@ impl Filesystem for TesseraFs {
                 Ok(attr) if attr.kind != FileKind::File => reply.error(Errno::EISDIR),
                 Ok(attr) => {
                     shared.forget_cache(attr.ino);
+                    shared.dir_cache.added(parent, &name, false);
                     // The session the call went under, as `Shared::open`.
                     let opened = Some(shared.epoch());
                     let fh = shared.open_handle(attr.ino, opened);
@@ -839,4 +848,30 @@ impl Filesystem for TesseraFs {
     fn interrupt(&self, _req: &Request, unique: fuser::RequestId) {
         self.shared.locks.interrupt(unique.0);
     }
+}
+
+/// A name that is not there, cached by the kernel as a negative entry for
+/// the entry timeout.
+fn reply_absent(shared: &Shared, reply: ReplyEntry) {
+    if shared.entry_ttl.is_zero() {
+        return reply.error(Errno::ENOENT);
+    }
+    let attr = FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: BLOCK_SIZE,
+        flags: 0,
+    };
+    reply.entry_with_ttls(&Duration::ZERO, &shared.entry_ttl, &attr, Generation(0));
 }

@@ -201,6 +201,7 @@ pub(crate) struct Shared {
     /// Handle releases waiting to go out, with the session epoch each was
     /// opened under.
     pub(crate) releases: Mutex<Vec<(InodeId, Option<u64>)>>,
+    pub(crate) dir_cache: crate::dircache::DirCache,
 }
 
 /// How long released handles gather before one `ReleaseMany` sends them.
@@ -218,10 +219,11 @@ impl Shared {
     }
 
     pub(crate) async fn getattr(&self, ino: InodeId) -> Result<Attr, Error> {
-        if let Some(attr) = self.local_attr(ino) {
+        if let Some(attr) = self.local_attr(ino).or_else(|| self.dir_cache.attr(ino)) {
             return Ok(attr);
         }
         let mut attr = attr_of(self.call(MetaOp::GetAttr { ino }).await?)?;
+        self.dir_cache.fetched(&attr);
         self.overlay(&mut attr);
         Ok(attr)
     }
@@ -489,6 +491,7 @@ impl Shared {
             None => None,
         };
         let attr = attr_of(self.call(MetaOp::SetAttr { ino, set }).await?)?;
+        self.dir_cache.fetched(&attr);
         if let Some(file) = &file {
             file.generation.fetch_add(1, Ordering::AcqRel);
             lock(&file.folding).answered(&attr);
