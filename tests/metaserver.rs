@@ -112,10 +112,24 @@ async fn a_group_survives_losing_its_leader() {
             let mut i = 0;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 let name = format!("f-{w}-{i}");
-                match client.call(create(dir, &name)).await {
-                    Ok(_) => acked.lock().unwrap().push(name),
+                let ino = match client.call(create(dir, &name)).await {
+                    Ok(reply) => entry_ino(reply),
                     Err(err) => return Err(format!("create {name}: {err}")),
+                };
+                // Every other file gets inline bytes: they must survive
+                // the leader's death and reach a member by snapshot.
+                if i % 2 == 0 {
+                    let write = MetaOp::WriteInline {
+                        ino,
+                        writes: vec![(0, inline_content(&name))],
+                        min_size: 0,
+                        set: Default::default(),
+                    };
+                    if let Err(err) = client.call(write).await {
+                        return Err(format!("inline write of {name}: {err}"));
+                    }
                 }
+                acked.lock().unwrap().push(name);
                 i += 1;
             }
             Ok(())
@@ -169,6 +183,7 @@ async fn a_group_survives_losing_its_leader() {
             "acknowledged create {name} is missing"
         );
     }
+    check_inline(&client, dir, &acked).await;
 
     // The killed member restarts and catches up.
     daemons[killed] = Some(start(&members[killed], false));
@@ -208,17 +223,63 @@ async fn a_group_survives_losing_its_leader() {
         "the new member did not install a snapshot:\n{log}"
     );
 
-    // Removing a member.
-    admin
-        .leader_call(&RemoveMember { node: NodeId(4) })
-        .await
-        .unwrap();
-    wait_for(&pki, survivor.addr, "three members", |s| {
-        s.members.len() == 3
-    })
-    .await;
+    // Removing members until the one that joined by snapshot is alone:
+    // it then answers every read from what the snapshot and the log gave
+    // it, inline bytes included.
+    for id in 1..=3u64 {
+        admin
+            .leader_call(&RemoveMember { node: NodeId(id) })
+            .await
+            .unwrap();
+        let left = 4 - id as usize;
+        wait_for(&pki, members[3].addr, "a member fewer", |s| {
+            s.members.len() == left && s.leader.is_some()
+        })
+        .await;
+    }
+    let alone = meta_client(&pki, "test-client", &[&members[3]]);
+    check_inline(&alone, dir, &acked).await;
     // Writes still work.
-    client.call(create(dir, "after-all")).await.unwrap();
+    alone.call(create(dir, "after-all")).await.unwrap();
+}
+
+/// The inline bytes the stream wrote to file `name`.
+fn inline_content(name: &str) -> Vec<u8> {
+    name.as_bytes().repeat(64)
+}
+
+/// Every acknowledged file of the stream is there, and every other one
+/// holds exactly its inline bytes.
+async fn check_inline(client: &tessera_client::MetaClient, dir: InodeId, acked: &[String]) {
+    for name in acked {
+        let ino = entry_ino(
+            client
+                .call(MetaOp::Lookup {
+                    parent: dir,
+                    name: name.as_bytes().to_vec(),
+                })
+                .await
+                .unwrap_or_else(|err| panic!("lookup {name}: {err}")),
+        );
+        let i: u64 = name.rsplit('-').next().unwrap().parse().unwrap();
+        let want = if i % 2 == 0 {
+            inline_content(name)
+        } else {
+            Vec::new()
+        };
+        let reply = client
+            .call(MetaOp::GetLayout {
+                ino,
+                offset: 0,
+                length: u64::MAX,
+            })
+            .await
+            .unwrap();
+        let MetaReply::Layout { size, inline, .. } = reply else {
+            panic!("layout of {name}: {reply:?}");
+        };
+        assert_eq!((size, &inline), (want.len() as u64, &want), "{name}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

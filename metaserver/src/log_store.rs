@@ -109,11 +109,20 @@ impl LogStore {
     }
 
     fn put_meta<T: serde::Serialize>(&self, key: &[u8], value: &T) -> Result<(), StorageError> {
+        self.put_meta_with(key, value, &synced())
+    }
+
+    fn put_meta_with<T: serde::Serialize>(
+        &self,
+        key: &[u8],
+        value: &T,
+        options: &WriteOptions,
+    ) -> Result<(), StorageError> {
         let cf = self.cf(CF_RAFT)?;
         let bytes = postcard::to_stdvec(value)
             .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, e))?;
         self.db
-            .put_cf_opt(cf, key, bytes, &synced())
+            .put_cf_opt(cf, key, bytes, options)
             .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, e))
     }
 
@@ -206,8 +215,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.get_meta(KEY_VOTE)
     }
 
+    /// Not synced: the committed index only spares a restarted member
+    /// re-learning it, and losing the latest value loses nothing (the
+    /// entries are durable in the log, and the index is learned again from
+    /// the leader). It follows the entries it covers in the WAL, so a
+    /// value that survives a crash never runs ahead of them. A synced write
+    /// here cost a second fsync on every commit, on openraft's core task.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.put_meta(KEY_COMMITTED, &committed)
+        self.put_meta_with(KEY_COMMITTED, &committed, &WriteOptions::default())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
