@@ -109,7 +109,7 @@ async fn a_group_survives_losing_its_leader() {
     for w in 0..4 {
         let (client, acked, stop) = (client.clone(), acked.clone(), stop.clone());
         writers.push(tokio::spawn(async move {
-            let mut i = 0;
+            let mut i: u64 = 0;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 let name = format!("f-{w}-{i}");
                 let ino = match client.call(create(dir, &name)).await {
@@ -118,7 +118,7 @@ async fn a_group_survives_losing_its_leader() {
                 };
                 // Every other file gets inline bytes: they must survive
                 // the leader's death and reach a member by snapshot.
-                if i % 2 == 0 {
+                if i.is_multiple_of(2) {
                     let write = MetaOp::WriteInline {
                         ino,
                         writes: vec![(0, inline_content(&name))],
@@ -226,6 +226,11 @@ async fn a_group_survives_losing_its_leader() {
     // Removing members until the one that joined by snapshot is alone:
     // it then answers every read from what the snapshot and the log gave
     // it, inline bytes included.
+    let admin = meta_client(
+        &pki,
+        "test-meta",
+        &[&members[0], &members[1], &members[2], &members[3]],
+    );
     for id in 1..=3u64 {
         admin
             .leader_call(&RemoveMember { node: NodeId(id) })
@@ -262,7 +267,7 @@ async fn check_inline(client: &tessera_client::MetaClient, dir: InodeId, acked: 
                 .unwrap_or_else(|err| panic!("lookup {name}: {err}")),
         );
         let i: u64 = name.rsplit('-').next().unwrap().parse().unwrap();
-        let want = if i % 2 == 0 {
+        let want = if i.is_multiple_of(2) {
             inline_content(name)
         } else {
             Vec::new()

@@ -701,7 +701,16 @@ fn files_closed_before_the_mount_and_a_chunkserver_are_killed_read_back_exact() 
     let mtime = std::time::UNIX_EPOCH + Duration::from_secs(1_500_000_000);
     let mut rng = Rng(17);
     // Inline (well under the limit, at it), and in chunks (past it).
-    let sizes = [0usize, 1, 100, 4096, 16 * 1024, 16 * 1024 + 1, 40_000, 1 << 20];
+    let sizes = [
+        0usize,
+        1,
+        100,
+        4096,
+        16 * 1024,
+        16 * 1024 + 1,
+        40_000,
+        1 << 20,
+    ];
     let mut written = Vec::new();
     for (i, size) in sizes.iter().cycle().take(40).enumerate() {
         let name = format!("f{i:02}");
@@ -726,7 +735,12 @@ fn files_closed_before_the_mount_and_a_chunkserver_are_killed_read_back_exact() 
     for (name, bytes) in &written {
         let path = again.path.join(name);
         let got = std::fs::read(&path).unwrap_or_else(|err| panic!("read {name}: {err}"));
-        assert!(got == *bytes, "{name}: {} bytes back, {} written", got.len(), bytes.len());
+        assert!(
+            got == *bytes,
+            "{name}: {} bytes back, {} written",
+            got.len(),
+            bytes.len()
+        );
         let meta = std::fs::metadata(&path).expect("stat");
         assert_eq!(meta.permissions().mode() & 0o7777, 0o640, "{name}: mode");
         assert_eq!(meta.modified().expect("mtime"), mtime, "{name}: mtime");

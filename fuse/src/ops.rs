@@ -17,6 +17,20 @@ impl Filesystem for TesseraFs {
         if let Err(missing) = config.add_capabilities(plus) {
             tracing::debug!(?missing, "the kernel offers no readdirplus");
         }
+        // Lookups and listings in one directory need not queue behind each
+        // other in the kernel (the metaserver orders what must be
+        // ordered), and a symlink's target never changes, so the kernel
+        // may keep it.
+        let speed = fuser::InitFlags::FUSE_PARALLEL_DIROPS | fuser::InitFlags::FUSE_CACHE_SYMLINKS;
+        if let Err(missing) = config.add_capabilities(speed) {
+            tracing::debug!(?missing, "the kernel offers fewer directory capabilities");
+            for flag in [
+                fuser::InitFlags::FUSE_PARALLEL_DIROPS,
+                fuser::InitFlags::FUSE_CACHE_SYMLINKS,
+            ] {
+                let _ = config.add_capabilities(flag);
+            }
+        }
         // Locks go to the metaservers, so every mount sees one set of
         // holders (without these the kernel keeps them per mount).
         let locks = fuser::InitFlags::FUSE_POSIX_LOCKS | fuser::InitFlags::FUSE_FLOCK_LOCKS;
