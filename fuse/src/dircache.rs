@@ -13,10 +13,13 @@
 //!   created in it is answered absent without asking, as a negative entry
 //!   looked up at the directory's creation would be. A removal or rename in
 //!   it ends that.
+//! - A rename or an rmdir anywhere empties the cache: the directory moved
+//!   or removed is not named by the request.
 
 use super::*;
 use std::collections::HashSet;
 use std::time::Instant;
+use tessera_proto::meta::NAME_MAX_BYTES;
 
 /// Directories remembered before expired ones are dropped.
 const KNOWN_DIRS_MAX: usize = 4096;
@@ -107,30 +110,37 @@ impl DirCache {
         });
     }
 
-    /// This mount removed a name from `parent` (a subdirectory when
-    /// `is_dir`).
-    pub(crate) fn removed(&self, parent: InodeId, is_dir: bool) {
+    /// This mount removed a file's name from `parent`.
+    pub(crate) fn removed(&self, parent: InodeId) {
         let now = ns_of(SystemTime::now());
         self.with(parent, |dir| {
             if let Some((attr, _)) = dir.attr.as_mut() {
                 attr.mtime_ns = now;
                 attr.ctime_ns = now;
-                if is_dir {
-                    attr.nlink = attr.nlink.saturating_sub(1);
-                }
             }
             dir.fresh = None;
         });
     }
 
-    /// Whatever is known of `ino` goes (a rename moved things in or out).
+    /// Whatever is known of `ino` goes (an xattr changed its ctime).
     pub(crate) fn forget(&self, ino: InodeId) {
         lock(&self.dirs).remove(&ino);
+    }
+
+    /// Everything goes: a rename or rmdir changes the attributes of a
+    /// directory this mount cannot name from the request (the one moved or
+    /// removed), besides its parents.
+    pub(crate) fn clear(&self) {
+        lock(&self.dirs).clear();
     }
 
     /// Whether `name` is certainly absent from `parent` (see the module
     /// docs).
     pub(crate) fn absent(&self, parent: InodeId, name: &[u8]) -> bool {
+        // A name the metaserver would refuse gets its refusal from there.
+        if name.is_empty() || name.len() > NAME_MAX_BYTES || name == b"." || name == b".." {
+            return false;
+        }
         let dirs = lock(&self.dirs);
         let Some((at, names)) = dirs.get(&parent).and_then(|dir| dir.fresh.as_ref()) else {
             return false;

@@ -187,7 +187,7 @@ impl Filesystem for TesseraFs {
         self.spawn(|shared| async move {
             let result = shared.call(MetaOp::Unlink { parent, name }).await;
             match &result {
-                Ok(_) => shared.dir_cache.removed(parent, false),
+                Ok(_) => shared.dir_cache.removed(parent),
                 Err(_) => shared.dir_cache.forget(parent),
             }
             TesseraFs::reply_empty(reply, result.map(|_| ()));
@@ -200,13 +200,9 @@ impl Filesystem for TesseraFs {
             name: name_of(name),
         };
         self.shared.stop_local_answers();
-        let parent = ino_of(parent);
         self.spawn(|shared| async move {
             let result = shared.call(op).await;
-            match &result {
-                Ok(_) => shared.dir_cache.removed(parent, true),
-                Err(_) => shared.dir_cache.forget(parent),
-            }
+            shared.dir_cache.clear();
             TesseraFs::reply_empty(reply, result.map(|_| ()));
         });
     }
@@ -264,11 +260,9 @@ impl Filesystem for TesseraFs {
             mode,
         };
         self.shared.stop_local_answers();
-        let (from, to) = (ino_of(parent), ino_of(newparent));
         self.spawn(|shared| async move {
             let result = shared.call(op).await;
-            shared.dir_cache.forget(from);
-            shared.dir_cache.forget(to);
+            shared.dir_cache.clear();
             TesseraFs::reply_empty(reply, result.map(|_| ()));
         });
     }
@@ -637,6 +631,7 @@ impl Filesystem for TesseraFs {
             mode,
         };
         self.shared.stop_local_answers_for(ino_of(ino));
+        self.shared.dir_cache.forget(ino_of(ino));
         self.spawn(|shared| async move {
             let result = shared.call(op).await;
             TesseraFs::reply_empty(reply, result.map(|_| ()));
@@ -695,6 +690,7 @@ impl Filesystem for TesseraFs {
             name: name_of(name),
         };
         self.shared.stop_local_answers_for(ino_of(ino));
+        self.shared.dir_cache.forget(ino_of(ino));
         self.spawn(|shared| async move {
             let result = shared.call(op).await;
             TesseraFs::reply_empty(reply, result.map(|_| ()));
