@@ -183,6 +183,7 @@ fn random_operations_on_two_mounts_match_a_local_directory() {
     let local = |name: usize| local_root.join(format!("f{name}"));
     const NAMES: usize = 4;
     const MAX_OFFSET: u64 = 3 << 20;
+    const SMALL_MAX: u64 = 24 * 1024;
 
     for seed in [0x9E37_79B9_7F4A_7C15u64, 42, 7_777_777] {
         let mut rng = Rng(seed);
@@ -245,8 +246,14 @@ fn random_operations_on_two_mounts_match_a_local_directory() {
                 }
                 2..=4 if !handles.is_empty() => {
                     let h = &handles[rng.below(handles.len() as u64) as usize];
-                    let offset = rng.below(MAX_OFFSET);
-                    let len = 1 + rng.below(256 * 1024) as usize;
+                    // Half the names hold small files, which live inline
+                    // in the metaservers until a write takes them past
+                    // the client's limit (16 KiB).
+                    let (offset, len) = if h.name < NAMES / 2 {
+                        (rng.below(SMALL_MAX), 1 + rng.below(8 * 1024) as usize)
+                    } else {
+                        (rng.below(MAX_OFFSET), 1 + rng.below(256 * 1024) as usize)
+                    };
                     let data = rng.bytes(len);
                     h.remote
                         .write_all_at(&data, offset)
@@ -256,7 +263,11 @@ fn random_operations_on_two_mounts_match_a_local_directory() {
                 }
                 5 if !handles.is_empty() => {
                     let h = &handles[rng.below(handles.len() as u64) as usize];
-                    let size = rng.below(MAX_OFFSET);
+                    let size = rng.below(if h.name < NAMES / 2 {
+                        SMALL_MAX
+                    } else {
+                        MAX_OFFSET
+                    });
                     h.remote
                         .set_len(size)
                         .unwrap_or_else(|e| panic!("truncate: {e}; {}", context(&log)));
