@@ -21,14 +21,12 @@ impl Filesystem for TesseraFs {
         // other in the kernel (the metaserver orders what must be
         // ordered), and a symlink's target never changes, so the kernel
         // may keep it.
-        let speed = fuser::InitFlags::FUSE_PARALLEL_DIROPS | fuser::InitFlags::FUSE_CACHE_SYMLINKS;
-        if let Err(missing) = config.add_capabilities(speed) {
-            tracing::debug!(?missing, "the kernel offers fewer directory capabilities");
-            for flag in [
-                fuser::InitFlags::FUSE_PARALLEL_DIROPS,
-                fuser::InitFlags::FUSE_CACHE_SYMLINKS,
-            ] {
-                let _ = config.add_capabilities(flag);
+        for flag in [
+            fuser::InitFlags::FUSE_PARALLEL_DIROPS,
+            fuser::InitFlags::FUSE_CACHE_SYMLINKS,
+        ] {
+            if let Err(missing) = config.add_capabilities(flag) {
+                tracing::debug!(?missing, "the kernel does not offer this capability");
             }
         }
         // Locks go to the metaservers, so every mount sees one set of

@@ -12,14 +12,15 @@ use super::*;
 impl Namespace {
     /// Writes `writes` (in order) into the inline bytes of `ino` and raises
     /// its size to at least `min_size` and every write's end, in one atomic
-    /// step. Refused with `NotInline` once the file has extents.
+    /// step. Refused with `NotInline` once the file has extents. The
+    /// caller answers with the attributes (after its setattr).
     pub fn write_inline(
         &mut self,
         ino: InodeId,
         writes: &[(u64, Vec<u8>)],
         min_size: u64,
         now_ns: i64,
-    ) -> Result<Attr, Error> {
+    ) -> Result<(), Error> {
         let node = self.file_node(ino)?;
         if node.extents > 0 {
             return Err(err(
@@ -64,7 +65,7 @@ impl Namespace {
             node.mtime_ns = now_ns;
             node.ctime_ns = now_ns;
         });
-        self.attr(ino)
+        Ok(())
     }
 
     /// The file's inline bytes (empty when it has none).
