@@ -4,7 +4,7 @@
 #   deploy/local-cluster.sh up DIR [--meta N] [--chunk N] [--bin PATH]
 #                                  [--base-port P] [--timeout SECONDS]
 #                                  [--meta-toml TOML] [--chunk-toml TOML]
-#                                  [--disk-cap-mib N]
+#                                  [--disk-cap-mib N] [--sync-interval-ms N]
 #   deploy/local-cluster.sh down DIR
 #   deploy/local-cluster.sh status DIR
 #
@@ -18,6 +18,7 @@ usage() {
 usage:
   $PROG up DIR [--meta N] [--chunk N] [--bin PATH] [--base-port P] [--timeout SECONDS]
                [--meta-toml TOML] [--chunk-toml TOML] [--disk-cap-mib N]
+               [--sync-interval-ms N]
       Start N metaservers (default 3) and N chunkservers (default 4) as separate
       processes on 127.0.0.1, each with its own config, data and log under DIR,
       and return once the cluster has a leader, every metaserver is a voter and
@@ -33,6 +34,8 @@ usage:
       --disk-cap-mib caps what each chunkserver's disk may hold (they all share
       one file system here), so disk use differs between them as it would on
       disks of their own.
+      --sync-interval-ms sets the chunkservers' sync_interval_ms (how long a
+      sealed piece may wait for its fsync; 0 fsyncs before acknowledging).
   $PROG down DIR
       Stop exactly the processes recorded in DIR/pids: SIGTERM, up to 10 s, then
       SIGKILL. Data stays; \`up DIR\` brings the same cluster back.
@@ -235,6 +238,7 @@ metrics_listen = "$(chunk_metrics "$i")"
 token_key = $(toml_str "$DIR/ca/token.key")
 meta = $(meta_list)
 heartbeat_interval_ms = 1000
+${SYNC_INTERVAL_MS:+sync_interval_ms = $SYNC_INTERVAL_MS}
 
 $(tls_section "$name")
 
@@ -359,7 +363,7 @@ on_up_exit() {
 
 cmd_up() {
     local meta_flag='' chunk_flag='' base_flag=''
-    BIN_FLAG='' TIMEOUT=60 META_TOML='' CHUNK_TOML='' DISK_CAP_MIB=''
+    BIN_FLAG='' TIMEOUT=60 META_TOML='' CHUNK_TOML='' DISK_CAP_MIB='' SYNC_INTERVAL_MS=''
 
     while (($#)); do
         case $1 in
@@ -371,6 +375,7 @@ cmd_up() {
         --meta-toml) META_TOML=${2:-}; shift 2 || die "--meta-toml needs TOML" ;;
         --chunk-toml) CHUNK_TOML=${2:-}; shift 2 || die "--chunk-toml needs TOML" ;;
         --disk-cap-mib) DISK_CAP_MIB=${2:-}; shift 2 || die "--disk-cap-mib needs a number" ;;
+        --sync-interval-ms) SYNC_INTERVAL_MS=${2:-}; shift 2 || die "--sync-interval-ms needs a number" ;;
         -h | --help) usage; exit 0 ;;
         *) usage >&2; die "unknown argument: $1" ;;
         esac
@@ -382,6 +387,7 @@ cmd_up() {
     [[ -z $base_flag || ($base_flag =~ ^[0-9]+$ && $base_flag -ge 1024 && $base_flag -le 63000) ]] ||
         die "--base-port takes 1024 to 63000 (it uses P up to P+2199), not $base_flag"
     [[ $TIMEOUT =~ ^[0-9]+$ && $TIMEOUT -ge 1 ]] || die "--timeout takes whole seconds, not $TIMEOUT"
+    [[ -z $SYNC_INTERVAL_MS || $SYNC_INTERVAL_MS =~ ^[0-9]+$ ]] || die "--sync-interval-ms takes milliseconds, not $SYNC_INTERVAL_MS"
     [[ -z $DISK_CAP_MIB || $DISK_CAP_MIB =~ ^[1-9][0-9]*$ ]] || die "--disk-cap-mib takes MiB, not $DISK_CAP_MIB"
     resolve_bin
 

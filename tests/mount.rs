@@ -758,3 +758,93 @@ fn files_closed_before_the_mount_and_a_chunkserver_are_killed_read_back_exact() 
     }
     again.unmount();
 }
+
+/// Unsynced pieces over every chunkserver of `cluster`, from their metrics.
+fn unsynced_pieces(cluster: &Cluster, chunkservers: u16) -> f64 {
+    (0..chunkservers)
+        .map(|k| {
+            let text = cluster.metrics_text(cluster.base + 2100 + k);
+            common::metric(&text, "tessera_chunk_unsynced_pieces")
+        })
+        .sum()
+}
+
+/// The durability contract with the chunkservers' flusher set to an hour:
+/// a plain close leaves the file's pieces in the servers' page caches; an
+/// fsync (from a later handle, after the close), an O_SYNC write, a
+/// `tessera put` and a mount with `--sync-on-close` each return only once
+/// they are on disk.
+#[test]
+fn fsync_reaches_the_disk_and_a_plain_close_leaves_it_to_the_flusher() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _serial = serial();
+    let cluster = Cluster::up_args(40800, 1, 3, &["--sync-interval-ms", "3600000"]);
+    let scratch = scratch("tessera-fsync");
+    let mount = Mount::new(&cluster, scratch.path(), "mnt", &[]);
+    let mut rng = Rng(23);
+    // Past the inline limit, so the bytes go to chunks.
+    let bytes = rng.bytes(200_000);
+
+    let path = mount.path.join("closed");
+    std::fs::write(&path, &bytes).expect("write and close");
+    assert_eq!(
+        unsynced_pieces(&cluster, 3),
+        3.0,
+        "a plain close leaves its three replicas to the flusher"
+    );
+    let file = OpenOptions::new()
+        .read(true)
+        .open(&path)
+        .expect("open again");
+    file.sync_all().expect("fsync");
+    assert_eq!(
+        unsynced_pieces(&cluster, 3),
+        0.0,
+        "fsync returned before every replica was on disk"
+    );
+    drop(file);
+
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc_o_sync())
+        .open(mount.path.join("osync"))
+        .expect("create with O_SYNC");
+    file.write_all(&bytes).expect("O_SYNC write");
+    assert_eq!(
+        unsynced_pieces(&cluster, 3),
+        0.0,
+        "an O_SYNC write returned before its bytes were on disk"
+    );
+    drop(file);
+
+    let local = scratch.path().join("local");
+    std::fs::write(&local, &bytes).expect("local file");
+    cluster.ok(&["put", local.to_str().expect("utf-8"), "/put"]);
+    assert_eq!(
+        unsynced_pieces(&cluster, 3),
+        0.0,
+        "tessera put returned before its bytes were on disk"
+    );
+
+    let syncing = Mount::new(&cluster, scratch.path(), "syncing", &["--sync-on-close"]);
+    std::fs::write(syncing.path.join("synced-close"), &bytes).expect("write and close");
+    assert_eq!(
+        unsynced_pieces(&cluster, 3),
+        0.0,
+        "a close with --sync-on-close returned before its bytes were on disk"
+    );
+    for name in ["closed", "osync", "put", "synced-close"] {
+        assert!(
+            std::fs::read(mount.path.join(name)).expect("read back") == bytes,
+            "{name} reads back different bytes"
+        );
+    }
+    syncing.unmount();
+    mount.unmount();
+}
+
+/// O_SYNC on Linux (the test crate does not depend on libc).
+fn libc_o_sync() -> i32 {
+    0o4010000
+}

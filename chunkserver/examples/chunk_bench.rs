@@ -72,6 +72,7 @@ fn config(dir: &Path) -> ChunkConfig {
         rack: String::new(),
         zone: String::new(),
         heartbeat_interval_ms: 2000,
+        sync_interval_ms: 1_000,
         disks: vec![DiskConfig {
             path: dir.join("disk"),
             reserve_bytes: 0,

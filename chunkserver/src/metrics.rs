@@ -26,6 +26,9 @@ pub struct ChunkMetrics {
     pub scrub_passes: IntCounter,
     pub writes_in_flight: IntGauge,
     pub reads_in_flight: IntGauge,
+    /// Sealed pieces whose fsync the flusher has not done yet.
+    pub unsynced_pieces: IntGauge,
+    pub sync_seconds: Histogram,
     /// Repair jobs ended, by `kind` (`copy`, `rebuild`) and `result` (`ok`,
     /// `error`).
     pub repair_jobs: IntCounterVec,
@@ -101,6 +104,14 @@ impl ChunkMetrics {
                 "tessera_chunk_reads_in_flight",
                 "Piece reads in progress",
             ))?,
+            unsynced_pieces: IntGauge::with_opts(opts(
+                "tessera_chunk_unsynced_pieces",
+                "Sealed pieces not yet fsynced (the flusher or a client's sync does it)",
+            ))?,
+            sync_seconds: histogram(
+                "tessera_chunk_sync_seconds",
+                "Time of one pass fsyncing sealed pieces and their folders",
+            )?,
             repair_jobs: IntCounterVec::new(
                 opts(
                     "tessera_chunk_repair_jobs_total",
@@ -142,6 +153,8 @@ impl ChunkMetrics {
         registry.register(Box::new(metrics.scrub_pieces.clone()))?;
         registry.register(Box::new(metrics.scrub_passes.clone()))?;
         registry.register(Box::new(metrics.writes_in_flight.clone()))?;
+        registry.register(Box::new(metrics.unsynced_pieces.clone()))?;
+        registry.register(Box::new(metrics.sync_seconds.clone()))?;
         registry.register(Box::new(metrics.reads_in_flight.clone()))?;
         registry.register(Box::new(metrics.repair_jobs.clone()))?;
         registry.register(Box::new(metrics.repair_bytes.clone()))?;

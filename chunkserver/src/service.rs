@@ -18,8 +18,8 @@ use std::time::Instant;
 use tessera_proto::checksum::{BLOCK_BYTES, block_count};
 use tessera_proto::chunk::{
     CopyPiece, DeletePieces, DeletePiecesReply, INVENTORY_PAGE_MAX, ListPieces, ListPiecesReply,
-    PieceInfo, PieceTrailer, ReadPiece, ReadPieceReply, WritePiece, WritePieceReply,
-    WritePieceStream,
+    PieceInfo, PieceTrailer, ReadPiece, ReadPieceReply, SYNC_PIECES_MAX, SyncPieces,
+    SyncPiecesReply, WritePiece, WritePieceReply, WritePieceStream,
 };
 use tessera_proto::error::{Error, ErrorCode};
 use tessera_proto::ids::PieceId;
@@ -290,6 +290,30 @@ impl Service for ChunkService {
                 let (pieces, more) = self.store.list(msg.after, limit);
                 call.respond(&ListPiecesReply { pieces, more }, 0).await
             }
+            SyncPieces::ID => {
+                let msg: SyncPieces = call.decode()?;
+                if msg.pieces.len() > SYNC_PIECES_MAX {
+                    return Err(Error::new(
+                        ErrorCode::TooBig,
+                        format!(
+                            "sync of {} pieces in one call; at most {SYNC_PIECES_MAX}",
+                            msg.pieces.len()
+                        ),
+                    ));
+                }
+                let store = self.store.clone();
+                let synced =
+                    tokio::task::spawn_blocking(move || store.sync_pieces(Some(&msg.pieces)))
+                        .await
+                        .map_err(join_error)??;
+                call.respond(
+                    &SyncPiecesReply {
+                        synced: synced as u32,
+                    },
+                    0,
+                )
+                .await
+            }
             CopyPiece::ID => {
                 call.peer().require_role(&[Role::Meta], CopyPiece::NAME)?;
                 let msg: CopyPiece = call.decode()?;
@@ -317,6 +341,7 @@ impl Service for ChunkService {
             DeletePieces::ID => DeletePieces::NAME,
             ListPieces::ID => ListPieces::NAME,
             CopyPiece::ID => CopyPiece::NAME,
+            SyncPieces::ID => SyncPieces::NAME,
             _ => "unknown",
         }
     }

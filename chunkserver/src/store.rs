@@ -6,10 +6,19 @@
 //! the data, then one BLAKE3 hash per 64 KiB block. One file per piece means
 //! one rename seals data and checksums together.
 //!
-//! Durability order: the piece streams into `tmp/`, then data and checksums
-//! are fsynced, the file is renamed to `pieces/xx/`, the directory is fsynced,
-//! and only then is the write acknowledged. A crash leaves a sealed piece or a
-//! temporary file, and start-up deletes every temporary file.
+//! Durability order: the piece streams into `tmp/`, data and checksums are
+//! written, the file is renamed to `pieces/xx/` and the write is
+//! acknowledged. With a sync interval (the default, `sync_interval_ms`), the
+//! file and its directory are fsynced by the background flusher within that
+//! interval, or at once when a client asks ([`Store::sync_pieces`]: fsync,
+//! O_SYNC, a completed S3 upload); the acknowledgement then promises the
+//! bytes are on every server the policy needs, in their page caches, which
+//! survives any process crash. With an interval of zero, both fsyncs happen
+//! before the acknowledgement. A power loss before the flush can leave a
+//! piece missing, short or with unwritten blocks: start-up quarantines a file
+//! whose header or size is wrong, reads and the scrubber quarantine a block
+//! whose hash fails, and the metaserver repairs either from the other
+//! copies. Start-up deletes every temporary file.
 //!
 //! Invariants: a sealed piece is never modified or overwritten; path names are
 //! derived from piece ids alone; no byte is returned to a reader before the
@@ -238,6 +247,8 @@ struct State {
     corrupt: Vec<PieceId>,
     /// Sealed and deleted since the last heartbeat took them.
     changes: ChangeLog,
+    /// Sealed pieces not yet fsynced, with the disk holding each.
+    unsynced: BTreeMap<PieceId, usize>,
 }
 
 /// The store over all disks.
@@ -245,6 +256,13 @@ pub struct Store {
     pub disks: Vec<Arc<Disk>>,
     state: Mutex<State>,
     metrics: ChunkMetrics,
+    /// Whether seals leave their fsyncs to the flusher (see the module
+    /// comment); off until the server configures a sync interval.
+    deferred_sync: std::sync::atomic::AtomicBool,
+    /// Serialises flush passes so two of them never fsync the same files
+    /// twice over; a requested sync waits for a pass in progress, which is
+    /// what a group commit of seals needs anyway.
+    flushing: Mutex<()>,
 }
 
 impl Store {
@@ -289,8 +307,11 @@ impl Store {
                 writing: BTreeSet::new(),
                 corrupt: Vec::new(),
                 changes: ChangeLog::default(),
+                unsynced: BTreeMap::new(),
             }),
             metrics,
+            deferred_sync: std::sync::atomic::AtomicBool::new(false),
+            flushing: Mutex::new(()),
         };
         store.refresh_gauges();
         Ok(store)
@@ -317,6 +338,74 @@ impl Store {
 
     pub fn metrics(&self) -> &ChunkMetrics {
         &self.metrics
+    }
+
+    /// Leaves the fsyncs of seals to [`Store::sync_pieces`] and the
+    /// flusher that calls it every sync interval.
+    pub fn defer_sync(&self, deferred: bool) {
+        self.deferred_sync.store(deferred, Ordering::Relaxed);
+    }
+
+    /// Sealed pieces whose fsync is still pending.
+    pub fn unsynced_count(&self) -> usize {
+        self.lock().unsynced.len()
+    }
+
+    /// Makes sealed pieces durable: fsyncs each unsynced one among `pieces`
+    /// (all of them when `None`), then once each directory they were
+    /// renamed into. Returns how many were fsynced. Pieces not stored here
+    /// or already durable cost nothing, so a client may name every piece it
+    /// wrote. Blocking.
+    pub fn sync_pieces(&self, pieces: Option<&[PieceId]>) -> Result<usize, Error> {
+        let _pass = self
+            .flushing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let todo: Vec<(PieceId, usize)> = {
+            let state = self.lock();
+            match pieces {
+                None => state.unsynced.iter().map(|(p, d)| (*p, *d)).collect(),
+                Some(pieces) => pieces
+                    .iter()
+                    .filter_map(|p| state.unsynced.get(p).map(|d| (*p, *d)))
+                    .collect(),
+            }
+        };
+        if todo.is_empty() {
+            return Ok(0);
+        }
+        let started = std::time::Instant::now();
+        let mut dirs = BTreeSet::new();
+        for (piece, disk) in &todo {
+            let Some(disk) = self.disks.get(*disk) else {
+                continue;
+            };
+            let path = disk.piece_path(*piece);
+            match File::open(&path).and_then(|file| file.sync_all()) {
+                Ok(()) => {}
+                // Deleted or quarantined since: nothing left to make durable.
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => return Err(io_err(format_args!("fsync {}", path.display()), err)),
+            }
+            if let Some(parent) = path.parent() {
+                dirs.insert(parent.to_path_buf());
+            }
+        }
+        for dir in &dirs {
+            fsync_dir(dir)?;
+        }
+        let mut state = self.lock();
+        for (piece, _) in &todo {
+            state.unsynced.remove(piece);
+        }
+        self.metrics
+            .unsynced_pieces
+            .set(state.unsynced.len() as i64);
+        drop(state);
+        self.metrics
+            .sync_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(todo.len())
     }
 
     pub fn disk_reports(&self) -> Vec<DiskReport> {
@@ -494,7 +583,11 @@ impl Store {
                 disk.stored_bytes.fetch_sub(entry.length, Ordering::Relaxed);
                 state.changes.removed(piece);
             }
+            state.unsynced.remove(&piece);
             self.metrics.pieces.set(state.sealed.len() as i64);
+            self.metrics
+                .unsynced_pieces
+                .set(state.unsynced.len() as i64);
         }
         Ok(true)
     }
@@ -559,6 +652,10 @@ impl Store {
             disk.stored_bytes.fetch_sub(entry.length, Ordering::Relaxed);
             state.corrupt.push(piece);
             state.changes.quarantined(piece);
+            state.unsynced.remove(&piece);
+            self.metrics
+                .unsynced_pieces
+                .set(state.unsynced.len() as i64);
             self.metrics.quarantined.inc();
             tracing::warn!(%piece, disk = %disk.root.display(), reason, "quarantined corrupt piece");
         }
@@ -774,10 +871,12 @@ impl PieceWrite {
         })
     }
 
-    /// Checks length and checksum, makes data and checksums durable, renames
-    /// the file into place, fsyncs the directory and adds the piece to the
-    /// inventory. Only after this returns may the write be acknowledged.
+    /// Checks length and checksum, renames the file into place and adds the
+    /// piece to the inventory; fsyncs data, checksums and the directory
+    /// first unless the store defers them to its flusher. Only after this
+    /// returns may the write be acknowledged.
     pub fn seal(mut self) -> Result<PieceInfo, Error> {
+        let deferred = self.store.deferred_sync.load(Ordering::Relaxed);
         let received = self.hasher.total_bytes();
         if received != self.length {
             return Err(Error::new(
@@ -827,18 +926,27 @@ impl PieceWrite {
         file.seek(SeekFrom::Start(0))
             .and_then(|_| file.write_all(&header.encode()))
             .map_err(|err| io_err(context("write the header of"), err))?;
-        file.sync_all()
-            .map_err(|err| io_err(context("fsync"), err))?;
+        if !deferred {
+            file.sync_all()
+                .map_err(|err| io_err(context("fsync"), err))?;
+        }
         drop(file);
         let final_path = self.disk.piece_path(self.piece);
         let parent = final_path
             .parent()
             .ok_or_else(|| Error::internal("piece path has no parent"))?;
-        std::fs::create_dir_all(parent)
-            .map_err(|err| io_err(format_args!("create {}", parent.display()), err))?;
+        if !parent.is_dir() {
+            // A new shard folder is made durable at once: the flusher only
+            // fsyncs the folders pieces are renamed into.
+            std::fs::create_dir_all(parent)
+                .map_err(|err| io_err(format_args!("create {}", parent.display()), err))?;
+            fsync_dir(&self.disk.pieces_dir())?;
+        }
         std::fs::rename(&self.tmp_path, &final_path)
             .map_err(|err| io_err(context("rename"), err))?;
-        fsync_dir(parent)?;
+        if !deferred {
+            fsync_dir(parent)?;
+        }
         self.done = true;
         let info = PieceInfo {
             piece: self.piece,
@@ -857,6 +965,13 @@ impl PieceWrite {
                 },
             );
             state.changes.sealed(info);
+            if deferred {
+                state.unsynced.insert(self.piece, self.disk.index);
+                self.store
+                    .metrics
+                    .unsynced_pieces
+                    .set(state.unsynced.len() as i64);
+            }
             self.store.metrics.pieces.set(state.sealed.len() as i64);
         }
         self.disk.pieces.fetch_add(1, Ordering::Relaxed);
@@ -1080,6 +1195,37 @@ mod tests {
             reader.read_blocks(blocks, 1).unwrap_err().code,
             ErrorCode::OutOfRange
         );
+    }
+
+    #[test]
+    fn deferred_seals_wait_for_a_sync_and_stay_readable_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+        {
+            let s = store(dir.path());
+            s.defer_sync(true);
+            for n in 1..=3 {
+                write(&s, piece(n), &data).unwrap();
+            }
+            assert_eq!(s.unsynced_count(), 3);
+            // Readable before its fsync, from the page cache.
+            let mut reader = s.open_reader(piece(1)).unwrap();
+            let blocks = block_count(data.len() as u64);
+            assert_eq!(reader.read_blocks(0, blocks).unwrap(), data);
+            // A named sync covers exactly what it names; unknown and
+            // durable pieces cost nothing.
+            assert_eq!(s.sync_pieces(Some(&[piece(2), piece(9)])).unwrap(), 1);
+            assert_eq!(s.sync_pieces(Some(&[piece(2)])).unwrap(), 0);
+            assert_eq!(s.unsynced_count(), 2);
+            // A deleted piece leaves the list.
+            assert!(s.delete(piece(3)).unwrap());
+            assert_eq!(s.unsynced_count(), 1);
+            assert_eq!(s.sync_pieces(None).unwrap(), 1);
+            assert_eq!(s.unsynced_count(), 0);
+        }
+        let s = store(dir.path());
+        assert_eq!(s.piece_count(), 2);
+        assert_eq!(s.unsynced_count(), 0);
     }
 
     #[test]

@@ -202,6 +202,7 @@ async fn start_node(root: &Path, ca: &Path, name: &str, meta: SocketAddr) -> Nod
         rack: String::new(),
         zone: String::new(),
         heartbeat_interval_ms: 100,
+        sync_interval_ms: 1_000,
         disks: vec![DiskConfig {
             path: disk.clone(),
             reserve_bytes: 0,

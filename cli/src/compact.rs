@@ -212,7 +212,8 @@ async fn compact(client: &Arc<Client>, attr: &Attr) -> Result<u64> {
             writer.write(offset, &bytes).await?;
             offset += bytes.len() as u64;
         }
-        writer.flush().await?;
+        // Durable before the swap lets the old chunks go.
+        writer.flush_durable().await?;
         let swapped = client
             .meta()
             .call(MetaOp::SwapLayout {

@@ -159,6 +159,7 @@ pub async fn run(options: DevOptions, stop: impl std::future::Future<Output = ()
             rack: String::new(),
             zone: String::new(),
             heartbeat_interval_ms: 1_000,
+            sync_interval_ms: 1_000,
             disks: vec![DiskConfig {
                 path: disk,
                 reserve_bytes: 256 * 1024 * 1024,

@@ -81,6 +81,10 @@ enum Command {
         /// Let other users use the mount (default: on when root mounts).
         #[arg(long)]
         allow_other: Option<bool>,
+        /// Make every close wait until the file's bytes are fsynced on every
+        /// server holding them, as fsync does (`io.sync_on_close`).
+        #[arg(long)]
+        sync_on_close: bool,
     },
     /// Copy a local file (or with -r a tree) into the cluster; each file
     /// appears only once complete.
@@ -374,7 +378,14 @@ where
     F: FnOnce(std::sync::Arc<tessera_client::Client>) -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
 {
-    let config = load_client_config(config)?;
+    client_command(load_client_config(config)?, command)
+}
+
+fn client_command<F, Fut>(config: tessera_proto::config::ClientConfig, command: F) -> Result<()>
+where
+    F: FnOnce(std::sync::Arc<tessera_client::Client>) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
     runtime()?.block_on(async {
         let client = tessera_client::Client::connect(&config).await?;
         command(client).await
@@ -464,10 +475,13 @@ fn run(cli: Cli) -> Result<()> {
             attr_timeout_ms,
             entry_timeout_ms,
             allow_other,
+            sync_on_close,
         } => {
             let allow_other = allow_other.unwrap_or_else(tessera_fuse::running_as_root);
             let options = mount::options(attr_timeout_ms, entry_timeout_ms, allow_other);
-            files_command(&config, |client| async move {
+            let mut config = load_client_config(&config)?;
+            config.io.sync_on_close |= sync_on_close;
+            client_command(config, |client| async move {
                 let mounted = mount::start(client, &mountpoint, &options).await?;
                 println!(
                     "mounted on {} (Ctrl-C or SIGTERM unmounts)",

@@ -308,7 +308,7 @@ async fn put_file(
             progress.advance(filled as u64);
         }
         writer
-            .flush()
+            .flush_durable()
             .await
             .map_err(|e| explain(e, &format!("write {remote}")))?;
         meta.call(MetaOp::Rename {

@@ -11,10 +11,12 @@ pub mod path;
 mod pieces;
 pub mod read;
 mod session;
+pub mod sync;
 pub mod write;
 
 pub use client::Client;
 pub use meta::MetaClient;
 pub use read::FileReader;
 pub use session::session_info;
+pub use sync::Unsynced;
 pub use write::FileWriter;

@@ -31,6 +31,8 @@ pub(crate) enum PieceMsg {
 pub(crate) struct PieceStream {
     pub piece: PieceId,
     pub node: NodeId,
+    /// The server's address as the placement gave it.
+    pub address: String,
     tx: Option<mpsc::Sender<PieceMsg>>,
     task: Option<JoinHandle<Result<PieceTrailer, Error>>>,
     pub error: Option<Error>,
@@ -65,6 +67,7 @@ impl PieceStream {
         PieceStream {
             piece,
             node: location.node,
+            address: location.address.clone(),
             tx: Some(tx),
             task: Some(task),
             error: None,

@@ -30,6 +30,7 @@
 
 use crate::client::Client;
 use crate::pieces::{PieceMsg, PieceStream};
+use crate::sync::{Unsynced, UnsyncedChunk};
 use bytes::{Bytes, BytesMut};
 use futures_util::future::join_all;
 use reed_solomon_erasure::galois_8::ReedSolomon;
@@ -285,11 +286,13 @@ impl ChunkSink {
         let results = join_all(self.streams.iter_mut().map(|s| s.sealed(SEAL_TIMEOUT))).await;
         let mut lost = Vec::new();
         let mut checksums = Vec::new();
+        let mut stored = Vec::new();
         let mut errors = Vec::new();
         for ((stream, result), want) in self.streams.iter_mut().zip(results).zip(expected) {
             match result {
                 Ok(trailer) if trailer.length == want => {
                     checksums.push((stream.piece.index, trailer.checksum));
+                    stored.push((stream.address.clone(), stream.piece));
                 }
                 Ok(trailer) => {
                     stream.fail(Error::new(
@@ -328,6 +331,8 @@ impl ChunkSink {
             length,
             lost,
             checksums,
+            stored,
+            need: min_recoverable(policy),
         })
     }
 }
@@ -339,6 +344,10 @@ struct SealedPieces {
     length: u64,
     lost: Vec<PieceId>,
     checksums: Vec<(u8, [u8; 32])>,
+    /// Each sealed piece with its server's address, for a later sync.
+    stored: Vec<(String, PieceId)>,
+    /// Pieces without which the data is gone.
+    need: usize,
 }
 
 /// Splits one stripe into its k data cells and encodes its m parity cells.
@@ -456,6 +465,9 @@ pub struct FileWriter {
     avoid: Vec<NodeId>,
     failure: Option<Error>,
     written_end: u64,
+    /// Chunks committed through this writer whose pieces may still wait
+    /// for their servers' fsync.
+    unsynced: Unsynced,
 }
 
 impl FileWriter {
@@ -474,7 +486,21 @@ impl FileWriter {
             avoid: Vec::new(),
             failure: None,
             written_end: 0,
+            unsynced: Unsynced::default(),
         }
+    }
+
+    /// Takes the chunks committed so far whose pieces may not be on disk
+    /// yet: what an `fsync` must wait for ([`Unsynced::sync`]).
+    pub fn take_unsynced(&mut self) -> Unsynced {
+        std::mem::take(&mut self.unsynced)
+    }
+
+    /// [`FileWriter::flush`], then every piece this writer sealed fsynced
+    /// on its server: what `fsync` and a completed S3 upload return after.
+    pub async fn flush_durable(&mut self) -> Result<(), Error> {
+        self.flush().await?;
+        self.take_unsynced().sync(&self.client).await
     }
 
     pub fn ino(&self) -> InodeId {
@@ -717,7 +743,14 @@ impl FileWriter {
             min_size: sealed.min_size,
         };
         match self.client.meta().call(commit).await {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                self.unsynced.push(UnsyncedChunk {
+                    chunk: sealed.chunk,
+                    need: sealed.pieces.need,
+                    pieces: sealed.pieces.stored,
+                });
+                Ok(())
+            }
             Err(err) => {
                 let err = Error::new(
                     err.code,

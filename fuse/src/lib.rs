@@ -29,7 +29,7 @@ use fuser::{
     ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen,
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
 };
-use tessera_client::{Client, FileReader, FileWriter};
+use tessera_client::{Client, FileReader, FileWriter, Unsynced};
 use tessera_proto::error::{Error, ErrorCode};
 use tessera_proto::ids::InodeId;
 use tessera_proto::meta::{
@@ -194,6 +194,7 @@ impl TesseraFs {
                 locks: locks::LockState::default(),
                 releases: Mutex::new(Vec::new()),
                 dir_cache: dircache::DirCache::new(options.attr_timeout, options.entry_timeout),
+                unsynced: Default::default(),
             }),
             runtime,
         }

@@ -385,6 +385,9 @@ impl Filesystem for TesseraFs {
             let result = async {
                 shared.check(&handle)?;
                 handle.file.flush().await?;
+                if shared.client.io().sync_on_close {
+                    shared.sync_file(handle.file.ino).await?;
+                }
                 // Closed once: later setattrs go out at once, so other
                 // mounts never wait on a handle's release for them.
                 lock(&handle.file.folding).attr = None;
@@ -448,9 +451,13 @@ impl Filesystem for TesseraFs {
         self.spawn(|shared| async move {
             let result = async {
                 shared.check(&handle)?;
-                handle.file.flush().await
+                handle.file.flush().await?;
+                shared.sync_file(handle.file.ino).await
             }
             .await;
+            if let Err(err) = &result {
+                tracing::warn!(ino = %handle.file.ino, error = %err, "fsync failed");
+            }
             TesseraFs::reply_empty(reply, result);
         });
     }

@@ -20,6 +20,56 @@ pub(crate) struct OpenFile {
     pub(crate) generation: AtomicU64,
     /// Setattrs held back for the close commit; see [`Folding`].
     pub(crate) folding: Mutex<Folding>,
+    /// Where flushed chunks wait for an fsync; shared with [`Shared`].
+    pub(crate) unsynced: Arc<UnsyncedFiles>,
+}
+
+/// Chunks this mount committed whose pieces may still wait for their
+/// servers' fsync, by inode: an `fsync` of the file (from any handle,
+/// after any number of closes) makes them durable. Bounded: past
+/// [`UNSYNCED_PIECES_MAX`] pieces everything listed is synced in the
+/// background and forgotten, which keeps the promise (a later fsync finds
+/// them durable) without keeping the list.
+#[derive(Default)]
+pub(crate) struct UnsyncedFiles {
+    files: Mutex<(HashMap<InodeId, Unsynced>, usize)>,
+}
+
+const UNSYNCED_PIECES_MAX: usize = 65_536;
+
+impl UnsyncedFiles {
+    pub(crate) fn add(&self, client: &Arc<Client>, ino: InodeId, mut more: Unsynced) {
+        if more.is_empty() {
+            return;
+        }
+        let overflow = {
+            let mut guard = lock(&self.files);
+            let (files, pieces) = &mut *guard;
+            *pieces += more.pieces();
+            files.entry(ino).or_default().append(&mut more);
+            if *pieces <= UNSYNCED_PIECES_MAX {
+                return;
+            }
+            *pieces = 0;
+            std::mem::take(files)
+        };
+        let client = client.clone();
+        tokio::spawn(async move {
+            for (ino, unsynced) in overflow {
+                if let Err(err) = unsynced.sync(&client).await {
+                    tracing::warn!(%ino, error = %err, "background sync of written chunks failed; the chunkservers' flusher still makes them durable");
+                }
+            }
+        });
+    }
+
+    pub(crate) fn take(&self, ino: InodeId) -> Unsynced {
+        let mut guard = lock(&self.files);
+        let (files, pieces) = &mut *guard;
+        let taken = files.remove(&ino).unwrap_or_default();
+        *pieces = pieces.saturating_sub(taken.pieces());
+        taken
+    }
 }
 
 /// A file this mount created (`O_EXCL`) and still holds open takes its
@@ -146,6 +196,10 @@ impl OpenFile {
                 slot.insert(writer).flush_with(Some(set)).await.map(|_| ())
             }
         };
+        if let Some(writer) = slot.as_mut() {
+            self.unsynced
+                .add(&self.client, self.ino, writer.take_unsynced());
+        }
         self.dirty_end.store(0, Ordering::Release);
         self.generation.fetch_add(1, Ordering::AcqRel);
         if result.is_err() {
@@ -202,6 +256,7 @@ pub(crate) struct Shared {
     /// opened under.
     pub(crate) releases: Mutex<Vec<(InodeId, Option<u64>)>>,
     pub(crate) dir_cache: crate::dircache::DirCache,
+    pub(crate) unsynced: Arc<UnsyncedFiles>,
 }
 
 /// How long released handles gather before one `ReleaseMany` sends them.
@@ -288,6 +343,7 @@ impl Shared {
                     dirty_mtime_ns: AtomicI64::new(0),
                     generation: AtomicU64::new(0),
                     folding: Mutex::new(Folding::default()),
+                    unsynced: self.unsynced.clone(),
                 })
             });
             file.opens.fetch_add(1, Ordering::AcqRel);
@@ -399,6 +455,13 @@ impl Shared {
         }
     }
 
+    /// Makes every byte this mount committed to `ino` durable on disk on
+    /// every server holding it: `fsync`, `O_SYNC` writes (the kernel follows
+    /// each with an fsync) and, with `io.sync_on_close`, every close.
+    pub(crate) async fn sync_file(&self, ino: InodeId) -> Result<(), Error> {
+        self.unsynced.take(ino).sync(&self.client).await
+    }
+
     pub(crate) async fn release(self: &Arc<Self>, fh: u64) -> Result<(), Error> {
         let Some(handle) = lock(&self.handles).remove(&fh) else {
             return Ok(());
@@ -419,7 +482,11 @@ impl Shared {
         if !last {
             return Ok(());
         }
-        file.flush().await
+        file.flush().await?;
+        if self.client.io().sync_on_close {
+            self.sync_file(file.ino).await?;
+        }
+        Ok(())
     }
 
     pub(crate) async fn read(

@@ -138,7 +138,8 @@ impl Gateway {
             ));
         }
         promised.verify(sums.finalize())?;
-        writer.flush().await.map_err(s3_error)?;
+        // A completed PUT or part is on disk on every server holding it.
+        writer.flush_durable().await.map_err(s3_error)?;
         Ok((md5.finalize().into(), offset))
     }
 
@@ -166,7 +167,7 @@ impl Gateway {
             writer.write(offset, &bytes).await.map_err(s3_error)?;
             offset += bytes.len() as u64;
         }
-        writer.flush().await.map_err(s3_error)?;
+        writer.flush_durable().await.map_err(s3_error)?;
         Ok(md5.finalize().into())
     }
 

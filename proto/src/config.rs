@@ -320,6 +320,10 @@ pub struct IoOptions {
     /// in every voter's RocksDB, so a larger limit trades metaserver disk
     /// for speed (docs/posix.md).
     pub inline_max_bytes: u64,
+    /// Whether closing a file also waits for its bytes to be fsynced on
+    /// every server holding them (as `fsync` does), rather than leaving that
+    /// to the chunkservers' flusher within their `sync_interval_ms`.
+    pub sync_on_close: bool,
 }
 
 impl Default for IoOptions {
@@ -332,6 +336,7 @@ impl Default for IoOptions {
             meta_attempt_timeout_ms: 5_000,
             meta_call_deadline_ms: 30_000,
             inline_max_bytes: 16 * 1024,
+            sync_on_close: false,
         }
     }
 }
