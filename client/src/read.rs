@@ -30,6 +30,8 @@ use tokio::task::JoinHandle;
 pub const WINDOW_BYTES: u64 = 4 * 1024 * 1024;
 /// File range one layout request asks for.
 const LAYOUT_SPAN_BYTES: u64 = 1024 * 1024 * 1024;
+/// File range an `OpenRead` should ask the layout of.
+pub const OPEN_LAYOUT_BYTES: u64 = LAYOUT_SPAN_BYTES;
 /// Layouts are fetched again after this long, well before their read
 /// tokens (ten minutes) expire.
 const LAYOUT_MAX_AGE: Duration = Duration::from_secs(240);
@@ -80,6 +82,46 @@ impl FileReader {
         };
         reader.fetch_layout(0, WINDOW_BYTES).await?;
         Ok(reader)
+    }
+
+    /// A reader over the layout an `OpenRead` answered with (asked for
+    /// [`OPEN_LAYOUT_BYTES`]), so the first read makes no layout call. A
+    /// layout cut short by the extent cap is fetched again as `open` would.
+    pub async fn opened(
+        client: Arc<Client>,
+        ino: InodeId,
+        layout: MetaReply,
+    ) -> Result<FileReader, Error> {
+        let MetaReply::Layout {
+            size,
+            inline,
+            extents,
+            chunks,
+        } = layout
+        else {
+            return Err(Error::internal(format!("open answered {layout:?}")));
+        };
+        if extents.len() >= LAYOUT_EXTENTS_MAX {
+            return FileReader::open(client, ino).await;
+        }
+        Ok(FileReader {
+            client,
+            ino,
+            size,
+            layout: Some(Layout {
+                start: 0,
+                end: OPEN_LAYOUT_BYTES,
+                inline: Bytes::from(inline),
+                fetched: Instant::now(),
+                extents,
+                chunks: chunks
+                    .into_iter()
+                    .map(|placement| (placement.chunk, Arc::new(placement)))
+                    .collect(),
+            }),
+            windows: BTreeMap::new(),
+            next_offset: 0,
+        })
     }
 
     pub fn ino(&self) -> InodeId {

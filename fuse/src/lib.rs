@@ -189,6 +189,7 @@ impl TesseraFs {
                 handles: Mutex::new(HashMap::new()),
                 dirs: Mutex::new(HashMap::new()),
                 cached_versions: Mutex::new(HashMap::new()),
+                shown_versions: Mutex::new(HashMap::new()),
                 next_fh: AtomicU64::new(1),
                 notifier: std::sync::OnceLock::new(),
                 locks: locks::LockState::default(),
@@ -216,7 +217,7 @@ impl TesseraFs {
                 reply.entry_with_ttls(
                     &shared.attr_ttl,
                     &shared.entry_ttl,
-                    &file_attr(&attr),
+                    &shared.kernel_attr(&attr),
                     Generation(0),
                 );
             }

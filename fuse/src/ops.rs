@@ -62,7 +62,7 @@ impl Filesystem for TesseraFs {
         let ino = ino_of(ino);
         self.spawn(|shared| async move {
             match shared.getattr(ino).await {
-                Ok(attr) => reply.attr(&shared.attr_ttl, &file_attr(&attr)),
+                Ok(attr) => reply.attr(&shared.attr_ttl, &shared.kernel_attr(&attr)),
                 Err(err) => reply.error(errno(&err)),
             }
         });
@@ -97,7 +97,7 @@ impl Filesystem for TesseraFs {
         };
         self.spawn(|shared| async move {
             match shared.setattr(ino, set).await {
-                Ok(attr) => reply.attr(&shared.attr_ttl, &file_attr(&attr)),
+                Ok(attr) => reply.attr(&shared.attr_ttl, &shared.kernel_attr(&attr)),
                 Err(err) => reply.error(errno(&err)),
             }
         });
@@ -289,10 +289,11 @@ impl Filesystem for TesseraFs {
         });
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let ino = ino_of(ino);
+        let read_only = flags.0 & libc::O_ACCMODE == libc::O_RDONLY && flags.0 & libc::O_TRUNC == 0;
         self.spawn(|shared| async move {
-            match shared.open(ino).await {
+            match shared.open(ino, read_only).await {
                 Ok((fh, flags)) => reply.opened(FileHandle(fh), flags),
                 // The kernel found the name in its cache but another mount
                 // removed the file since: ESTALE makes the VFS look the
@@ -551,7 +552,7 @@ impl Filesystem for TesseraFs {
                     index as u64 + 1,
                     OsStr::from_bytes(&entry.name),
                     &ttl,
-                    &file_attr(attr),
+                    &shared.kernel_attr(attr),
                     Generation(0),
                 );
                 if full {
@@ -753,7 +754,7 @@ impl Filesystem for TesseraFs {
                     shared.dir_cache.added(parent, &name, false);
                     // The session the call went under, as `Shared::open`.
                     let opened = Some(shared.epoch());
-                    let fh = shared.open_handle(attr.ino, opened);
+                    let fh = shared.open_handle(attr.ino, opened, None);
                     if exclusive && let Some(file) = shared.file(attr.ino) {
                         // Created here and open: its setattrs may wait
                         // for the close (see `Folding`).
@@ -763,7 +764,7 @@ impl Filesystem for TesseraFs {
                     // here: the shorter, so the entry timeout holds.
                     reply.created(
                         &shared.attr_ttl.min(shared.entry_ttl),
-                        &file_attr(&attr),
+                        &shared.kernel_attr(&attr),
                         Generation(0),
                         FileHandle(fh),
                         FopenFlags::empty(),

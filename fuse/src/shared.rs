@@ -247,6 +247,8 @@ pub(crate) struct Shared {
     /// page cache for it: an open that finds the same version keeps the
     /// cache.
     pub(crate) cached_versions: Mutex<HashMap<InodeId, u64>>,
+    /// The attribute version of each inode as last shown to the kernel.
+    pub(crate) shown_versions: Mutex<HashMap<InodeId, u64>>,
     pub(crate) next_fh: AtomicU64,
     /// Set once the session exists; lets an open drop attributes the
     /// kernel cached before another mount changed the file.
@@ -330,7 +332,12 @@ impl Shared {
     /// Registers a handle on `ino`, opened on the metaserver under session
     /// `epoch` (`None` if the metaserver does not count it), and returns
     /// its number.
-    pub(crate) fn open_handle(&self, ino: InodeId, opened: Option<Option<u64>>) -> u64 {
+    pub(crate) fn open_handle(
+        &self,
+        ino: InodeId,
+        opened: Option<Option<u64>>,
+        reader: Option<FileReader>,
+    ) -> u64 {
         let file = {
             let mut files = lock(&self.files);
             let file = files.entry(ino).or_insert_with(|| {
@@ -350,11 +357,12 @@ impl Shared {
             file.clone()
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let generation = file.generation.load(Ordering::Acquire);
         lock(&self.handles).insert(
             fh,
             Arc::new(FileHandleState {
                 file,
-                reader: tokio::sync::Mutex::new(None),
+                reader: tokio::sync::Mutex::new(reader.map(|r| (generation, r))),
                 epoch: opened.flatten(),
                 registered: opened.is_some(),
             }),
@@ -648,14 +656,46 @@ impl Shared {
 
     pub(crate) fn forget_cache(&self, ino: InodeId) {
         lock(&self.cached_versions).remove(&ino);
+        lock(&self.shown_versions).remove(&ino);
     }
 
-    pub(crate) async fn open(self: &Arc<Self>, ino: InodeId) -> Result<(u64, FopenFlags), Error> {
+    /// The attributes as the kernel gets them, noting which version of the
+    /// inode they showed: an open that finds the same version need not
+    /// make the kernel ask for them again.
+    pub(crate) fn kernel_attr(&self, attr: &Attr) -> fuser::FileAttr {
+        let mut shown = lock(&self.shown_versions);
+        if shown.len() >= CACHED_VERSIONS_MAX {
+            shown.clear();
+        }
+        shown.insert(attr.ino, attr.version);
+        file_attr(attr)
+    }
+
+    pub(crate) async fn open(
+        self: &Arc<Self>,
+        ino: InodeId,
+        read_only: bool,
+    ) -> Result<(u64, FopenFlags), Error> {
         // The handle is the session's on the metaserver, so an unlink from
         // any mount leaves the file for this one until it closes. Its
         // reply is the attributes asked for afresh (close-to-open: an open
-        // after another mount's close sees its data).
-        let attr = attr_of(self.call(MetaOp::Open { ino }).await?)?;
+        // after another mount's close sees its data); a read-only open
+        // also gets the layout, so its first read goes straight to the
+        // bytes (or, for a small file, has them already).
+        let (attr, layout) = if read_only {
+            match self
+                .call(MetaOp::OpenRead {
+                    ino,
+                    length: tessera_client::read::OPEN_LAYOUT_BYTES,
+                })
+                .await?
+            {
+                MetaReply::Opened { attr, layout } => (attr, layout),
+                other => return Err(Error::internal(format!("open answered {other:?}"))),
+            }
+        } else {
+            (attr_of(self.call(MetaOp::Open { ino }).await?)?, None)
+        };
         let epoch = self.epoch();
         let refused = match attr.kind {
             FileKind::Dir => Some(Error::new(ErrorCode::IsDir, "is a directory")),
@@ -673,7 +713,16 @@ impl Shared {
             .file(ino)
             .is_some_and(|f| f.dirty_end.load(Ordering::Acquire) > 0);
         let keep = !dirty && self.keep_cache(&attr);
-        if !keep && let Some(notifier) = self.notifier.get() {
+        // What the kernel holds is the version this open found, from a
+        // lookup or listing of this mount, for a file not open here (whose
+        // shown attributes may carry bytes not yet committed): nothing to
+        // drop, and fstat on the new handle costs no round trip.
+        let shown =
+            self.file(ino).is_none() && lock(&self.shown_versions).get(&ino) == Some(&attr.version);
+        if !keep
+            && !shown
+            && let Some(notifier) = self.notifier.get()
+        {
             // Attributes only (a negative offset): the size and times the
             // kernel holds may predate another mount's close, and fstat on
             // the new handle must not show them. This touches no page, so
@@ -682,7 +731,11 @@ impl Shared {
                 tracing::debug!(%ino, error = %err, "attribute invalidation failed");
             }
         }
-        let fh = self.open_handle(ino, Some(epoch));
+        let reader = match layout {
+            Some(layout) => Some(FileReader::opened(self.client.clone(), ino, *layout).await?),
+            None => None,
+        };
+        let fh = self.open_handle(ino, Some(epoch), reader);
         let flags = if keep {
             FopenFlags::FOPEN_KEEP_CACHE
         } else {

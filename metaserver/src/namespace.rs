@@ -600,7 +600,8 @@ impl Namespace {
             | MetaOp::GetLock { .. }
             | MetaOp::EndLockWait { .. }
             | MetaOp::CreateTemporary { .. }
-            | MetaOp::CreateOpen { .. } => Err(err(
+            | MetaOp::CreateOpen { .. }
+            | MetaOp::OpenRead { .. } => Err(err(
                 ErrorCode::Internal,
                 format!("{} is not a namespace operation", op.name()),
             )),

@@ -35,8 +35,8 @@ use tessera_proto::ids::InodeId;
 use tessera_proto::ids::{NodeId, PieceId};
 use tessera_proto::lock::WaitLock;
 use tessera_proto::meta::{
-    AddMember, ChunkPlacement, ChunkserverStatus, MemberStatus, MetaCall, MetaOp, MetaReply,
-    NamespaceTotals, NodeAdmin, RemoveMember, RepairQueue, StatFs, Status, StatusReply,
+    AddMember, ChunkPlacement, ChunkserverStatus, FileKind, MemberStatus, MetaCall, MetaOp,
+    MetaReply, NamespaceTotals, NodeAdmin, RemoveMember, RepairQueue, StatFs, Status, StatusReply,
 };
 use tessera_proto::rpc::{Call, Service};
 use tessera_proto::session::{
@@ -271,6 +271,31 @@ impl MetaService {
                     }
                     other => Err(Error::internal(format!("allocation replied {other:?}"))),
                 }
+            }
+            MetaOp::OpenRead { ino, length } => {
+                let opened = Box::pin(self.meta_call(
+                    MetaCall {
+                        request_id: call.request_id,
+                        op: MetaOp::Open { ino },
+                    },
+                    session,
+                ))
+                .await?;
+                let attr = match opened {
+                    MetaReply::Attr(attr) => attr,
+                    other => return Err(Error::internal(format!("open replied {other:?}"))),
+                };
+                // Applied here before the proposal returned: the layout is
+                // at least as new as the open.
+                let layout = match attr.kind {
+                    FileKind::File => Some(Box::new(self.read(&MetaOp::GetLayout {
+                        ino,
+                        offset: 0,
+                        length,
+                    })?)),
+                    _ => None,
+                };
+                Ok(MetaReply::Opened { attr, layout })
             }
             op => match self
                 .propose(match session {

@@ -506,6 +506,13 @@ pub enum MetaOp {
     ReleaseMany {
         inos: Vec<InodeId>,
     },
+    /// `Open`, answered with the file's layout over its first `length`
+    /// bytes as well (`MetaReply::Opened`): a read of a file just opened
+    /// then needs no layout call of its own. The log records it as `Open`.
+    OpenRead {
+        ino: InodeId,
+        length: u64,
+    },
 }
 
 impl MetaOp {
@@ -555,6 +562,7 @@ impl MetaOp {
             MetaOp::CreateOpen { .. } => "create_open",
             MetaOp::WriteInline { .. } => "write_inline",
             MetaOp::ReleaseMany { .. } => "release_many",
+            MetaOp::OpenRead { .. } => "open_read",
         }
     }
 }
@@ -602,6 +610,13 @@ pub enum MetaReply {
     Lock(LockAnswer),
     /// `GetLock`'s answer: the conflicting lock, if any.
     LockHolder(Option<LockHolder>),
+    /// `OpenRead`'s answer: the attributes as `Open` gives them and, for a
+    /// regular file, the layout as `GetLayout` from offset 0 would
+    /// (`layout` is a `MetaReply::Layout`).
+    Opened {
+        attr: Attr,
+        layout: Option<Box<MetaReply>>,
+    },
 }
 
 /// One client API call.
