@@ -848,3 +848,57 @@ fn fsync_reaches_the_disk_and_a_plain_close_leaves_it_to_the_flusher() {
 fn libc_o_sync() -> i32 {
     0o4010000
 }
+
+/// Read-only opens of small files are registered a few milliseconds after
+/// they are answered; the file still stays readable through an unlink on
+/// this mount (which registers what it holds first) and on another mount
+/// after the registration, and a file with chunks is registered at once.
+#[test]
+fn read_only_opens_keep_their_files_through_unlinks_on_either_mount() {
+    use std::os::unix::fs::MetadataExt;
+    let _serial = serial();
+    let cluster = Cluster::up(43000, 1, 3);
+    let scratch = scratch("tessera-read-opens");
+    let a = Mount::new(&cluster, scratch.path(), "a", &[]);
+    let b = Mount::new(&cluster, scratch.path(), "b", &[]);
+    let mut rng = Rng(31);
+    let small = rng.bytes(3000);
+    let large = rng.bytes(300_000);
+    for (name, bytes) in [("same", &small), ("other", &small), ("chunked", &large)] {
+        std::fs::write(a.path.join(name), bytes).expect("write");
+        // Seen by both mounts' kernels, as a listing or a stat would.
+        std::fs::metadata(a.path.join(name)).expect("stat on a");
+        std::fs::metadata(b.path.join(name)).expect("stat on b");
+    }
+    let read_all = |file: &File, len: usize| read_at(file, 0, len);
+
+    // Unlinked on the same mount at once: the open is registered first.
+    let held = File::open(a.path.join("same")).expect("open");
+    std::fs::remove_file(a.path.join("same")).expect("unlink on a");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(read_all(&held, small.len()) == small, "same-mount unlink");
+    assert_eq!(held.metadata().expect("fstat").nlink(), 0);
+    drop(held);
+
+    // Unlinked on another mount once the registration went out.
+    let held = File::open(a.path.join("other")).expect("open");
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::remove_file(b.path.join("other")).expect("unlink on b");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(read_all(&held, small.len()) == small, "other-mount unlink");
+    drop(held);
+
+    // A file with chunks, unlinked on another mount right after the open,
+    // and read after the chunkservers had time to delete freed pieces.
+    let held = File::open(a.path.join("chunked")).expect("open");
+    std::fs::remove_file(b.path.join("chunked")).expect("unlink on b");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        read_all(&held, large.len()) == large,
+        "chunked file unlinked on b"
+    );
+    drop(held);
+
+    b.unmount();
+    a.unmount();
+}

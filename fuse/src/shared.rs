@@ -248,17 +248,27 @@ pub(crate) struct Shared {
     /// cache.
     pub(crate) cached_versions: Mutex<HashMap<InodeId, u64>>,
     /// The attribute version of each inode as last shown to the kernel.
-    pub(crate) shown_versions: Mutex<HashMap<InodeId, u64>>,
+    pub(crate) shown_versions: Mutex<HashMap<InodeId, (u64, u64)>>,
     pub(crate) next_fh: AtomicU64,
     /// Set once the session exists; lets an open drop attributes the
     /// kernel cached before another mount changed the file.
     pub(crate) notifier: std::sync::OnceLock<fuser::Notifier>,
     pub(crate) locks: crate::locks::LockState,
-    /// Handle releases waiting to go out, with the session epoch each was
-    /// opened under.
-    pub(crate) releases: Mutex<Vec<(InodeId, Option<u64>)>>,
+    /// Handle registrations and releases waiting to go out.
+    pub(crate) handle_queue: Mutex<HandleQueue>,
+    pub(crate) handle_sender: tokio::sync::Mutex<()>,
     pub(crate) dir_cache: crate::dircache::DirCache,
     pub(crate) unsynced: Arc<UnsyncedFiles>,
+}
+
+/// Read-only opens to register and handles to release, each with the
+/// session epoch it was opened under.
+#[derive(Default)]
+pub(crate) struct HandleQueue {
+    pub(crate) opens: Vec<(InodeId, Option<u64>)>,
+    pub(crate) releases: Vec<(InodeId, Option<u64>)>,
+    /// Whether a send is already on its way.
+    pub(crate) scheduled: bool,
 }
 
 /// How long released handles gather before one `ReleaseMany` sends them.
@@ -272,6 +282,9 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Shared {
     pub(crate) async fn call(&self, op: MetaOp) -> Result<MetaReply, Error> {
+        if matches!(op, MetaOp::Unlink { .. } | MetaOp::Rename { .. }) {
+            self.register_opens().await;
+        }
         self.client.meta().call(op).await
     }
 
@@ -416,27 +429,39 @@ impl Shared {
         }
     }
 
-    /// Tells the metaserver a handle closed, without waiting: the close
-    /// needs no answer, and the release follows its own open in any case.
-    /// A handle of an ended session is not released: its session's end
-    /// released it.
     /// Queues the release of a handle on the metaserver. Releases go out
     /// together every [`RELEASE_DELAY`] (`ReleaseMany`), so a process
     /// closing file after file does not wait behind a commit of its own
     /// between two creates; an unlinked file still open elsewhere goes
-    /// that much later.
+    /// that much later. The release of a read-only open whose registration
+    /// has not gone out yet cancels it: neither is sent. A handle of an
+    /// ended session is not released: its session's end released it.
     pub(crate) fn release_on_server(self: &Arc<Self>, ino: InodeId, epoch: Option<u64>) {
         if epoch.is_some() && epoch != self.epoch() {
             return;
         }
-        let first = {
-            let mut queue = lock(&self.releases);
-            queue.push((ino, epoch));
-            queue.len() == 1
-        };
-        if !first {
+        let mut queue = lock(&self.handle_queue);
+        if let Some(at) = queue.opens.iter().position(|o| *o == (ino, epoch)) {
+            queue.opens.swap_remove(at);
             return;
         }
+        queue.releases.push((ino, epoch));
+        self.schedule_handle_changes(&mut queue);
+    }
+
+    /// Queues the registration of a read-only open the metaserver answered
+    /// without counting (`OpenRead` without `register`).
+    fn register_later(self: &Arc<Self>, ino: InodeId, epoch: Option<u64>) {
+        let mut queue = lock(&self.handle_queue);
+        queue.opens.push((ino, epoch));
+        self.schedule_handle_changes(&mut queue);
+    }
+
+    fn schedule_handle_changes(self: &Arc<Self>, queue: &mut HandleQueue) {
+        if queue.scheduled {
+            return;
+        }
+        queue.scheduled = true;
         let shared = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(RELEASE_DELAY).await;
@@ -444,9 +469,35 @@ impl Shared {
         });
     }
 
-    /// Sends the queued releases now (also before the session closes).
+    /// Sends the queued registrations, then the queued releases, now (also
+    /// before the session closes). One sender at a time, so a release never
+    /// reaches the metaserver before the registration of its own open.
     pub(crate) async fn send_releases(&self) {
-        let queued = std::mem::take(&mut *lock(&self.releases));
+        let _sending = self.handle_sender.lock().await;
+        let (opens, releases) = {
+            let mut queue = lock(&self.handle_queue);
+            queue.scheduled = false;
+            (
+                std::mem::take(&mut queue.opens),
+                std::mem::take(&mut queue.releases),
+            )
+        };
+        self.send_handles(opens, true).await;
+        self.send_handles(releases, false).await;
+    }
+
+    /// Registers the queued read-only opens now: before this mount removes
+    /// a name, so a file it holds open cannot go with it.
+    pub(crate) async fn register_opens(&self) {
+        if lock(&self.handle_queue).opens.is_empty() {
+            return;
+        }
+        let _sending = self.handle_sender.lock().await;
+        let opens = std::mem::take(&mut lock(&self.handle_queue).opens);
+        self.send_handles(opens, true).await;
+    }
+
+    async fn send_handles(&self, queued: Vec<(InodeId, Option<u64>)>, open: bool) {
         let current = self.epoch();
         // Handles of an ended session went with it.
         let inos: Vec<InodeId> = queued
@@ -458,8 +509,17 @@ impl Shared {
             return;
         }
         let count = inos.len();
-        if let Err(err) = self.call(MetaOp::ReleaseMany { inos }).await {
-            tracing::warn!(count, error = %err, "release failed; the handles are freed when this mount's session ends");
+        let op = if open {
+            MetaOp::OpenMany { inos }
+        } else {
+            MetaOp::ReleaseMany { inos }
+        };
+        if let Err(err) = self.client.meta().call(op).await {
+            if open {
+                tracing::warn!(count, error = %err, "registering read-only opens failed; another mount's unlink may free those files under their readers");
+            } else {
+                tracing::warn!(count, error = %err, "release failed; the handles are freed when this mount's session ends");
+            }
         }
     }
 
@@ -667,7 +727,7 @@ impl Shared {
         if shown.len() >= CACHED_VERSIONS_MAX {
             shown.clear();
         }
-        shown.insert(attr.ino, attr.version);
+        shown.insert(attr.ino, (attr.version, attr.size));
         file_attr(attr)
     }
 
@@ -682,15 +742,38 @@ impl Shared {
         // after another mount's close sees its data); a read-only open
         // also gets the layout, so its first read goes straight to the
         // bytes (or, for a small file, has them already).
+        // Under a session, a read-only open of a small file (as the kernel
+        // last saw it) is answered without a commit and registered with
+        // the next batch of handle changes, or never if it closes first.
+        // Its bytes come whole with the answer when they are inline, so
+        // an unlink from another mount before the registration cannot take
+        // them from the reader (docs/posix.md).
+        let small = lock(&self.shown_versions)
+            .get(&ino)
+            .is_some_and(|(_, size)| *size <= self.client.io().inline_max_bytes);
+        let mut deferred = read_only && small && self.epoch().is_some();
         let (attr, layout) = if read_only {
             match self
                 .call(MetaOp::OpenRead {
                     ino,
                     length: tessera_client::read::OPEN_LAYOUT_BYTES,
+                    register: !deferred,
                 })
                 .await?
             {
-                MetaReply::Opened { attr, layout } => (attr, layout),
+                MetaReply::Opened { attr, layout } => {
+                    let chunked = matches!(
+                        layout.as_deref(),
+                        Some(MetaReply::Layout { extents, .. }) if !extents.is_empty()
+                    );
+                    if deferred && chunked {
+                        // Its bytes are not all in hand: registered now,
+                        // so no unlink can free its chunks under the read.
+                        self.call(MetaOp::Open { ino }).await?;
+                        deferred = false;
+                    }
+                    (attr, layout)
+                }
                 other => return Err(Error::internal(format!("open answered {other:?}"))),
             }
         } else {
@@ -706,7 +789,9 @@ impl Shared {
             )),
         };
         if let Some(err) = refused {
-            self.release_on_server(ino, epoch);
+            if !deferred {
+                self.release_on_server(ino, epoch);
+            }
             return Err(err);
         }
         let dirty = self
@@ -717,8 +802,8 @@ impl Shared {
         // lookup or listing of this mount, for a file not open here (whose
         // shown attributes may carry bytes not yet committed): nothing to
         // drop, and fstat on the new handle costs no round trip.
-        let shown =
-            self.file(ino).is_none() && lock(&self.shown_versions).get(&ino) == Some(&attr.version);
+        let shown = self.file(ino).is_none()
+            && lock(&self.shown_versions).get(&ino).map(|v| v.0) == Some(attr.version);
         if !keep
             && !shown
             && let Some(notifier) = self.notifier.get()
@@ -736,6 +821,9 @@ impl Shared {
             None => None,
         };
         let fh = self.open_handle(ino, Some(epoch), reader);
+        if deferred {
+            self.register_later(ino, epoch);
+        }
         let flags = if keep {
             FopenFlags::FOPEN_KEEP_CACHE
         } else {

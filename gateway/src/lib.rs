@@ -5,6 +5,7 @@
 //! namespace (see docs/s3.md for what is supported).
 
 mod auth;
+mod body;
 mod list;
 pub mod names;
 mod s3;

@@ -1,25 +1,24 @@
 //! The S3 operations: s3s parses and signs, this maps each operation onto
 //! the namespace and the data path.
 
+use crate::body::{Pin, Promised, check_md5, read_prefix, stream_body};
 use crate::names::{self, error};
 use crate::store::{ObjectMeta, Store, etag_of, etag_record, s3_error};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use md5::{Digest, Md5};
-use s3s::checksum::ChecksumHasher;
 use s3s::dto::*;
-use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, TrailingHeaders};
+use s3s::{S3, S3ErrorCode, S3Request, S3Response, S3Result};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tessera_client::{FileReader, FileWriter};
+use tessera_client::FileReader;
 use tessera_proto::error::ErrorCode;
 use tessera_proto::ids::InodeId;
-use tessera_proto::meta::{Attr, FileKind, MetaOp, RenameMode};
-use tokio::sync::mpsc;
+use tessera_proto::meta::{Attr, FileKind, INLINE_MAX_BYTES, MetaOp, RenameMode};
 
 /// Bytes handed to the writer at once, and read per step of a GET.
-const IO_BYTES: usize = 4 * 1024 * 1024;
+pub(crate) const IO_BYTES: usize = 4 * 1024 * 1024;
 /// Larger objects are pinned open while a GET streams them, so a
 /// concurrent overwrite or delete cannot free their chunks mid-read.
 /// Smaller ones are fetched in one read and need no pin.
@@ -27,7 +26,7 @@ const PIN_ABOVE_BYTES: u64 = IO_BYTES as u64;
 /// A client that sends no body bytes for this long (or, on a GET, takes
 /// none) is given up on, so a stalled connection cannot hold a staged
 /// upload or a pinned object forever.
-const BODY_IDLE: Duration = Duration::from_secs(60);
+pub(crate) const BODY_IDLE: Duration = Duration::from_secs(60);
 pub const PART_NUMBER_MAX: i32 = 10_000;
 /// Every part but the last must be at least this large, as in S3.
 pub const PART_MIN_BYTES: u64 = 5 * 1024 * 1024;
@@ -76,99 +75,6 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(store: Arc<Store>, region: String) -> Gateway {
         Gateway { store, region }
-    }
-
-    /// Streams a request body into file `ino`, returning its MD5 and size.
-    /// Promised checksums (headers, or trailers after an `aws-chunked`
-    /// body) are verified before the file can become an object.
-    async fn write_body(
-        &self,
-        ino: InodeId,
-        body: Option<StreamingBlob>,
-        declared: Option<i64>,
-        promised: Promised,
-        part: bool,
-    ) -> S3Result<([u8; 16], u64)> {
-        let mut sums = promised.hasher();
-        let mut md5 = Md5::new();
-        let mut writer = FileWriter::new(self.store.client.clone(), ino);
-        if part {
-            // A concat moves the parts' extents into the object; inline
-            // bytes cannot move.
-            writer = writer.chunked();
-        }
-        let mut buffer = Vec::with_capacity(IO_BYTES);
-        let mut offset = 0u64;
-        if let Some(mut body) = body {
-            loop {
-                let next = tokio::time::timeout(BODY_IDLE, body.next()).await;
-                let chunk = match next {
-                    Ok(Some(chunk)) => chunk.map_err(body_error)?,
-                    Ok(None) => break,
-                    Err(_) => {
-                        return Err(error(
-                            S3ErrorCode::RequestTimeout,
-                            format!(
-                                "no body bytes arrived for {} s; the upload was dropped",
-                                BODY_IDLE.as_secs()
-                            ),
-                        ));
-                    }
-                };
-                md5.update(&chunk);
-                sums.update(&chunk);
-                buffer.extend_from_slice(&chunk);
-                if buffer.len() >= IO_BYTES {
-                    writer.write(offset, &buffer).await.map_err(s3_error)?;
-                    offset += buffer.len() as u64;
-                    buffer.clear();
-                }
-            }
-        }
-        if !buffer.is_empty() {
-            writer.write(offset, &buffer).await.map_err(s3_error)?;
-            offset += buffer.len() as u64;
-        }
-        if let Some(declared) = declared
-            && u64::try_from(declared).ok() != Some(offset)
-        {
-            return Err(error(
-                S3ErrorCode::IncompleteBody,
-                format!("Content-Length said {declared} bytes, the body held {offset}"),
-            ));
-        }
-        promised.verify(sums.finalize())?;
-        // A completed PUT or part is on disk on every server holding it.
-        writer.flush_durable().await.map_err(s3_error)?;
-        Ok((md5.finalize().into(), offset))
-    }
-
-    /// Copies `source` into file `ino`, returning its MD5.
-    async fn copy_data(&self, source: &Attr, ino: InodeId) -> S3Result<[u8; 16]> {
-        let mut reader = FileReader::open(self.store.client.clone(), source.ino)
-            .await
-            .map_err(s3_error)?;
-        let mut writer = FileWriter::new(self.store.client.clone(), ino);
-        let mut md5 = Md5::new();
-        let mut offset = 0;
-        let size = reader.size();
-        while offset < size {
-            let bytes = reader
-                .read(offset, IO_BYTES as u64)
-                .await
-                .map_err(s3_error)?;
-            if bytes.is_empty() {
-                return Err(error(
-                    S3ErrorCode::InternalError,
-                    "the source object shrank during the copy; retry",
-                ));
-            }
-            md5.update(&bytes);
-            writer.write(offset, &bytes).await.map_err(s3_error)?;
-            offset += bytes.len() as u64;
-        }
-        writer.flush_durable().await.map_err(s3_error)?;
-        Ok(md5.finalize().into())
     }
 
     /// Writes a staged file's metadata with its ETag and renames it to
@@ -280,135 +186,6 @@ impl Gateway {
     }
 }
 
-/// What a failed request body means for the client. s3s reports an
-/// `aws-chunked` chunk whose signature does not verify through its stream
-/// error type, which it does not export; its message names it (s3s is
-/// pinned, and a test sends an altered chunk).
-fn body_error(err: s3s::StdError) -> S3Error {
-    match err.downcast::<S3Error>() {
-        Ok(err) => *err,
-        Err(err) => {
-            let text = err.to_string();
-            if text.contains("SignatureMismatch") {
-                error(
-                    S3ErrorCode::SignatureDoesNotMatch,
-                    "a chunk of the aws-chunked body does not match its chunk signature",
-                )
-            } else if ["FormatError", "TooLarge", "TooManyTrailerHeaders"]
-                .iter()
-                .any(|what| text.contains(what))
-            {
-                error(
-                    S3ErrorCode::InvalidRequest,
-                    format!("the aws-chunked body is malformed: {text}"),
-                )
-            } else {
-                error(
-                    S3ErrorCode::IncompleteBody,
-                    format!("the request body ended early or could not be read: {text}"),
-                )
-            }
-        }
-    }
-}
-
-const CHECKSUMS: [&str; 5] = [
-    "x-amz-checksum-crc32",
-    "x-amz-checksum-crc32c",
-    "x-amz-checksum-sha1",
-    "x-amz-checksum-sha256",
-    "x-amz-checksum-crc64nvme",
-];
-
-/// The checksums a request promises for its body: values in headers, and
-/// names announced in `x-amz-trailer` whose values follow the body.
-#[derive(Default)]
-struct Promised {
-    /// By algorithm, in [`CHECKSUMS`] order.
-    headers: [Option<String>; 5],
-    announced: [bool; 5],
-    trailers: Option<TrailingHeaders>,
-}
-
-impl Promised {
-    fn new<T>(req: &S3Request<T>, headers: [Option<String>; 5]) -> Promised {
-        let mut announced = [false; 5];
-        for value in req.headers.get_all("x-amz-trailer") {
-            for name in value.to_str().unwrap_or_default().split(',') {
-                let name = name.trim().to_ascii_lowercase();
-                if let Some(i) = CHECKSUMS.iter().position(|c| *c == name) {
-                    announced[i] = true;
-                }
-            }
-        }
-        Promised {
-            headers,
-            announced,
-            trailers: req.trailing_headers.clone(),
-        }
-    }
-
-    fn wanted(&self, i: usize) -> bool {
-        self.headers[i].is_some() || self.announced[i]
-    }
-
-    fn hasher(&self) -> ChecksumHasher {
-        ChecksumHasher {
-            crc32: self.wanted(0).then(Default::default),
-            crc32c: self.wanted(1).then(Default::default),
-            sha1: self.wanted(2).then(Default::default),
-            sha256: self.wanted(3).then(Default::default),
-            crc64nvme: self.wanted(4).then(Default::default),
-        }
-    }
-
-    fn verify(&self, computed: Checksum) -> S3Result<()> {
-        let computed = [
-            computed.checksum_crc32,
-            computed.checksum_crc32c,
-            computed.checksum_sha1,
-            computed.checksum_sha256,
-            computed.checksum_crc64nvme,
-        ];
-        for (i, name) in CHECKSUMS.iter().enumerate() {
-            let trailer = || {
-                self.trailers.as_ref().and_then(|t| {
-                    t.read(|h| {
-                        h.get(*name)
-                            .and_then(|v| v.to_str().ok())
-                            .map(str::to_string)
-                    })
-                    .flatten()
-                })
-            };
-            let expected = match &self.headers[i] {
-                Some(value) => Some(value.clone()),
-                None if self.announced[i] => match trailer() {
-                    Some(value) => Some(value),
-                    None => {
-                        return Err(error(
-                            S3ErrorCode::InvalidRequest,
-                            format!(
-                                "x-amz-trailer announced {name}, but the body carried no such trailer"
-                            ),
-                        ));
-                    }
-                },
-                None => None,
-            };
-            if let Some(expected) = expected
-                && computed[i].as_deref() != Some(expected.trim())
-            {
-                return Err(error(
-                    S3ErrorCode::BadDigest,
-                    format!("{name} does not match the body that arrived"),
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
 fn timestamp(ns: i64) -> Timestamp {
     let ns = u64::try_from(ns).unwrap_or(0);
     Timestamp::from(SystemTime::UNIX_EPOCH + Duration::from_nanos(ns))
@@ -494,57 +271,6 @@ fn stored_encoding(encoding: Option<String>) -> Option<String> {
     (!kept.is_empty()).then(|| kept.join(", "))
 }
 
-fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let value = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let text = text.trim().trim_end_matches('=').as_bytes();
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    for group in text.chunks(4) {
-        let mut acc = 0u32;
-        for (i, &c) in group.iter().enumerate() {
-            acc |= value(c)? << (18 - 6 * i);
-        }
-        let bytes = acc.to_be_bytes();
-        match group.len() {
-            4 => out.extend_from_slice(&bytes[1..4]),
-            3 => out.extend_from_slice(&bytes[1..3]),
-            2 => out.push(bytes[1]),
-            _ => return None,
-        }
-    }
-    Some(out)
-}
-
-fn check_md5(content_md5: Option<&str>, md5: &[u8; 16]) -> S3Result<()> {
-    match content_md5 {
-        None => Ok(()),
-        Some(given) => match base64_decode(given) {
-            Some(given) if given.len() == 16 => {
-                if given == md5 {
-                    Ok(())
-                } else {
-                    Err(error(
-                        S3ErrorCode::BadDigest,
-                        "Content-MD5 does not match the body",
-                    ))
-                }
-            }
-            _ => Err(error(
-                S3ErrorCode::InvalidDigest,
-                "Content-MD5 is not a base64 MD5",
-            )),
-        },
-    }
-}
-
 fn user_metadata(metadata: Option<Metadata>) -> BTreeMap<String, String> {
     metadata
         .unwrap_or_default()
@@ -560,81 +286,6 @@ fn metadata_out(meta: &ObjectMeta) -> Option<Metadata> {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect::<HashMap<_, _>>()
     })
-}
-
-/// Keeps an object's inode alive while a GET streams it.
-struct Pin {
-    store: Arc<Store>,
-    ino: InodeId,
-}
-
-impl Drop for Pin {
-    fn drop(&mut self) {
-        let store = self.store.clone();
-        let ino = self.ino;
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                let _ = store.call(MetaOp::Release { ino }).await;
-            });
-        }
-    }
-}
-
-/// A response body fed by a task that reads ahead of the client by one
-/// step; a client that goes away stops the task.
-struct BodyStream(mpsc::Receiver<Result<Bytes, std::io::Error>>);
-
-impl futures_util::Stream for BodyStream {
-    type Item = Result<Bytes, std::io::Error>;
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        self.0.poll_recv(cx)
-    }
-}
-
-fn stream_body(mut reader: FileReader, start: u64, end: u64, pin: Option<Pin>) -> StreamingBlob {
-    let (tx, rx) = mpsc::channel(2);
-    tokio::spawn(async move {
-        let _pin = pin;
-        let mut at = start;
-        while at < end {
-            let step = (end - at).min(IO_BYTES as u64);
-            let sent = match reader.read(at, step).await {
-                Ok(bytes) if bytes.is_empty() => {
-                    tx.send(Err(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "the object shrank while it was read",
-                    )))
-                    .await
-                    .ok();
-                    break;
-                }
-                Ok(bytes) => {
-                    at += bytes.len() as u64;
-                    match tokio::time::timeout(BODY_IDLE, tx.send(Ok(bytes))).await {
-                        Ok(sent) => sent,
-                        Err(_) => {
-                            tracing::info!(ino = %reader.ino(), "GET client stopped reading; body cut off");
-                            break;
-                        }
-                    }
-                }
-                Err(err) => {
-                    tracing::warn!(ino = %reader.ino(), error = %err, "GET failed mid-body");
-                    tx.send(Err(std::io::Error::other(err.to_string())))
-                        .await
-                        .ok();
-                    break;
-                }
-            };
-            if sent.is_err() {
-                break;
-            }
-        }
-    });
-    StreamingBlob::wrap(BodyStream(rx))
 }
 
 #[async_trait::async_trait]
@@ -873,12 +524,48 @@ impl S3 for Gateway {
             }
         }
         let meta = object_meta!(input);
+        // A body within the inline limit becomes the object in one commit;
+        // a larger one streams into a staged file that a rename installs.
+        let limit = self
+            .store
+            .client
+            .io()
+            .inline_max_bytes
+            .min(INLINE_MAX_BYTES) as usize;
+        let mut body = input.body;
+        let mut prefix = Vec::new();
+        let may_fit = input
+            .content_length
+            .is_none_or(|length| usize::try_from(length).is_ok_and(|length| length <= limit));
+        if limit > 0 && may_fit {
+            let (bytes, whole) = read_prefix(&mut body, limit).await?;
+            if whole {
+                let etag = self
+                    .put_small(
+                        &bucket,
+                        &input.key,
+                        bytes,
+                        input.content_length,
+                        promised,
+                        input.content_md5.as_deref(),
+                        &meta,
+                        replace,
+                    )
+                    .await?;
+                return Ok(S3Response::new(PutObjectOutput {
+                    e_tag: Some(ETag::Strong(etag)),
+                    ..Default::default()
+                }));
+            }
+            prefix = bytes;
+        }
         let (staged, name) = self.store.create_staged().await?;
         let written = async {
             let (md5, _) = self
                 .write_body(
                     staged.ino,
-                    input.body,
+                    prefix,
+                    body,
                     input.content_length,
                     promised,
                     false,
@@ -1358,7 +1045,14 @@ impl S3 for Gateway {
         let part = tessera_client::path::attr_of(reply).map_err(s3_error)?;
         let result = async {
             let (md5, _) = self
-                .write_body(part.ino, input.body, input.content_length, promised, true)
+                .write_body(
+                    part.ino,
+                    Vec::new(),
+                    input.body,
+                    input.content_length,
+                    promised,
+                    true,
+                )
                 .await?;
             check_md5(input.content_md5.as_deref(), &md5)?;
             let etag = names::hex(&md5);
@@ -1789,25 +1483,6 @@ fn prefixes_out(prefixes: Vec<String>, enc: &dyn Fn(&str) -> String) -> Vec<Comm
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn content_md5_decodes() {
-        // MD5 of "" is 1B2M2Y8AsgTpgAmY7PhCfg==.
-        let empty: [u8; 16] = Md5::digest(b"").into();
-        check_md5(Some("1B2M2Y8AsgTpgAmY7PhCfg=="), &empty).unwrap();
-        let other: [u8; 16] = Md5::digest(b"x").into();
-        assert_eq!(
-            check_md5(Some("1B2M2Y8AsgTpgAmY7PhCfg=="), &other)
-                .unwrap_err()
-                .code(),
-            &S3ErrorCode::BadDigest
-        );
-        assert_eq!(
-            check_md5(Some("not base64!"), &other).unwrap_err().code(),
-            &S3ErrorCode::InvalidDigest
-        );
-        assert_eq!(base64_decode("aGVsbG8=").unwrap(), b"hello");
-    }
 
     #[test]
     fn conditions_follow_s3_precedence() {

@@ -11,6 +11,7 @@ use tessera_proto::error::{Error, ErrorCode};
 use tessera_proto::ids::InodeId;
 use tessera_proto::meta::{
     Attr, DirEntry, FileKind, MetaOp, MetaReply, READDIR_PAGE_MAX, RenameMode,
+    XATTR_TOTAL_MAX_BYTES, XATTR_VALUE_MAX_BYTES,
 };
 
 /// The gateway's own directory at the root. Its name is not a valid bucket
@@ -256,6 +257,76 @@ impl Store {
         staged: &[u8],
         replace: bool,
     ) -> S3Result<()> {
+        self.place(bucket, key, |parent, last| MetaOp::Rename {
+            parent: self.staging,
+            name: staged.to_vec(),
+            new_parent: parent,
+            new_name: last,
+            mode: if replace {
+                RenameMode::Replace
+            } else {
+                RenameMode::NoReplace
+            },
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Writes a whole small object at `key` in one commit
+    /// (`MetaOp::PutInline`): its bytes inline, its mtime and xattrs, and
+    /// the rename into place, all or nothing. Returns the new file.
+    pub async fn install_inline(
+        &self,
+        bucket: &Attr,
+        key: &str,
+        data: Vec<u8>,
+        mtime_ns: i64,
+        xattrs: Vec<(String, Vec<u8>)>,
+        replace: bool,
+    ) -> S3Result<Attr> {
+        // The namespace's limits, checked here so that the refusal names
+        // the metadata as `set_xattrs` does for a staged PUT.
+        let total: usize = xattrs.iter().map(|(n, v)| n.len() + v.len()).sum();
+        if total > XATTR_TOTAL_MAX_BYTES
+            || xattrs.iter().any(|(_, v)| v.len() > XATTR_VALUE_MAX_BYTES)
+        {
+            return Err(error(
+                S3ErrorCode::MetadataTooLarge,
+                format!("the object's metadata does not fit: {total} bytes"),
+            ));
+        }
+        let xattrs: Vec<(Vec<u8>, Vec<u8>)> = xattrs
+            .into_iter()
+            .map(|(name, value)| (name.into_bytes(), value))
+            .collect();
+        let reply = self
+            .place(bucket, key, |parent, last| MetaOp::PutInline {
+                staging: self.staging,
+                temp: format!("{:032x}", rand::random::<u128>()).into_bytes(),
+                parent,
+                name: last,
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                mtime_ns,
+                data: data.clone(),
+                xattrs: xattrs.clone(),
+                replace,
+            })
+            .await?;
+        tessera_client::path::attr_of(reply).map_err(s3_error)
+    }
+
+    /// Makes the directories above `key` and sends the operation `op`
+    /// builds for its parent and last name, trying again when a concurrent
+    /// delete removed a directory on the way; maps the namespace's
+    /// refusals onto S3's.
+    async fn place(
+        &self,
+        bucket: &Attr,
+        key: &str,
+        op: impl Fn(InodeId, Vec<u8>) -> MetaOp,
+    ) -> S3Result<MetaReply> {
         let mut parts = names::key_parts(key)?;
         let Some(last) = parts.pop() else {
             return Err(error(S3ErrorCode::InvalidArgument, "the key is empty"));
@@ -270,21 +341,9 @@ impl Store {
                 }
                 Err(err) => return Err(err),
             };
-            let result = self
-                .call(MetaOp::Rename {
-                    parent: self.staging,
-                    name: staged.to_vec(),
-                    new_parent: parent,
-                    new_name: last.clone(),
-                    mode: if replace {
-                        RenameMode::Replace
-                    } else {
-                        RenameMode::NoReplace
-                    },
-                })
-                .await;
+            let result = self.call(op(parent, last.clone())).await;
             return match result {
-                Ok(_) => Ok(()),
+                Ok(reply) => Ok(reply),
                 Err(err) if err.code == ErrorCode::NotFound && attempts < 5 => continue,
                 Err(err) if matches!(err.code, ErrorCode::IsDir | ErrorCode::NotEmpty) => {
                     Err(key_conflict(key, "is a prefix of other keys (a directory)"))
@@ -505,7 +564,12 @@ impl ObjectMeta {
 
 /// The value stored in [`names::XATTR_ETAG`].
 pub fn etag_record(etag: &str, attr: &Attr) -> Vec<u8> {
-    format!("{etag} {} {}", attr.mtime_ns, attr.size).into_bytes()
+    etag_record_at(etag, attr.mtime_ns, attr.size)
+}
+
+/// [`etag_record`] for a file that will have this mtime and size.
+pub fn etag_record_at(etag: &str, mtime_ns: i64, size: u64) -> Vec<u8> {
+    format!("{etag} {mtime_ns} {size}").into_bytes()
 }
 
 /// The object's ETag (without quotes): the recorded one while the file is

@@ -586,6 +586,51 @@ impl Namespace {
                 // command back.
                 self.set_attr(*ino, set, now_ns).map(MetaReply::Attr)
             }
+            MetaOp::PutInline {
+                staging,
+                temp,
+                parent,
+                name,
+                mode,
+                uid,
+                gid,
+                mtime_ns,
+                data,
+                xattrs,
+                replace,
+            } => {
+                // Each step checks before it changes anything, and a
+                // failure rolls the whole command back: the object appears
+                // whole or not at all, as the staged PUT's rename makes it.
+                let new = NewInode {
+                    kind: FileKind::File,
+                    mode: *mode,
+                    uid: *uid,
+                    gid: *gid,
+                    rdev: 0,
+                    target: Vec::new(),
+                };
+                let ino = self.create(*staging, temp, new, true, now_ns)?.ino;
+                if !data.is_empty() {
+                    let writes = [(0, data.clone())];
+                    self.write_inline(ino, &writes, data.len() as u64, now_ns)?;
+                }
+                let set = SetAttr {
+                    mtime: Some(SetTime::At(*mtime_ns)),
+                    ..SetAttr::default()
+                };
+                self.set_attr(ino, &set, now_ns)?;
+                if !xattrs.is_empty() {
+                    self.set_xattrs(ino, xattrs, now_ns)?;
+                }
+                let mode = if *replace {
+                    RenameMode::Replace
+                } else {
+                    RenameMode::NoReplace
+                };
+                self.rename(*staging, temp, *parent, name, mode, now_ns)?;
+                self.attr(ino).map(MetaReply::Attr)
+            }
             MetaOp::StatFs
             | MetaOp::AllocateChunk { .. }
             | MetaOp::CommitExtents { .. }
@@ -601,7 +646,8 @@ impl Namespace {
             | MetaOp::EndLockWait { .. }
             | MetaOp::CreateTemporary { .. }
             | MetaOp::CreateOpen { .. }
-            | MetaOp::OpenRead { .. } => Err(err(
+            | MetaOp::OpenRead { .. }
+            | MetaOp::OpenMany { .. } => Err(err(
                 ErrorCode::Internal,
                 format!("{} is not a namespace operation", op.name()),
             )),

@@ -272,18 +272,30 @@ impl MetaService {
                     other => Err(Error::internal(format!("allocation replied {other:?}"))),
                 }
             }
-            MetaOp::OpenRead { ino, length } => {
-                let opened = Box::pin(self.meta_call(
-                    MetaCall {
-                        request_id: call.request_id,
-                        op: MetaOp::Open { ino },
-                    },
-                    session,
-                ))
-                .await?;
-                let attr = match opened {
-                    MetaReply::Attr(attr) => attr,
-                    other => return Err(Error::internal(format!("open replied {other:?}"))),
+            MetaOp::OpenRead {
+                ino,
+                length,
+                register,
+            } => {
+                let attr = if register {
+                    let opened = Box::pin(self.meta_call(
+                        MetaCall {
+                            request_id: call.request_id,
+                            op: MetaOp::Open { ino },
+                        },
+                        session,
+                    ))
+                    .await?;
+                    match opened {
+                        MetaReply::Attr(attr) => attr,
+                        other => return Err(Error::internal(format!("open replied {other:?}"))),
+                    }
+                } else {
+                    self.linearize().await?;
+                    if let Some(id) = session {
+                        self.require_session(id)?;
+                    }
+                    self.shared.read().ns.attr(ino)?
                 };
                 // Applied here before the proposal returned: the layout is
                 // at least as new as the open.

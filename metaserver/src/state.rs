@@ -744,7 +744,8 @@ impl State {
             | MetaOp::GetLock { .. }
             | MetaOp::EndLockWait { .. }
             | MetaOp::CreateTemporary { .. }
-            | MetaOp::CreateOpen { .. } => Err(Error::new(
+            | MetaOp::CreateOpen { .. }
+            | MetaOp::OpenMany { .. } => Err(Error::new(
                 ErrorCode::InvalidArgument,
                 format!("{} belongs to a session: open one first", op.name()),
             )),
@@ -1112,7 +1113,7 @@ pub use sessions::{SessionEnd, SessionRecord};
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tessera_proto::meta::Extent;
+    use tessera_proto::meta::{Attr, Extent, INLINE_MAX_BYTES};
 
     fn client(state: &mut State, op: MetaOp) -> Result<Applied, Error> {
         state.apply(&Command::Client {
@@ -1120,6 +1121,125 @@ mod tests {
             op,
             now_ns: 1,
         })
+    }
+
+    fn attr_of(applied: Result<Applied, Error>) -> Attr {
+        match applied {
+            Ok(Applied::Meta(MetaReply::Attr(attr) | MetaReply::Entry(attr))) => attr,
+            other => panic!("expected attributes, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_small_object_is_put_whole_in_one_command_or_not_at_all() {
+        let mut state = State::new(Policy::Replicas(1), 0);
+        let mkdir = |state: &mut State, name: &str| {
+            attr_of(client(
+                state,
+                MetaOp::Mkdir {
+                    parent: InodeId::ROOT,
+                    name: name.into(),
+                    mode: 0o755,
+                    uid: 0,
+                    gid: 0,
+                },
+            ))
+            .ino
+        };
+        let staging = mkdir(&mut state, "staging");
+        let bucket = mkdir(&mut state, "bucket");
+        let put = |name: &str, data: &[u8], replace: bool| MetaOp::PutInline {
+            staging,
+            temp: format!("tmp-{name}-{}", data.len()).into_bytes(),
+            parent: bucket,
+            name: name.into(),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 42,
+            data: data.to_vec(),
+            xattrs: vec![(b"user.etag".to_vec(), b"abc".to_vec())],
+            replace,
+        };
+        let attr = attr_of(client(&mut state, put("k", b"hello", true)));
+        assert_eq!((attr.size, attr.mtime_ns), (5, 42));
+        assert_eq!(state.ns.inline_bytes(attr.ino), b"hello");
+        let found = state
+            .ns
+            .read(&MetaOp::Lookup {
+                parent: bucket,
+                name: b"k".to_vec(),
+            })
+            .unwrap();
+        assert!(matches!(found, MetaReply::Entry(a) if a.ino == attr.ino));
+        let etag = state
+            .ns
+            .read(&MetaOp::GetXattr {
+                ino: attr.ino,
+                name: b"user.etag".to_vec(),
+            })
+            .unwrap();
+        assert!(
+            matches!(&etag, MetaReply::Xattr(v) if v == b"abc"),
+            "{etag:?}"
+        );
+        // Replacing takes the old file's place; refusing to leaves both.
+        let second = attr_of(client(&mut state, put("k", b"bye", true)));
+        assert_ne!(second.ino, attr.ino);
+        assert_eq!(state.ns.inline_bytes(second.ino), b"bye");
+        assert!(state.ns.attr(attr.ino).is_err(), "the replaced file stays");
+        let refused = client(&mut state, put("k", b"third", false)).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::AlreadyExists);
+        // A failure at the last step (a directory in the way) rolls back
+        // the file made before it: nothing is left in the staging folder.
+        mkdir(&mut state, "other");
+        let MetaOp::PutInline {
+            staging,
+            temp,
+            mode,
+            uid,
+            gid,
+            mtime_ns,
+            data,
+            xattrs,
+            replace,
+            ..
+        } = put("x", b"data", true)
+        else {
+            unreachable!()
+        };
+        let dir_in_way = MetaOp::PutInline {
+            staging,
+            temp,
+            parent: InodeId::ROOT,
+            name: b"other".to_vec(),
+            mode,
+            uid,
+            gid,
+            mtime_ns,
+            data,
+            xattrs,
+            replace,
+        };
+        assert_eq!(
+            client(&mut state, dir_in_way).unwrap_err().code,
+            ErrorCode::IsDir
+        );
+        let listed = state
+            .ns
+            .read(&MetaOp::Readdir {
+                ino: staging,
+                after: None,
+                limit: 100,
+            })
+            .unwrap();
+        assert!(
+            matches!(&listed, MetaReply::Dir { entries, .. } if entries.is_empty()),
+            "{listed:?}"
+        );
+        // Too many bytes for one entry are refused up front.
+        let big = vec![7u8; INLINE_MAX_BYTES as usize + 1];
+        assert!(client(&mut state, put("big", &big, true)).is_err());
     }
 
     #[test]

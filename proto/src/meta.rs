@@ -506,12 +506,40 @@ pub enum MetaOp {
     ReleaseMany {
         inos: Vec<InodeId>,
     },
-    /// `Open`, answered with the file's layout over its first `length`
-    /// bytes as well (`MetaReply::Opened`): a read of a file just opened
-    /// then needs no layout call of its own. The log records it as `Open`.
+    /// The file's attributes and its layout over its first `length` bytes
+    /// (`MetaReply::Opened`): a read of a file just opened then needs no
+    /// layout call of its own. With `register`, this is also an `Open` (the
+    /// log records it as one); without, a linearizable read that counts
+    /// no handle: the caller registers it later with `OpenMany`, or never
+    /// when it closes first.
     OpenRead {
         ino: InodeId,
         length: u64,
+        register: bool,
+    },
+    /// A whole small object in one commit (the S3 gateway's PUT of at most
+    /// [`INLINE_MAX_BYTES`]): creates a file `temp` in `staging` with
+    /// `data` inline, mtime `mtime_ns` and `xattrs`, then renames it to
+    /// `parent`/`name` (replacing a file there when `replace`, else
+    /// `AlreadyExists`), all or nothing. Answers the new file's `Attr`.
+    PutInline {
+        staging: InodeId,
+        temp: Vec<u8>,
+        parent: InodeId,
+        name: Vec<u8>,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        mtime_ns: i64,
+        data: Vec<u8>,
+        xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+        replace: bool,
+    },
+    /// `Open` of several handles in one command, for the session: a mount
+    /// registers the read-only opens of a few milliseconds together (those
+    /// closed meanwhile never). Inodes already gone are passed over.
+    OpenMany {
+        inos: Vec<InodeId>,
     },
 }
 
@@ -563,6 +591,8 @@ impl MetaOp {
             MetaOp::WriteInline { .. } => "write_inline",
             MetaOp::ReleaseMany { .. } => "release_many",
             MetaOp::OpenRead { .. } => "open_read",
+            MetaOp::PutInline { .. } => "put_inline",
+            MetaOp::OpenMany { .. } => "open_many",
         }
     }
 }

@@ -202,6 +202,14 @@ impl State {
                 self.put_session(id, &record);
                 self.apply_client(op, now_ns)
             }
+            MetaOp::OpenMany { inos } => {
+                for ino in inos {
+                    // As `Open`, one by one; one that fails (a file
+                    // already gone) changed nothing and leaves the rest.
+                    let _ = self.session_call(id, &MetaOp::Open { ino: *ino }, now_ns);
+                }
+                Ok(MetaReply::Done)
+            }
             MetaOp::ReleaseMany { inos } => {
                 for ino in inos {
                     // As `Release`, one by one; one that fails (a file
