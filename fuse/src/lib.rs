@@ -21,7 +21,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
@@ -190,6 +190,7 @@ impl TesseraFs {
                 dirs: Mutex::new(HashMap::new()),
                 cached_versions: Mutex::new(HashMap::new()),
                 shown_versions: Mutex::new(HashMap::new()),
+                no_capability: Mutex::new(HashMap::new()),
                 next_fh: AtomicU64::new(1),
                 notifier: std::sync::OnceLock::new(),
                 locks: locks::LockState::default(),

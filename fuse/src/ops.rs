@@ -640,6 +640,9 @@ impl Filesystem for TesseraFs {
         self.shared.dir_cache.forget(ino_of(ino));
         self.spawn(|shared| async move {
             let result = shared.call(op).await;
+            // Again after the change: a getxattr answered meanwhile may
+            // have noted the file as it was before.
+            lock(&shared.no_capability).remove(&ino_of(ino));
             TesseraFs::reply_empty(reply, result.map(|_| ()));
         });
     }
@@ -648,8 +651,13 @@ impl Filesystem for TesseraFs {
         // The kernel asks for this on every write (to drop file
         // capabilities): a file this mount created and answers for has
         // none, since setting one would have ended the local answers.
-        if name.as_bytes() == b"security.capability"
-            && self.shared.local_attr(ino_of(ino)).is_some()
+        // Any other file found without one within the attribute timeout
+        // is taken to have none still, as its attributes are (a write
+        // through another mount's kernel would not see a change sooner).
+        let capability = name.as_bytes() == b"security.capability";
+        if capability
+            && (self.shared.local_attr(ino_of(ino)).is_some()
+                || self.shared.known_without_capability(ino_of(ino)))
         {
             return reply.error(Errno::ENODATA);
         }
@@ -659,6 +667,10 @@ impl Filesystem for TesseraFs {
         };
         self.spawn(|shared| async move {
             match shared.call(op).await {
+                Err(err) if capability && err.code == ErrorCode::NoAttr => {
+                    shared.without_capability(ino_of(ino));
+                    reply.error(errno(&err));
+                }
                 Ok(MetaReply::Xattr(value)) => reply_xattr(reply, size, &value),
                 Ok(other) => {
                     tracing::warn!(?other, "getxattr answered without a value");
@@ -699,6 +711,9 @@ impl Filesystem for TesseraFs {
         self.shared.dir_cache.forget(ino_of(ino));
         self.spawn(|shared| async move {
             let result = shared.call(op).await;
+            // Again after the change: a getxattr answered meanwhile may
+            // have noted the file as it was before.
+            lock(&shared.no_capability).remove(&ino_of(ino));
             TesseraFs::reply_empty(reply, result.map(|_| ()));
         });
     }

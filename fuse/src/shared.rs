@@ -249,6 +249,8 @@ pub(crate) struct Shared {
     pub(crate) cached_versions: Mutex<HashMap<InodeId, u64>>,
     /// The attribute version of each inode as last shown to the kernel.
     pub(crate) shown_versions: Mutex<HashMap<InodeId, (u64, u64)>>,
+    /// When each inode was last found without `security.capability`.
+    pub(crate) no_capability: Mutex<HashMap<InodeId, Instant>>,
     pub(crate) next_fh: AtomicU64,
     /// Set once the session exists; lets an open drop attributes the
     /// kernel cached before another mount changed the file.
@@ -331,8 +333,26 @@ impl Shared {
         }
     }
 
+    /// Notes that `ino` has no `security.capability` xattr now.
+    pub(crate) fn without_capability(&self, ino: InodeId) {
+        let mut known = lock(&self.no_capability);
+        if known.len() >= CACHED_VERSIONS_MAX {
+            known.clear();
+        }
+        known.insert(ino, Instant::now());
+    }
+
+    /// Whether `ino` was found without a `security.capability` xattr
+    /// within the attribute timeout (and this mount changed none since).
+    pub(crate) fn known_without_capability(&self, ino: InodeId) -> bool {
+        lock(&self.no_capability)
+            .get(&ino)
+            .is_some_and(|at| at.elapsed() < self.attr_ttl)
+    }
+
     /// An xattr change on `ino`: its answers come from the metaserver.
     pub(crate) fn stop_local_answers_for(&self, ino: InodeId) {
+        lock(&self.no_capability).remove(&ino);
         if let Some(file) = self.file(ino) {
             lock(&file.folding).attr = None;
         }
