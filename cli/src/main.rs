@@ -218,16 +218,31 @@ enum CaCommand {
 
 /// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
 async fn stop_signal() {
+    listen_for_stop().await
+}
+
+/// Registers for SIGINT and SIGTERM now, not at the first poll, and
+/// resolves on either: a signal that came between a "ready" line and a
+/// lazily registered handler would kill the process instead of stopping
+/// it. Call it inside the runtime.
+fn listen_for_stop() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+    let interrupt = signal(SignalKind::interrupt());
+    let terminate = signal(SignalKind::terminate());
+    async move {
+        match (interrupt, terminate) {
+            (Ok(mut interrupt), Ok(mut terminate)) => {
+                tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
+                }
             }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+            (Ok(mut one), Err(_)) | (Err(_), Ok(mut one)) => {
+                one.recv().await;
+            }
+            (Err(_), Err(_)) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }
@@ -467,7 +482,10 @@ fn run(cli: Cli) -> Result<()> {
                 mount,
                 s3,
             };
-            runtime()?.block_on(dev::run(options, stop_signal()))?;
+            runtime()?.block_on(async {
+                let stop = listen_for_stop();
+                dev::run(options, stop).await
+            })?;
         }
         Command::Mount {
             mountpoint,
@@ -482,12 +500,13 @@ fn run(cli: Cli) -> Result<()> {
             let mut config = load_client_config(&config)?;
             config.io.sync_on_close |= sync_on_close;
             client_command(config, |client| async move {
+                let stop = listen_for_stop();
                 let mounted = mount::start(client, &mountpoint, &options).await?;
                 println!(
                     "mounted on {} (Ctrl-C or SIGTERM unmounts)",
                     mountpoint.display()
                 );
-                mount::serve(mounted, stop_signal()).await
+                mount::serve(mounted, stop).await
             })?
         }
         Command::Put {

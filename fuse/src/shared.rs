@@ -271,6 +271,8 @@ pub(crate) struct HandleQueue {
     pub(crate) releases: Vec<(InodeId, Option<u64>)>,
     /// Whether a send is already on its way.
     pub(crate) scheduled: bool,
+    /// Whether registrations taken from `opens` are being sent now.
+    pub(crate) opens_in_flight: bool,
 }
 
 /// How long released handles gather before one `ReleaseMany` sends them.
@@ -497,21 +499,27 @@ impl Shared {
         let (opens, releases) = {
             let mut queue = lock(&self.handle_queue);
             queue.scheduled = false;
+            queue.opens_in_flight = !queue.opens.is_empty();
             (
                 std::mem::take(&mut queue.opens),
                 std::mem::take(&mut queue.releases),
             )
         };
         self.send_handles(opens, true).await;
+        lock(&self.handle_queue).opens_in_flight = false;
         self.send_handles(releases, false).await;
     }
 
     /// Registers the queued read-only opens now: before this mount removes
     /// a name, so a file it holds open cannot go with it.
     pub(crate) async fn register_opens(&self) {
-        if lock(&self.handle_queue).opens.is_empty() {
-            return;
+        {
+            let queue = lock(&self.handle_queue);
+            if queue.opens.is_empty() && !queue.opens_in_flight {
+                return;
+            }
         }
+        // Also waits for registrations already on their way.
         let _sending = self.handle_sender.lock().await;
         let opens = std::mem::take(&mut lock(&self.handle_queue).opens);
         self.send_handles(opens, true).await;

@@ -1148,10 +1148,10 @@ mod tests {
         };
         let staging = mkdir(&mut state, "staging");
         let bucket = mkdir(&mut state, "bucket");
-        let put = |name: &str, data: &[u8], replace: bool| MetaOp::PutInline {
+        let put_in = |parent: InodeId, name: &str, data: &[u8], replace: bool| MetaOp::PutInline {
             staging,
             temp: format!("tmp-{name}-{}", data.len()).into_bytes(),
-            parent: bucket,
+            parent,
             name: name.into(),
             mode: 0o644,
             uid: 0,
@@ -1161,6 +1161,7 @@ mod tests {
             xattrs: vec![(b"user.etag".to_vec(), b"abc".to_vec())],
             replace,
         };
+        let put = |name: &str, data: &[u8], replace: bool| put_in(bucket, name, data, replace);
         let attr = attr_of(client(&mut state, put("k", b"hello", true)));
         assert_eq!((attr.size, attr.mtime_ns), (5, 42));
         assert_eq!(state.ns.inline_bytes(attr.ino), b"hello");
@@ -1193,34 +1194,7 @@ mod tests {
         // A failure at the last step (a directory in the way) rolls back
         // the file made before it: nothing is left in the staging folder.
         mkdir(&mut state, "other");
-        let MetaOp::PutInline {
-            staging,
-            temp,
-            mode,
-            uid,
-            gid,
-            mtime_ns,
-            data,
-            xattrs,
-            replace,
-            ..
-        } = put("x", b"data", true)
-        else {
-            unreachable!()
-        };
-        let dir_in_way = MetaOp::PutInline {
-            staging,
-            temp,
-            parent: InodeId::ROOT,
-            name: b"other".to_vec(),
-            mode,
-            uid,
-            gid,
-            mtime_ns,
-            data,
-            xattrs,
-            replace,
-        };
+        let dir_in_way = put_in(InodeId::ROOT, "other", b"data", true);
         assert_eq!(
             client(&mut state, dir_in_way).unwrap_err().code,
             ErrorCode::IsDir
