@@ -217,10 +217,6 @@ enum CaCommand {
 }
 
 /// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
-async fn stop_signal() {
-    listen_for_stop().await
-}
-
 /// Registers for SIGINT and SIGTERM now, not at the first poll, and
 /// resolves on either: a signal that came between a "ready" line and a
 /// lazily registered handler would kill the process instead of stopping
@@ -275,12 +271,13 @@ fn run_chunk(
         .with_context(|| format!("load chunkserver config {}", config.display()))?;
     daemon_logging(&config.node, cli_log, cli_json)?;
     runtime()?.block_on(async {
+        let stop = listen_for_stop();
         let registry = prometheus::Registry::new();
         let server = tessera_chunk::ChunkServer::start(config, &registry)
             .await
             .context("start the chunkserver")?;
         println!("chunkserver listening on {}", server.addr());
-        stop_signal().await;
+        stop.await;
         tracing::info!("stop requested; shutting down");
         server.shutdown().await;
         Ok(())
@@ -300,6 +297,7 @@ fn run_gateway(
     tessera_proto::obs::init_tracing(level.as_deref(), cli_json || config.log.json)?;
     tessera_gateway::raise_fd_limit();
     runtime()?.block_on(async {
+        let stop = listen_for_stop();
         let registry = prometheus::Registry::new();
         let client = tessera_client::Client::connect(&config.client)
             .await
@@ -321,7 +319,7 @@ fn run_gateway(
             "  plain HTTP, path-style, region {}; keys from `tessera admin key create`",
             config.region
         );
-        stop_signal().await;
+        stop.await;
         tracing::info!("stop requested; shutting down");
         gateway.shutdown().await;
         if let Some((_, task)) = metrics {
@@ -357,6 +355,7 @@ fn run_meta(
         io: Default::default(),
     };
     runtime()?.block_on(async {
+        let stop = listen_for_stop();
         let registry = prometheus::Registry::new();
         let server = tessera_meta::MetaServer::start(config, &registry, bootstrap)
             .await
@@ -364,7 +363,7 @@ fn run_meta(
         println!("metaserver listening on {}", server.addr());
         let _compactor = compact::spawn(worker_config, server.addr(), &compaction);
         let failed = tokio::select! {
-            () = stop_signal() => None,
+            () = stop => None,
             err = server.failed() => Some(err),
         };
         match failed {
