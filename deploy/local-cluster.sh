@@ -297,38 +297,41 @@ fail() {
     exit 1
 }
 
-# Runs `tessera admin status` and parses its output into ST_LEADER (a
+# Runs `tessera admin status --json` and reads it into ST_LEADER (a
 # metaserver id or "none"), ST_ROLE[id] (leader, follower or learner) and
-# ST_CHUNK[name] (up, DOWN, or ? when no leader answered). Returns 1 when no
-# metaserver answered; ST_OUT then holds the error.
+# ST_CHUNK[name] (up, suspect, down, ...). Returns 1 when no metaserver
+# answered; ST_OUT then holds the error. The JSON is read with python3 (no
+# text table is parsed, so the table's layout can change freely).
 declare -A ST_ROLE=() ST_CHUNK=()
 ST_OUT=
 query_status() {
     ST_LEADER=none
     ST_ROLE=()
     ST_CHUNK=()
-    if ! ST_OUT=$(timeout 20 "$BIN" admin status --config "$DIR/client.toml" 2>"$DIR/.status.err"); then
+    if ! command -v python3 >/dev/null; then
+        ST_OUT="python3 is needed to read \`tessera admin status --json\`; install it (apt-get install python3)"
+        return 1
+    fi
+    if ! ST_OUT=$(timeout 20 "$BIN" admin status --json --config "$DIR/client.toml" 2>"$DIR/.status.err"); then
         ST_OUT=$(tail -n 5 "$DIR/.status.err")
         return 1
     fi
-    local section='' line f1 f2 f3 f4
-    while IFS= read -r line; do
-        case $line in
-        metaservers*)
-            section=meta
-            [[ $line =~ leader\ ([0-9]+|none) ]] && ST_LEADER=${BASH_REMATCH[1]}
-            ;;
-        chunkservers*) section=chunk ;;
-        *)
-            read -r f1 f2 f3 f4 _ <<<"$line" || true
-            [[ ${f1:-} =~ ^[0-9]+$ ]] || continue
-            case $section in
-            meta) ST_ROLE[$f1]=$f3 ;;  # id address role ...
-            chunk) ST_CHUNK[$f2]=$f4 ;; # id name address state ...
-            esac
-            ;;
+    local kind key value
+    while read -r kind key value; do
+        case $kind in
+        leader) ST_LEADER=$key ;;
+        meta) ST_ROLE[$key]=$value ;;
+        chunk) ST_CHUNK[$key]=$value ;;
         esac
-    done <<<"$ST_OUT"
+    done < <(python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+print("leader", s["leader"] if s.get("leader") is not None else "none")
+for m in s.get("members", []):
+    print("meta", m["node"], m["role"])
+for c in s.get("chunkservers", []):
+    print("chunk", c["name"], c["state"])
+' <<<"$ST_OUT" 2>"$DIR/.status.err" || true)
     return 0
 }
 

@@ -269,6 +269,7 @@ pub async fn run(options: DevOptions, stop: impl std::future::Future<Output = ()
         );
     }
     println!("stop with Ctrl-C; a restart with the same --data keeps everything.");
+    crate::notify::ready(&format!("tessera dev running on {}", data.display()));
 
     match mounted {
         Some(mounted) => crate::mount::serve(mounted, stop).await?,

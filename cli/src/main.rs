@@ -13,6 +13,7 @@ mod dev;
 mod files;
 mod keys;
 mod mount;
+mod notify;
 mod transfer;
 
 #[derive(Parser)]
@@ -277,8 +278,10 @@ fn run_chunk(
             .await
             .context("start the chunkserver")?;
         println!("chunkserver listening on {}", server.addr());
+        notify::ready(&format!("chunkserver listening on {}", server.addr()));
         stop.await;
         tracing::info!("stop requested; shutting down");
+        notify::stopping();
         server.shutdown().await;
         Ok(())
     })
@@ -319,8 +322,10 @@ fn run_gateway(
             "  plain HTTP, path-style, region {}; keys from `tessera admin key create`",
             config.region
         );
+        notify::ready(&format!("S3 gateway listening on {}", gateway.addr()));
         stop.await;
         tracing::info!("stop requested; shutting down");
+        notify::stopping();
         gateway.shutdown().await;
         if let Some((_, task)) = metrics {
             task.abort();
@@ -361,6 +366,7 @@ fn run_meta(
             .await
             .context("start the metaserver")?;
         println!("metaserver listening on {}", server.addr());
+        notify::ready(&format!("metaserver listening on {}", server.addr()));
         let _compactor = compact::spawn(worker_config, server.addr(), &compaction);
         let failed = tokio::select! {
             () = stop => None,
@@ -369,11 +375,13 @@ fn run_meta(
         match failed {
             None => {
                 tracing::info!("stop requested; shutting down");
+                notify::stopping();
                 server.shutdown().await;
                 Ok(())
             }
             Some(err) => {
                 tracing::error!(error = %err, "metaserver failed; shutting down");
+                notify::stopping();
                 server.shutdown().await;
                 Err(anyhow::Error::new(err).context("metaserver failed"))
             }
@@ -505,7 +513,12 @@ fn run(cli: Cli) -> Result<()> {
                     "mounted on {} (Ctrl-C or SIGTERM unmounts)",
                     mountpoint.display()
                 );
-                mount::serve(mounted, stop).await
+                notify::ready(&format!("mounted on {}", mountpoint.display()));
+                mount::serve(mounted, async {
+                    stop.await;
+                    notify::stopping();
+                })
+                .await
             })?
         }
         Command::Put {

@@ -13,22 +13,38 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// Installs the global subscriber. The level comes from `level` if given,
-/// else from `RUST_LOG`, else `info`. `json` switches to one JSON object per
-/// line for log shippers. Calling it twice is harmless (the first wins).
+/// Dependencies' INFO lines (openraft's multi-line dumps of Raft state on
+/// every election, quinn's and rustls' connection chatter) bury a daemon's
+/// own events; they stay at warn unless a filter names them.
+pub const DEFAULT_LOG_FILTER: &str = "info,openraft=warn,quinn=warn,quinn_proto=warn,rustls=warn";
+
+/// Installs the global subscriber. The filter comes from `level` if given,
+/// else from `RUST_LOG`, else [`DEFAULT_LOG_FILTER`]; a bare level such as
+/// `debug` keeps the dependencies' quieting unless it names them. `json`
+/// switches to one JSON object per line for log shippers. Colour is used
+/// only on a terminal and never when `NO_COLOR` is set, so log files and
+/// journald get plain text. Calling it twice is harmless (the first wins).
 pub fn init_tracing(level: Option<&str>, json: bool) -> Result<(), Error> {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = match level {
-        Some(level) => EnvFilter::try_new(level).map_err(|err| {
+        Some(level) => EnvFilter::try_new(filter_for(level)).map_err(|err| {
             Error::new(
                 ErrorCode::InvalidArgument,
                 format!("log level {level:?}: {err}; use error, warn, info, debug, trace or a RUST_LOG filter"),
             )
         })?,
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        None => match std::env::var("RUST_LOG") {
+            Ok(env) if !env.trim().is_empty() => EnvFilter::try_new(filter_for(&env))
+                .unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER)),
+            _ => EnvFilter::new(DEFAULT_LOG_FILTER),
+        },
     };
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     let _ = if json {
         builder.json().try_init()
@@ -36,6 +52,20 @@ pub fn init_tracing(level: Option<&str>, json: bool) -> Result<(), Error> {
         builder.try_init()
     };
     Ok(())
+}
+
+/// A bare level (`debug`) becomes that level for our crates with the
+/// dependencies kept at warn; a filter with directives is taken as written.
+fn filter_for(level: &str) -> String {
+    let level = level.trim();
+    let louder = ["info", "debug", "trace"]
+        .iter()
+        .any(|l| l.eq_ignore_ascii_case(level));
+    if louder {
+        DEFAULT_LOG_FILTER.replacen("info", level, 1)
+    } else {
+        level.to_string()
+    }
 }
 
 const REQUEST_MAX_BYTES: usize = 8 * 1024;
@@ -145,6 +175,20 @@ async fn respond(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn bare_levels_keep_dependencies_quiet_and_filters_are_taken_as_written() {
+        assert_eq!(
+            super::filter_for("debug"),
+            "debug,openraft=warn,quinn=warn,quinn_proto=warn,rustls=warn"
+        );
+        assert_eq!(super::filter_for("error"), "error");
+        assert_eq!(super::filter_for("off"), "off");
+        assert_eq!(
+            super::filter_for("info,openraft=info"),
+            "info,openraft=info"
+        );
+    }
+
     use super::*;
 
     async fn get(addr: SocketAddr, request: &str) -> String {
