@@ -738,3 +738,90 @@ fn a_file_overwritten_into_thousands_of_extents_is_compacted() {
         || piece_files(&cluster, 3) == wanted,
     );
 }
+
+/// Runs `tessera admin fsck --json`: its report, and whether it exited 0.
+fn fsck(cluster: &Cluster) -> (Value, bool) {
+    let out = cluster.tessera(&["admin", "fsck", "--json", "--limit", "200"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let report = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "fsck printed no JSON ({e}): {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (report, out.status.success())
+}
+
+fn wait_not_up(cluster: &Cluster, name: &str) {
+    wait_for(
+        &format!("{name} to be reported not up"),
+        Duration::from_secs(60),
+        || chunkserver(&status(cluster), name)["state"] != "up",
+    );
+}
+
+#[test]
+fn fsck_finds_nothing_on_a_healthy_cluster_and_names_the_files_each_loss_puts_at_risk() {
+    let _serial = serial();
+    // Three copies on exactly three chunkservers: every loss touches every
+    // chunk, and the default 10 min grace keeps repair out of the way.
+    let cluster = Cluster::up(22500, 1, 3);
+    let files = Files::write(&cluster, "/f", 3, 3 << 20);
+    wait_fully_redundant(&cluster, 3, Duration::from_secs(60));
+    let remotes: Vec<String> = files.local.iter().map(|(_, r)| r.clone()).collect();
+
+    let (report, clean) = fsck(&cluster);
+    assert!(clean, "fsck failed on a healthy cluster: {report}");
+    assert_eq!(report["chunks"], 3, "{report}");
+    assert_eq!(report["inventories_complete"], true, "{report}");
+    for count in [
+        "unreadable",
+        "under_replicated",
+        "orphaned_chunks",
+        "dangling_extents",
+        "orphaned_pieces",
+        "files_at_risk",
+    ] {
+        assert_eq!(report[count], 0, "{count}: {report}");
+    }
+
+    cluster.sigkill_chunk(1);
+    wait_not_up(&cluster, "chunk-1");
+    let (report, clean) = fsck(&cluster);
+    assert!(
+        !clean,
+        "fsck exited 0 with a copy of every chunk gone: {report}"
+    );
+    assert_eq!(report["under_replicated"], 3, "{report}");
+    assert_eq!(report["last_margin"], 0, "{report}");
+    assert_eq!(report["files_at_risk"], 0, "{report}");
+
+    cluster.sigkill_chunk(2);
+    wait_not_up(&cluster, "chunk-2");
+    let (report, _) = fsck(&cluster);
+    assert_eq!(report["last_margin"], 3, "{report}");
+    assert_eq!(report["files_at_risk"], 3, "{report}");
+    let mut named: Vec<String> = report["file_list"]
+        .as_array()
+        .expect("file_list")
+        .iter()
+        .map(|f| f["path"].as_str().unwrap_or("(none)").to_string())
+        .collect();
+    named.sort();
+    assert_eq!(named, remotes, "{report}");
+
+    cluster.sigkill_chunk(3);
+    wait_not_up(&cluster, "chunk-3");
+    let (report, clean) = fsck(&cluster);
+    assert!(!clean);
+    assert_eq!(report["unreadable"], 3, "{report}");
+    assert_eq!(report["files_at_risk"], 3, "{report}");
+    assert!(
+        report["file_list"]
+            .as_array()
+            .expect("file_list")
+            .iter()
+            .all(|f| f["problem"] == "unreadable"),
+        "{report}"
+    );
+}

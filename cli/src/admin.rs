@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use tessera_client::MetaClient;
 use tessera_proto::NodeId;
 use tessera_proto::meta::{
-    MetaOp, MetaReply, NodeAction, NodeAdmin, RedundancyStatus, RepairQueue, RepairQueueReply,
-    Status, StatusReply,
+    Fsck, FsckReply, MetaOp, MetaReply, NodeAction, NodeAdmin, RedundancyStatus, RepairQueue,
+    RepairQueueReply, Status, StatusReply,
 };
 use tessera_proto::rpc::{CallOptions, Peer};
 use tessera_proto::session::{CloseSession, ListSessions, SessionId};
@@ -42,6 +42,18 @@ pub enum AdminCommand {
     Node {
         #[command(subcommand)]
         command: NodeCommand,
+    },
+    /// Cross-check the namespace, the chunk map and the chunkservers'
+    /// inventories: unreadable, last-margin, under-replicated and orphaned
+    /// chunks, extents pointing nowhere, pieces no chunk places, and the
+    /// files whose bytes are at risk. Reads only (repair is the healing
+    /// loop's); exits 1 when it finds anything.
+    Fsck {
+        #[command(flatten)]
+        common: Common,
+        /// Entries of each list to show at most (up to 200).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
     },
     /// The repair queue and the jobs running now.
     Repair {
@@ -218,6 +230,22 @@ pub async fn run(command: AdminCommand) -> Result<()> {
                 print_repair(&reply);
                 Ok(())
             }
+        }
+        AdminCommand::Fsck { common, limit } => {
+            let client = connect(&common).await?;
+            let reply = client
+                .leader_call(&Fsck { limit })
+                .await
+                .context("ask the metaserver leader for a fsck")?;
+            if common.json {
+                print_json(&reply)?;
+            } else {
+                print_fsck(&reply);
+            }
+            if reply.found_problems() {
+                bail!("fsck found problems (listed above)");
+            }
+            Ok(())
         }
         AdminCommand::Member { command } => run_member(command).await,
         AdminCommand::Key { command } => run_key(command).await,
@@ -538,6 +566,64 @@ fn print_redundancy(r: &RedundancyStatus) {
         "repair: {} chunks queued, {} jobs running, {rate:.1} MiB/s, {eta}",
         r.queue_length, r.jobs_running
     );
+}
+
+fn print_fsck(reply: &FsckReply) {
+    println!(
+        "checked {} chunks and {} extents{}",
+        reply.chunks,
+        reply.extents,
+        if reply.inventories_complete {
+            ""
+        } else {
+            " (a live chunkserver has not reported its inventory yet: its pieces counted unverified)"
+        }
+    );
+    let rows = [
+        ("unreadable chunks", reply.unreadable),
+        ("chunks at their last margin", reply.last_margin),
+        ("under-replicated chunks", reply.under_replicated),
+        ("orphaned chunks", reply.orphaned_chunks),
+        ("extents missing their chunk", reply.dangling_extents),
+        ("orphaned pieces", reply.orphaned_pieces),
+        ("files at risk", reply.files_at_risk),
+    ];
+    for (what, count) in rows {
+        println!("  {what:<28} {count}");
+    }
+    if !reply.chunk_list.is_empty() {
+        println!("chunks:");
+        for c in &reply.chunk_list {
+            println!(
+                "  {}  {:<9} held {}/{} (needs {})  {}",
+                c.chunk,
+                c.policy.to_string(),
+                c.held,
+                c.width,
+                c.needed,
+                c.problem
+            );
+        }
+    }
+    if !reply.file_list.is_empty() {
+        println!("files:");
+        for f in &reply.file_list {
+            let path = f.path.as_deref().unwrap_or("(no path found)");
+            println!("  inode {}  {}  {}  {}", f.ino.0, path, f.chunk, f.problem);
+        }
+    }
+    if !reply.piece_list.is_empty() {
+        println!("orphaned pieces:");
+        for (node, piece) in &reply.piece_list {
+            println!("  node {}  {}", node.0, piece);
+        }
+    }
+    if reply.truncated {
+        println!("(lists cut short; --limit shows more, up to 200 of each)");
+    }
+    if !reply.found_problems() {
+        println!("no problems found");
+    }
 }
 
 fn print_repair(reply: &RepairQueueReply) {

@@ -837,6 +837,7 @@ pub fn queued_view(state: &State, queue: &[Candidate], limit: usize) -> Vec<Queu
         .collect()
 }
 
+pub mod fsck;
 mod rebalance;
 #[cfg(test)]
 mod tests;

@@ -57,6 +57,7 @@ mod entries;
 mod inline;
 mod layout;
 pub mod migrate;
+mod walk;
 
 use crate::kv::{Change, Kv, MemStore, Store, prefix_end};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};

@@ -283,6 +283,12 @@ impl Registry {
         });
     }
 
+    /// Pieces inventories list that the map did not place when last
+    /// reconciled (fsck reads them; deletion waits for their grace).
+    pub fn orphans(&self) -> impl Iterator<Item = (NodeId, PieceId)> + '_ {
+        self.orphans.keys().copied()
+    }
+
     /// Adds and removes pieces a heartbeat reported, so the inventory stays
     /// current between full reports.
     pub fn inventory_changes(&mut self, node: NodeId, added: &[PieceId], removed: &[PieceId]) {

@@ -35,8 +35,9 @@ use tessera_proto::ids::InodeId;
 use tessera_proto::ids::{NodeId, PieceId};
 use tessera_proto::lock::WaitLock;
 use tessera_proto::meta::{
-    AddMember, ChunkPlacement, ChunkserverStatus, FileKind, MemberStatus, MetaCall, MetaOp,
-    MetaReply, NamespaceTotals, NodeAdmin, RemoveMember, RepairQueue, StatFs, Status, StatusReply,
+    AddMember, ChunkPlacement, ChunkserverStatus, FSCK_LIST_MAX, FileKind, Fsck, MemberStatus,
+    MetaCall, MetaOp, MetaReply, NamespaceTotals, NodeAdmin, RemoveMember, RepairQueue, StatFs,
+    Status, StatusReply,
 };
 use tessera_proto::rpc::{Call, Service};
 use tessera_proto::session::{
@@ -477,7 +478,7 @@ impl MetaService {
         })
     }
 
-    fn status(&self) -> StatusReply {
+    pub(crate) fn status(&self) -> StatusReply {
         let metrics = self.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership().clone();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
@@ -740,6 +741,13 @@ impl Service for MetaService {
                 let reply = self.node_admin(message).await?;
                 call.respond(&reply, 0).await
             }
+            Fsck::ID => {
+                call.peer()
+                    .require_role(&[Role::Client, Role::Meta], Fsck::NAME)?;
+                let message: Fsck = call.decode()?;
+                let reply = self.fsck(message.limit.min(FSCK_LIST_MAX) as usize).await?;
+                call.respond(&reply, 0).await
+            }
             RepairQueue::ID => {
                 let message: RepairQueue = call.decode()?;
                 self.leader_hint()?;
@@ -795,6 +803,7 @@ impl Service for MetaService {
             RemoveMember::ID => RemoveMember::NAME,
             NodeAdmin::ID => NodeAdmin::NAME,
             RepairQueue::ID => RepairQueue::NAME,
+            Fsck::ID => Fsck::NAME,
             RegisterChunkserver::ID => RegisterChunkserver::NAME,
             Heartbeat::ID => Heartbeat::NAME,
             InventoryReport::ID => InventoryReport::NAME,

@@ -874,6 +874,96 @@ impl Method for RepairQueue {
     type Response = RepairQueueReply;
 }
 
+/// A read-only cross-check of the namespace, the chunk map and the
+/// chunkservers' inventories (leader only: it alone holds the
+/// inventories). It never repairs; repair is the healing loop's.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Fsck {
+    /// Most entries of each list in the reply (at most `FSCK_LIST_MAX`).
+    pub limit: u32,
+}
+
+/// The cap on `Fsck::limit`, so a reply stays well inside one frame.
+pub const FSCK_LIST_MAX: u32 = 200;
+
+/// A chunk fsck found wanting.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsckChunk {
+    pub chunk: ChunkId,
+    pub policy: Policy,
+    /// Pieces on live chunkservers whose inventories list them.
+    pub held: u32,
+    pub width: u32,
+    pub needed: u32,
+    /// `unreadable`, `last margin`, `under-replicated` or `orphaned`.
+    pub problem: String,
+}
+
+/// A file with bytes in a chunk that is unreadable, one failure from loss,
+/// or not in the chunk map at all.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsckFile {
+    pub ino: InodeId,
+    /// A path to it, when one is found cheaply (none for an unlinked file
+    /// kept by open handles, or a name in a vast directory).
+    pub path: Option<String>,
+    pub chunk: ChunkId,
+    /// `unreadable`, `last margin` or `missing from the chunk map`.
+    pub problem: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsckReply {
+    /// Committed chunks checked.
+    pub chunks: u64,
+    /// Extents checked.
+    pub extents: u64,
+    /// False when a live chunkserver has not reported its inventory to
+    /// this leader yet: its pieces are counted as held, unverified.
+    pub inventories_complete: bool,
+    /// Fewer pieces held than the chunk needs to be read.
+    pub unreadable: u64,
+    /// Exactly as many pieces as needed: one more loss loses data.
+    pub last_margin: u64,
+    /// Fewer pieces held than the policy places (includes `last_margin`).
+    pub under_replicated: u64,
+    /// Committed chunks no extent refers to.
+    pub orphaned_chunks: u64,
+    /// Extents pointing at a chunk the map does not hold as committed.
+    pub dangling_extents: u64,
+    /// Pieces chunkservers hold that the map does not place (leftovers of
+    /// deletions and unfinished writes; collected after a grace period).
+    pub orphaned_pieces: u64,
+    /// Files with bytes in unreadable, last-margin or missing chunks.
+    pub files_at_risk: u64,
+    pub chunk_list: Vec<FsckChunk>,
+    pub file_list: Vec<FsckFile>,
+    /// Orphaned pieces: holder and piece.
+    pub piece_list: Vec<(NodeId, PieceId)>,
+    /// The reply lists fewer entries than the counts say.
+    pub truncated: bool,
+}
+
+impl FsckReply {
+    /// Anything worth a non-zero exit.
+    pub fn found_problems(&self) -> bool {
+        self.unreadable
+            + self.under_replicated
+            + self.orphaned_chunks
+            + self.dangling_extents
+            + self.orphaned_pieces
+            + self.files_at_risk
+            > 0
+    }
+}
+
+impl Method for Fsck {
+    const ID: u16 = 232;
+    const NAME: &'static str = "fsck";
+    const IDEMPOTENT: bool = true;
+    type Response = FsckReply;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

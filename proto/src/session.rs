@@ -166,7 +166,9 @@ mod tests {
 
     #[test]
     fn method_ids_are_distinct_from_the_other_metaserver_methods() {
-        use crate::meta::{AddMember, MetaCall, NodeAdmin, RemoveMember, RepairQueue, Status};
+        use crate::meta::{
+            AddMember, Fsck, MetaCall, NodeAdmin, RemoveMember, RepairQueue, Status,
+        };
         let mut ids = vec![
             MetaCall::ID,
             Status::ID,
@@ -174,6 +176,7 @@ mod tests {
             RemoveMember::ID,
             NodeAdmin::ID,
             RepairQueue::ID,
+            Fsck::ID,
             OpenSession::ID,
             RenewSession::ID,
             SessionCall::ID,

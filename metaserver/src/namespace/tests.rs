@@ -1188,6 +1188,41 @@ fn open_unlinked_files_survive_until_released() {
 }
 
 #[test]
+fn fsck_walks_every_extent_in_pages_and_names_files_by_their_parents() {
+    let mut ns = Namespace::new(Policy::Replicas(3), T0);
+    let a = entry(ns.apply(&mkdir_op(InodeId::ROOT, "a"), T0)).ino;
+    let b = entry(ns.apply(&mkdir_op(a, "b"), T0)).ino;
+    for i in 0..30 {
+        create(&mut ns, b, &format!("filler-{i}"));
+    }
+    // Entries are read in name order: "zz" comes after every filler.
+    let f = create(&mut ns, b, "zz");
+    let g = create(&mut ns, InodeId::ROOT, "g");
+    ns.commit_extents(f, &[ext(0, 10, 1, 0), ext(10, 10, 2, 0)], 0, T0)
+        .unwrap();
+    ns.commit_extents(g, &[ext(0, 10, 3, 0)], 0, T0).unwrap();
+    assert_eq!(ns.path_of(f, 1000).as_deref(), Some("/a/b/zz"));
+    assert_eq!(ns.path_of(g, 1000).as_deref(), Some("/g"));
+    assert_eq!(ns.path_of(InodeId::ROOT, 1000).as_deref(), Some("/"));
+    // The name sits past the first 30 entries of b: a budget below that
+    // gives up rather than reading a vast directory.
+    assert_eq!(ns.path_of(f, 10), None);
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = ns.extents_after(after, 2);
+        seen.extend(page.iter().map(|(ino, e)| (*ino, e.chunk.0)));
+        match page.last() {
+            Some((ino, e)) if page.len() == 2 => after = Some((*ino, e.offset)),
+            _ => break,
+        }
+    }
+    let mut want = vec![(f, 1), (f, 2), (g, 3)];
+    want.sort();
+    assert_eq!(seen, want);
+}
+
+#[test]
 fn extents_overlay_and_split() {
     let mut ns = fixture();
     let attr = ns

@@ -4,6 +4,7 @@
 //! queue). What to repair and where is decided in [`crate::healing`].
 
 use super::{MetaService, TOKEN_TTL_MS, now_ns};
+use crate::healing::fsck::Fsck;
 use crate::healing::{Pass, piece_length, queued_view};
 use crate::state::{JobSource, NodeAdminState, RepairJob, State};
 use crate::types::{Applied, Command};
@@ -15,7 +16,7 @@ use tessera_proto::chunk::{
 use tessera_proto::error::{Error, ErrorCode};
 use tessera_proto::ids::{ChunkId, NodeId, PieceId};
 use tessera_proto::meta::{
-    NodeAction, NodeAdmin, NodeAdminReply, Policy, RepairJobInfo, RepairQueueReply,
+    FsckReply, NodeAction, NodeAdmin, NodeAdminReply, Policy, RepairJobInfo, RepairQueueReply,
 };
 use tessera_proto::token::{Capability, Rights, unix_now_ms};
 
@@ -340,6 +341,41 @@ impl MetaService {
             }
         }
         (lost, mapped)
+    }
+
+    /// Walks the chunk map, then every extent, a page at a time, letting
+    /// go of the state between pages so writes go on meanwhile: what was
+    /// read earlier may have changed by the end, as with any online fsck.
+    pub(super) async fn fsck(&self, limit: usize) -> Result<FsckReply, Error> {
+        self.leader_hint()?;
+        let mut fsck = Fsck::new(limit);
+        loop {
+            let done = {
+                let state = self.shared.read();
+                let registry = self.registry();
+                let healing = self.healing();
+                let now = Instant::now();
+                let views = healing.views(&state, &registry, now);
+                fsck.chunks_page(&state, &views, &healing, now)
+            };
+            if done {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        loop {
+            let done = fsck.extents_page(&self.shared.read());
+            if done {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        {
+            let state = self.shared.read();
+            let registry = self.registry();
+            fsck.orphaned_pieces(&state, registry.orphans());
+        }
+        Ok(fsck.report)
     }
 
     pub(super) fn repair_queue(&self, limit: usize) -> RepairQueueReply {
