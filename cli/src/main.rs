@@ -23,7 +23,9 @@ mod transfer;
     about = "Tessera: a distributed file and object store"
 )]
 struct Cli {
-    /// Log level or RUST_LOG-style filter (default: RUST_LOG, else info).
+    /// Log level or RUST_LOG-style filter (default: RUST_LOG, else info
+    /// with openraft, quinn and rustls at warn; `tessera dev`: warn). A
+    /// bare level keeps those dependencies at warn; name them to hear them.
     #[arg(long, global = true, env = "TESSERA_LOG")]
     log_level: Option<String>,
     /// Log one JSON object per line.
@@ -465,7 +467,16 @@ fn run(cli: Cli) -> Result<()> {
         }
         _ => {}
     }
-    tessera_proto::obs::init_tracing(cli.log_level.as_deref(), cli.log_json)?;
+    // `tessera dev` is run by a person at a terminal: its summary comes
+    // first and its components' start-up lines stay out of the way unless
+    // asked for (--log-level or RUST_LOG).
+    let quiet_dev = matches!(cli.command, Command::Dev { .. })
+        && std::env::var_os("RUST_LOG").is_none_or(|v| v.is_empty());
+    let level = cli
+        .log_level
+        .as_deref()
+        .or(quiet_dev.then_some("warn"));
+    tessera_proto::obs::init_tracing(level, cli.log_json)?;
     match cli.command {
         Command::Chunk { .. } | Command::Meta { .. } | Command::Gateway { .. } => {
             unreachable!("handled above")
