@@ -134,6 +134,8 @@ impl Gateway {
         builder.set_access(auth::Access::new(store));
         let service = builder.build();
         let metrics = Arc::new(Metrics::new(registry)?);
+        // Names this gateway process in every response (S3's host id).
+        let host_id: Arc<str> = format!("tessera-{:016x}", rand::random::<u64>()).into();
         let listener = TcpListener::bind(listen).await.map_err(|err| {
             Error::io(
                 &format!("bind the S3 listener {listen} (is it in use?)"),
@@ -158,12 +160,15 @@ impl Gateway {
                 let _ = stream.set_nodelay(true);
                 let service = service.clone();
                 let metrics = metrics.clone();
+                let host_id = host_id.clone();
                 tokio::spawn(async move {
                     let handler =
                         service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
                             let service = service.clone();
                             let metrics = metrics.clone();
+                            let host_id = host_id.clone();
                             async move {
+                                let request_id = format!("{:016X}", rand::random::<u64>());
                                 let info = RequestInfo::default();
                                 request.extensions_mut().insert(info.clone());
                                 let method = request.method().clone();
@@ -193,6 +198,9 @@ impl Gateway {
                                         http::HeaderValue::from_static("close"),
                                     );
                                 }
+                                if let Ok(response) = &mut response {
+                                    stamp_request_id(response, &request_id, &host_id);
+                                }
                                 metrics.in_flight.dec();
                                 let elapsed = started.elapsed();
                                 let status = match &response {
@@ -218,6 +226,7 @@ impl Gateway {
                                     status,
                                     ms = elapsed.as_secs_f64() * 1000.0,
                                     key = %info.access_key().unwrap_or_else(|| "-".into()),
+                                    request_id = %request_id,
                                     "s3 request"
                                 );
                                 response
@@ -253,6 +262,43 @@ impl Gateway {
             tracing::warn!(error = %err, "could not close the gateway's session; it expires");
         }
     }
+}
+
+/// Every response names its request (`x-amz-request-id`) and this
+/// gateway (`x-amz-id-2`), as S3's do, and an error body carries both
+/// (`RequestId`, `HostId`): clients log them with a failure, and the access
+/// log line of the request has the same id. s3s writes the body of the
+/// errors it raises itself (signatures, parsing) without them, so they are
+/// added here; error bodies are small and already whole in memory.
+fn stamp_request_id(response: &mut http::Response<s3s::Body>, request_id: &str, host_id: &str) {
+    let headers = response.headers_mut();
+    for (name, value) in [("x-amz-request-id", request_id), ("x-amz-id-2", host_id)] {
+        if let Ok(value) = http::HeaderValue::from_str(value) {
+            headers.insert(name, value);
+        }
+    }
+    if response.status().as_u16() < 300 {
+        return;
+    }
+    let Some(body) = response.body().bytes() else {
+        return;
+    };
+    const END: &[u8] = b"</Error>";
+    let Some(at) = body.windows(END.len()).rposition(|w| w == END) else {
+        return;
+    };
+    let mut added = Vec::with_capacity(body.len() + 128);
+    added.extend_from_slice(&body[..at]);
+    if !body.windows(11).any(|w| w == b"<RequestId>") {
+        added.extend_from_slice(format!("<RequestId>{request_id}</RequestId>").as_bytes());
+    }
+    added.extend_from_slice(format!("<HostId>{host_id}</HostId>").as_bytes());
+    added.extend_from_slice(&body[at..]);
+    response.headers_mut().insert(
+        http::header::CONTENT_LENGTH,
+        http::HeaderValue::from(added.len()),
+    );
+    *response.body_mut() = s3s::Body::from(added);
 }
 
 /// Raises the open-file limit to its hard maximum: every S3 connection

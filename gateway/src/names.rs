@@ -29,6 +29,10 @@ pub const XATTR_ACL: &str = "user.s3.acl";
 pub const XATTR_UPLOAD_BUCKET: &str = "user.s3.upload.bucket";
 pub const XATTR_UPLOAD_KEY: &str = "user.s3.upload.key";
 pub const XATTR_UPLOAD_INITIATED: &str = "user.s3.upload.initiated";
+/// On an object a multipart upload produced: `UPLOAD_ID ETAG`, so a
+/// CompleteMultipartUpload retried after a lost response gets the same
+/// answer while the object is still the one that upload made.
+pub const XATTR_UPLOAD_COMPLETED: &str = "user.s3.upload.completed";
 
 pub fn error(code: S3ErrorCode, message: impl Into<String>) -> S3Error {
     S3Error::with_message(code, message.into())

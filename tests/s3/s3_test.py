@@ -31,6 +31,7 @@ import datetime
 import faulthandler
 import hashlib
 import http.client as http_client
+import json
 import os
 import random
 import re
@@ -578,6 +579,14 @@ def check_multipart():
     )
     want_etag = multipart_etag(digests)
     eq(done["ETag"], want_etag, "ETag of CompleteMultipartUpload")
+    # a Complete retried after a lost response gets the same answer
+    again = c.complete_multipart_upload(
+        Bucket=b,
+        Key=key,
+        UploadId=uid,
+        MultipartUpload={"Parts": [{"PartNumber": p["PartNumber"], "ETag": p["ETag"]} for p in listed]},
+    )
+    eq(again["ETag"], want_etag, "ETag of a retried CompleteMultipartUpload")
     h = c.head_object(Bucket=b, Key=key)
     eq(h["ContentLength"], PART * MP_PARTS, "size of the completed object")
     eq(h["ETag"], want_etag, "HEAD ETag of the completed object")
@@ -593,6 +602,73 @@ def check_multipart():
     g = c.get_object(Bucket=b, Key=key, Range=f"bytes={PART - 5}-{PART + 4}")
     eq(g["Body"].read(), parts[0][-5:] + parts[1][:5], "range across parts 1 and 2")
     eq(sorted(all_keys(b)), sorted(["other", key]), "keys after completion")
+    # once the key holds another object, the upload is simply gone
+    c.put_object(Bucket=b, Key=key, Body=b"replaced")
+    expect_error(
+        404,
+        "NoSuchUpload",
+        c.complete_multipart_upload,
+        Bucket=b,
+        Key=key,
+        UploadId=uid,
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": listed[0]["ETag"]}]},
+    )
+
+
+@check("object_versions")
+def check_object_versions():
+    """ListObjectVersions on an unversioned bucket: every key once, version null, pages of 1 by both markers"""
+    c = s3()
+    b = new_bucket("ver")
+    keys = ["a", "b/c", "b/d", "e"]
+    for k in keys:
+        c.put_object(Bucket=b, Key=k, Body=k.encode())
+    r = c.list_object_versions(Bucket=b)
+    eq([v["Key"] for v in r.get("Versions", [])], keys, "keys of list_object_versions")
+    for v in r["Versions"]:
+        eq(v["VersionId"], "null", f"VersionId of {v['Key']}")
+        eq(v["IsLatest"], True, f"IsLatest of {v['Key']}")
+        eq(v["ETag"], md5_etag(v["Key"].encode()), f"ETag of {v['Key']}")
+        eq(v["Size"], len(v["Key"]), f"Size of {v['Key']}")
+    eq(r.get("DeleteMarkers", []), [], "delete markers of an unversioned bucket")
+    seen = []
+    kw = {}
+    for _ in range(10):
+        r = c.list_object_versions(Bucket=b, MaxKeys=1, **kw)
+        seen += [v["Key"] for v in r.get("Versions", [])]
+        if not r.get("IsTruncated"):
+            break
+        eq(r["NextVersionIdMarker"], "null", "NextVersionIdMarker")
+        kw = {"KeyMarker": r["NextKeyMarker"], "VersionIdMarker": r["NextVersionIdMarker"]}
+    eq(seen, keys, "keys over pages of 1")
+    r = c.list_object_versions(Bucket=b, Delimiter="/")
+    eq([p["Prefix"] for p in r.get("CommonPrefixes", [])], ["b/"], "prefixes of list_object_versions")
+    out = json.loads(aws("s3api", "list-object-versions", "--bucket", b, "--prefix", "b/").stdout)
+    eq([v["Key"] for v in out.get("Versions", [])], ["b/c", "b/d"], "awscli list-object-versions")
+    expect_error(400, "InvalidArgument", c.list_object_versions, Bucket=b, KeyMarker="a", VersionIdMarker="3HL4kqtJlcpXroDTDmJ")
+
+
+@check("request_ids")
+def check_request_ids():
+    """every answer names its request; error bodies carry RequestId and HostId; a 304 carries the ETag"""
+    c = s3()
+    b = new_bucket("rid")
+    put = c.put_object(Bucket=b, Key="k", Body=b"hello")
+    expect(put["ResponseMetadata"].get("RequestId"), "no request id on a PutObject answer")
+    e = expect_error(404, "NoSuchKey", c.get_object, Bucket=b, Key="missing")
+    rid = e.response["ResponseMetadata"].get("RequestId")
+    expect(rid and re.fullmatch(r"[0-9A-F]{16}", rid), f"request id of a NoSuchKey: {rid!r}")
+    # errors s3s raises itself (an unsigned request) carry them in the body too
+    st, headers, body = http("GET", f"{ENV.endpoint}/{b}/k")
+    expect_http((st, headers, body), 403, "AccessDenied", "anonymous GET")
+    m = re.search(rb"<RequestId>([^<]+)</RequestId>", body)
+    expect(m and m.group(1).decode() == headers.get("x-amz-request-id"), f"RequestId in the body and header: {body!r}")
+    expect(b"<HostId>" in body, f"HostId in an error body: {body!r}")
+    # 304 with its validators
+    etag = put["ETag"]
+    e = expect_error(304, None, c.get_object, Bucket=b, Key="k", IfNoneMatch=etag)
+    eq(e.response["ResponseMetadata"]["HTTPHeaders"].get("etag"), etag, "ETag of a 304")
+    expect(e.response["ResponseMetadata"]["HTTPHeaders"].get("last-modified"), "Last-Modified of a 304")
 
 
 @check("multipart_abort")

@@ -1,0 +1,204 @@
+//! Bucket operations: each bucket is a directory under the root, its
+//! canned ACL kept in an xattr.
+
+use super::*;
+
+impl Gateway {
+    pub(super) async fn handle_list_buckets(
+        &self,
+        _req: S3Request<ListBucketsInput>,
+    ) -> S3Result<S3Response<ListBucketsOutput>> {
+        let entries = self
+            .store
+            .list_dir(InodeId::ROOT, names::XATTR_ACL)
+            .await
+            .map_err(s3_error)?;
+        let buckets = entries
+            .into_iter()
+            .filter(|(entry, attr, _)| {
+                attr.kind == FileKind::Dir && names::is_bucket_name(&entry.name)
+            })
+            .filter_map(|(entry, attr, _)| {
+                Some(Bucket {
+                    name: Some(String::from_utf8(entry.name).ok()?),
+                    creation_date: Some(timestamp(attr.mtime_ns)),
+                    bucket_region: Some(self.region.clone()),
+                })
+            })
+            .collect();
+        Ok(S3Response::new(ListBucketsOutput {
+            buckets: Some(buckets),
+            owner: Some(owner()),
+            ..Default::default()
+        }))
+    }
+
+    pub(super) async fn handle_create_bucket(
+        &self,
+        req: S3Request<CreateBucketInput>,
+    ) -> S3Result<S3Response<CreateBucketOutput>> {
+        let input = req.input;
+        if !names::is_bucket_name(input.bucket.as_bytes()) {
+            return Err(error(
+                S3ErrorCode::InvalidBucketName,
+                format!("{:?} is not a valid bucket name", input.bucket),
+            ));
+        }
+        let acl = match input.acl.as_ref().map(|a| a.as_str()) {
+            None | Some(BucketCannedACL::PRIVATE) => None,
+            Some(BucketCannedACL::PUBLIC_READ) => Some(BucketCannedACL::PUBLIC_READ),
+            Some(other) => {
+                return Err(error(
+                    S3ErrorCode::NotImplemented,
+                    format!("canned ACL {other:?}: only private and public-read are supported"),
+                ));
+            }
+        };
+        let created = self
+            .store
+            .call(MetaOp::Mkdir {
+                parent: InodeId::ROOT,
+                name: input.bucket.as_bytes().to_vec(),
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+            })
+            .await;
+        let attr = match created {
+            Ok(reply) => tessera_client::path::attr_of(reply).map_err(s3_error)?,
+            Err(err) if err.code == ErrorCode::AlreadyExists => {
+                return Err(error(
+                    S3ErrorCode::BucketAlreadyOwnedByYou,
+                    format!("bucket {:?} exists", input.bucket),
+                ));
+            }
+            Err(err) => return Err(s3_error(err)),
+        };
+        if let Some(acl) = acl {
+            self.store
+                .set_xattrs(
+                    attr.ino,
+                    vec![(names::XATTR_ACL.into(), acl.as_bytes().to_vec())],
+                )
+                .await?;
+        }
+        Ok(S3Response::new(CreateBucketOutput {
+            location: Some(format!("/{}", input.bucket)),
+        }))
+    }
+
+    pub(super) async fn handle_delete_bucket(
+        &self,
+        req: S3Request<DeleteBucketInput>,
+    ) -> S3Result<S3Response<DeleteBucketOutput>> {
+        let bucket = req.input.bucket;
+        self.store.bucket(&bucket).await?;
+        match self
+            .store
+            .call(MetaOp::Rmdir {
+                parent: InodeId::ROOT,
+                name: bucket.as_bytes().to_vec(),
+            })
+            .await
+        {
+            Ok(_) => Ok(S3Response::new(DeleteBucketOutput {})),
+            Err(err) if err.code == ErrorCode::NotEmpty => Err(error(
+                S3ErrorCode::BucketNotEmpty,
+                format!(
+                    "bucket {bucket:?} still holds objects (or directories made through the mount)"
+                ),
+            )),
+            Err(err) if err.code == ErrorCode::NotFound => Err(error(
+                S3ErrorCode::NoSuchBucket,
+                format!("bucket {bucket:?} does not exist"),
+            )),
+            Err(err) => Err(s3_error(err)),
+        }
+    }
+
+    pub(super) async fn handle_head_bucket(
+        &self,
+        req: S3Request<HeadBucketInput>,
+    ) -> S3Result<S3Response<HeadBucketOutput>> {
+        self.store.bucket(&req.input.bucket).await?;
+        Ok(S3Response::new(HeadBucketOutput {
+            bucket_region: Some(self.region.clone()),
+            ..Default::default()
+        }))
+    }
+
+    pub(super) async fn handle_get_bucket_location(
+        &self,
+        req: S3Request<GetBucketLocationInput>,
+    ) -> S3Result<S3Response<GetBucketLocationOutput>> {
+        self.store.bucket(&req.input.bucket).await?;
+        let location_constraint = (self.region != "us-east-1")
+            .then(|| BucketLocationConstraint::from(self.region.clone()));
+        Ok(S3Response::new(GetBucketLocationOutput {
+            location_constraint,
+        }))
+    }
+
+    pub(super) async fn handle_put_bucket_acl(
+        &self,
+        req: S3Request<PutBucketAclInput>,
+    ) -> S3Result<S3Response<PutBucketAclOutput>> {
+        let input = req.input;
+        let bucket = self.store.bucket(&input.bucket).await?;
+        let acl = match (
+            input.acl.as_ref().map(|a| a.as_str()),
+            &input.access_control_policy,
+        ) {
+            (Some(acl @ (BucketCannedACL::PRIVATE | BucketCannedACL::PUBLIC_READ)), None) => {
+                acl.to_string()
+            }
+            _ => {
+                return Err(error(
+                    S3ErrorCode::NotImplemented,
+                    "only the canned ACLs private and public-read are supported (x-amz-acl)",
+                ));
+            }
+        };
+        self.store
+            .set_xattrs(
+                bucket.ino,
+                vec![(names::XATTR_ACL.into(), acl.into_bytes())],
+            )
+            .await?;
+        Ok(S3Response::new(PutBucketAclOutput::default()))
+    }
+
+    pub(super) async fn handle_get_bucket_acl(
+        &self,
+        req: S3Request<GetBucketAclInput>,
+    ) -> S3Result<S3Response<GetBucketAclOutput>> {
+        let bucket = self.store.bucket(&req.input.bucket).await?;
+        let all = self.store.xattrs(bucket.ino).await.map_err(s3_error)?;
+        let mut grants = vec![Grant {
+            grantee: Some(Grantee {
+                display_name: Some(OWNER_ID.into()),
+                email_address: None,
+                id: Some(OWNER_ID.into()),
+                type_: Type::from_static(Type::CANONICAL_USER),
+                uri: None,
+            }),
+            permission: Some(Permission::from_static(Permission::FULL_CONTROL)),
+        }];
+        if all.get(names::XATTR_ACL).map(Vec::as_slice) == Some(b"public-read") {
+            grants.push(Grant {
+                grantee: Some(Grantee {
+                    display_name: None,
+                    email_address: None,
+                    id: None,
+                    type_: Type::from_static(Type::GROUP),
+                    uri: Some("http://acs.amazonaws.com/groups/global/AllUsers".into()),
+                }),
+                permission: Some(Permission::from_static(Permission::READ)),
+            });
+        }
+        Ok(S3Response::new(GetBucketAclOutput {
+            grants: Some(grants),
+            owner: Some(owner()),
+        }))
+    }
+}
