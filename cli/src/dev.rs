@@ -189,7 +189,9 @@ pub async fn run(options: DevOptions, stop: impl std::future::Future<Output = ()
 
     let mut metrics_task = None;
     if let Some(addr) = options.metrics_listen {
-        let (bound, task) = tessera_proto::obs::serve_metrics(addr, registry.clone()).await?;
+        let (bound, task) =
+            tessera_proto::obs::serve_http(addr, registry.clone(), Some(meta.status_routes()))
+                .await?;
         metrics_task = Some((bound, task));
     }
 
@@ -237,6 +239,7 @@ pub async fn run(options: DevOptions, stop: impl std::future::Future<Output = ()
     }
     if let Some((bound, _)) = &metrics_task {
         println!("  metrics      http://{bound}/metrics");
+        println!("  status page  http://{bound}/");
     }
     println!("  client config {}", client_toml.display());
     if let Some(path) = &options.mount {

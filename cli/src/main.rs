@@ -472,10 +472,7 @@ fn run(cli: Cli) -> Result<()> {
     // asked for (--log-level or RUST_LOG).
     let quiet_dev = matches!(cli.command, Command::Dev { .. })
         && std::env::var_os("RUST_LOG").is_none_or(|v| v.is_empty());
-    let level = cli
-        .log_level
-        .as_deref()
-        .or(quiet_dev.then_some("warn"));
+    let level = cli.log_level.as_deref().or(quiet_dev.then_some("warn"));
     tessera_proto::obs::init_tracing(level, cli.log_json)?;
     match cli.command {
         Command::Chunk { .. } | Command::Meta { .. } | Command::Gateway { .. } => {

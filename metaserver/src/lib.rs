@@ -16,6 +16,7 @@
 //! - `batcher`: many commands per Raft entry.
 //! - `registry`: leader-side liveness, space, inventories and placement.
 //! - `service`: the RPC service; `server`: configuration and start-up.
+//! - `web`: the status page beside `/metrics`.
 //!
 //! Invariant: the metaserver is never in the data path; it hands out chunk
 //! ids, placements and tokens, and bytes go between clients and chunkservers.
@@ -34,5 +35,6 @@ pub mod sm_store;
 pub mod snapshot;
 pub mod state;
 pub mod types;
+pub mod web;
 
 pub use server::{CompactionSettings, MetaConfig, MetaServer};

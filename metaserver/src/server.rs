@@ -8,6 +8,7 @@ use crate::registry::Registry;
 use crate::service::{MetaService, leader_loop};
 use crate::sm_store::{CF_STATE, StateMachine};
 use crate::types::Raft;
+use crate::web::StatusPage;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -154,6 +155,7 @@ pub struct MetaServer {
     shutdown_tx: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     pub service: Arc<MetaService>,
+    status_page: Arc<StatusPage>,
 }
 
 /// Memtables per column family before a flush: with three families this
@@ -271,7 +273,7 @@ impl MetaServer {
             config.node_id,
             Arc::new(raft_config),
             Network {
-                client,
+                client: client.clone(),
                 contacts: contacts.clone(),
             },
             log_store,
@@ -349,11 +351,19 @@ impl MetaServer {
         }
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let mut tasks = vec![tokio::spawn(leader_loop(service.clone(), shutdown_rx))];
+        let status_page = StatusPage::new(service.clone(), client);
+        let mut tasks = vec![
+            tokio::spawn(leader_loop(service.clone(), shutdown_rx.clone())),
+            tokio::spawn(status_page.clone().sample_loop(shutdown_rx)),
+        ];
         if let Some(metrics_addr) = config.node.metrics_listen {
-            let (bound, task) =
-                tessera_proto::obs::serve_metrics(metrics_addr, registry.clone()).await?;
-            tracing::info!(%bound, "serving metrics at /metrics");
+            let (bound, task) = tessera_proto::obs::serve_http(
+                metrics_addr,
+                registry.clone(),
+                Some(status_page.routes()),
+            )
+            .await?;
+            tracing::info!(%bound, "serving metrics at /metrics and the status page at /");
             tasks.push(task);
         }
         tracing::info!(node = config.node_id, %addr, "metaserver started");
@@ -364,7 +374,14 @@ impl MetaServer {
             shutdown_tx,
             tasks,
             service,
+            status_page,
         })
+    }
+
+    /// The status page's routes, for a process that serves metrics on a
+    /// listener of its own (`tessera dev`).
+    pub fn status_routes(&self) -> tessera_proto::obs::Routes {
+        self.status_page.routes()
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -1,14 +1,17 @@
 //! Observability every daemon shares: the `tracing` subscriber and a
 //! Prometheus endpoint at `/metrics`.
 //!
-//! The HTTP side is a minimal HTTP/1.1 responder: it serves one read-only path
-//! to scrapers, so a web framework would cost more build time than it saves.
-//! Requests are bounded in size and time, and every response closes the
-//! connection.
+//! The HTTP side is a minimal HTTP/1.1 responder: it serves a few read-only
+//! paths (`/metrics`, and a metaserver's status page through [`Routes`]), so a
+//! web framework would cost more build time than it saves. Requests are
+//! bounded in size and time, connections in number, and every response
+//! closes the connection.
 
 use crate::error::{Error, ErrorCode};
+use futures_util::future::BoxFuture;
 use prometheus::{Encoder, Registry, TextEncoder};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -70,6 +73,51 @@ fn filter_for(level: &str) -> String {
 
 const REQUEST_MAX_BYTES: usize = 8 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections answered at once: a scraper and a few browsers need far
+/// fewer, and a flood then waits in the kernel's backlog instead of costing
+/// a task (and a status render) each.
+const CONNECTIONS_MAX: usize = 32;
+
+/// One answer of a route.
+pub struct HttpResponse {
+    /// Status line after the version, e.g. `200 OK`.
+    pub status: &'static str,
+    pub content_type: &'static str,
+    /// Extra header lines (name, value); values must not hold CR or LF.
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn ok(content_type: &'static str, body: impl Into<Vec<u8>>) -> HttpResponse {
+        HttpResponse {
+            status: "200 OK",
+            content_type,
+            headers: Vec::new(),
+            body: body.into(),
+        }
+    }
+
+    fn text(status: &'static str, body: &str) -> HttpResponse {
+        HttpResponse {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            headers: Vec::new(),
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> HttpResponse {
+        self.headers.push((name, value.into()));
+        self
+    }
+}
+
+/// Paths served beside `/metrics`: given a GET's path (query string cut
+/// off), its answer, or `None` for a 404. The metaserver passes its status
+/// page here; chunkservers and the gateway pass none and serve only
+/// `/metrics`. Each answer must finish within the request timeout (5 s).
+pub type Routes = Arc<dyn Fn(&str) -> Option<BoxFuture<'static, HttpResponse>> + Send + Sync>;
 
 /// Serves `registry` at `http://addr/metrics` until the task is aborted.
 /// Returns the bound address (useful with port 0) and the server task.
@@ -77,14 +125,27 @@ pub async fn serve_metrics(
     addr: SocketAddr,
     registry: Registry,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), Error> {
+    serve_http(addr, registry, None).await
+}
+
+/// [`serve_metrics`] plus whatever `routes` answers.
+pub async fn serve_http(
+    addr: SocketAddr,
+    registry: Registry,
+    routes: Option<Routes>,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), Error> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|err| Error::io(&format!("bind metrics listener {addr}"), &err))?;
     let local = listener
         .local_addr()
         .map_err(|err| Error::io("read metrics listener address", &err))?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
     let task = tokio::spawn(async move {
         loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
             let (stream, _) = match listener.accept().await {
                 Ok(accepted) => accepted,
                 Err(err) => {
@@ -94,15 +155,25 @@ pub async fn serve_metrics(
                 }
             };
             let registry = registry.clone();
+            let routes = routes.clone();
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, &registry)).await;
+                let _ = tokio::time::timeout(
+                    REQUEST_TIMEOUT,
+                    answer(stream, &registry, routes.as_ref()),
+                )
+                .await;
+                drop(slot);
             });
         }
     });
     Ok((local, task))
 }
 
-async fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<()> {
+async fn answer(
+    mut stream: TcpStream,
+    registry: &Registry,
+    routes: Option<&Routes>,
+) -> std::io::Result<()> {
     let mut request = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     while !request.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -112,64 +183,74 @@ async fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<(
         }
         request.extend_from_slice(&buf[..n]);
         if request.len() > REQUEST_MAX_BYTES {
-            return respond(
-                &mut stream,
-                "431 Request Header Fields Too Large",
-                "text/plain",
-                b"request too large\n",
-            )
-            .await;
+            let response =
+                HttpResponse::text("431 Request Header Fields Too Large", "request too large\n");
+            return respond(&mut stream, response, true).await;
         }
     }
     let line = request.split(|&b| b == b'\r').next().unwrap_or_default();
     let mut parts = line.split(|&b| b == b' ');
     let method = parts.next().unwrap_or_default();
-    let path = parts.next().unwrap_or_default();
+    let target = parts.next().unwrap_or_default();
+    let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+    let with_body = method != b"HEAD";
     if method != b"GET" && method != b"HEAD" {
-        return respond(
-            &mut stream,
-            "405 Method Not Allowed",
-            "text/plain",
-            b"only GET is served\n",
-        )
-        .await;
+        let response = HttpResponse::text("405 Method Not Allowed", "only GET is served\n");
+        return respond(&mut stream, response, true).await;
     }
-    if path != b"/metrics" {
-        return respond(
-            &mut stream,
-            "404 Not Found",
-            "text/plain",
-            b"metrics are at /metrics\n",
-        )
-        .await;
-    }
+    let response = if path == b"/metrics" {
+        metrics(registry)
+    } else {
+        let routed = match (routes, std::str::from_utf8(path)) {
+            (Some(routes), Ok(path)) => routes(path),
+            _ => None,
+        };
+        match routed {
+            Some(future) => future.await,
+            None => HttpResponse::text("404 Not Found", "metrics are at /metrics\n"),
+        }
+    };
+    respond(&mut stream, response, with_body).await
+}
+
+fn metrics(registry: &Registry) -> HttpResponse {
     let mut body = Vec::new();
     let encoder = TextEncoder::new();
-    if let Err(err) = encoder.encode(&registry.gather(), &mut body) {
-        let message = format!("encode metrics: {err}\n");
-        return respond(
-            &mut stream,
+    match encoder.encode(&registry.gather(), &mut body) {
+        Ok(()) => HttpResponse {
+            status: "200 OK",
+            content_type: prometheus::TEXT_FORMAT,
+            headers: Vec::new(),
+            body,
+        },
+        Err(err) => HttpResponse::text(
             "500 Internal Server Error",
-            "text/plain",
-            message.as_bytes(),
-        )
-        .await;
+            &format!("encode metrics: {err}\n"),
+        ),
     }
-    respond(&mut stream, "200 OK", encoder.format_type(), &body).await
 }
 
 async fn respond(
     stream: &mut TcpStream,
-    status: &str,
-    content_type: &str,
-    body: &[u8],
+    response: HttpResponse,
+    with_body: bool,
 ) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
+    let mut head = format!(
+        "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n",
+        response.status,
+        response.content_type,
+        response.body.len()
     );
+    for (name, value) in &response.headers {
+        if !value.contains(['\r', '\n']) {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+    }
+    head.push_str("\r\n");
     stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body).await?;
+    if with_body {
+        stream.write_all(&response.body).await?;
+    }
     stream.shutdown().await
 }
 
@@ -224,6 +305,58 @@ mod tests {
         );
         let huge = format!(
             "GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n",
+            "a".repeat(REQUEST_MAX_BYTES)
+        );
+        assert!(get(addr, &huge).await.starts_with("HTTP/1.1 431"));
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn routes_answer_their_paths_and_the_rest_stays_refused() {
+        let routes: Routes = Arc::new(|path: &str| {
+            let page: BoxFuture<'static, HttpResponse> = Box::pin(async {
+                HttpResponse::ok("text/html; charset=utf-8", "<p>status</p>")
+                    .with_header("X-Test", "yes")
+                    .with_header("X-Split", "a\r\nInjected: 1")
+            });
+            (path == "/").then_some(page)
+        });
+        let (addr, task) = serve_http(
+            "127.0.0.1:0".parse().unwrap(),
+            Registry::new(),
+            Some(routes),
+        )
+        .await
+        .unwrap();
+
+        let page = get(addr, "GET / HTTP/1.1\r\n\r\n").await;
+        assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+        assert!(page.ends_with("<p>status</p>"), "{page}");
+        assert!(page.contains("\r\nX-Test: yes\r\n"), "{page}");
+        assert!(!page.contains("Injected"), "{page}");
+        let query = get(addr, "GET /?refresh=1 HTTP/1.1\r\n\r\n").await;
+        assert!(query.starts_with("HTTP/1.1 200 OK"), "{query}");
+        let head = get(addr, "HEAD / HTTP/1.1\r\n\r\n").await;
+        assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+        assert!(head.contains("Content-Length: 13\r\n"), "{head}");
+        assert!(head.ends_with("\r\n\r\n"), "{head}");
+        assert!(
+            get(addr, "GET /metrics HTTP/1.1\r\n\r\n")
+                .await
+                .starts_with("HTTP/1.1 200 OK")
+        );
+        assert!(
+            get(addr, "GET /elsewhere HTTP/1.1\r\n\r\n")
+                .await
+                .starts_with("HTTP/1.1 404")
+        );
+        assert!(
+            get(addr, "POST / HTTP/1.1\r\n\r\n")
+                .await
+                .starts_with("HTTP/1.1 405")
+        );
+        let huge = format!(
+            "GET / HTTP/1.1\r\nX: {}\r\n\r\n",
             "a".repeat(REQUEST_MAX_BYTES)
         );
         assert!(get(addr, &huge).await.starts_with("HTTP/1.1 431"));

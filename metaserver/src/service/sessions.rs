@@ -132,7 +132,7 @@ impl MetaService {
         Ok(())
     }
 
-    pub(super) fn list_sessions(&self) -> Result<Vec<SessionStatus>, Error> {
+    pub(crate) fn list_sessions(&self) -> Result<Vec<SessionStatus>, Error> {
         self.leader_hint()?;
         let now = Instant::now();
         let state = self.shared.read();
