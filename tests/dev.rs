@@ -12,6 +12,15 @@ use tessera_proto::ids::InodeId;
 use tessera_proto::meta::{MetaOp, MetaReply, Policy};
 
 fn start_dev(dir: &std::path::Path, port: u16, metrics: u16) -> std::process::Child {
+    start_dev_with(dir, port, metrics, &[])
+}
+
+fn start_dev_with(
+    dir: &std::path::Path,
+    port: u16,
+    metrics: u16,
+    extra: &[&str],
+) -> std::process::Child {
     let mut child = Command::new(common::tessera_bin())
         .args(["dev", "--data"])
         .arg(dir)
@@ -21,6 +30,7 @@ fn start_dev(dir: &std::path::Path, port: u16, metrics: u16) -> std::process::Ch
             "--metrics-listen",
             &format!("127.0.0.1:{metrics}"),
         ])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -193,4 +203,84 @@ async fn dev_runs_a_cluster_and_keeps_it_across_restarts() {
         String::from_utf8_lossy(&again.stderr)
     );
     interrupt(dev);
+}
+
+/// Metric names (`tessera_...`) named in the alert rules and the Grafana
+/// dashboard under deploy/.
+fn deployed_metric_names() -> std::collections::BTreeSet<String> {
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let mut names = std::collections::BTreeSet::new();
+    for file in ["prometheus/tessera.rules.yml", "grafana/tessera.json"] {
+        let text = std::fs::read_to_string(deploy.join(file))
+            .unwrap_or_else(|e| panic!("read deploy/{file}: {e}"));
+        let bytes = text.as_bytes();
+        let mut at = 0;
+        while let Some(found) = text[at..].find("tessera_") {
+            let start = at + found;
+            let before = start.checked_sub(1).map(|i| bytes[i]);
+            let mut end = start;
+            while end < bytes.len()
+                && (bytes[end].is_ascii_lowercase()
+                    || bytes[end].is_ascii_digit()
+                    || bytes[end] == b'_')
+            {
+                end += 1;
+            }
+            // A name, not the tail of another word.
+            if !before.is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                names.insert(text[start..end].to_string());
+            }
+            at = end;
+        }
+    }
+    names
+}
+
+/// Every metric the alert rules and the dashboard in deploy/ name is on a
+/// running cluster's `/metrics` once the cluster has done what makes each
+/// series exist (a file written, an S3 request, a drain, a session).
+#[test]
+fn every_metric_the_alerts_and_the_dashboard_name_is_served() {
+    let names = deployed_metric_names();
+    assert!(names.len() > 20, "too few metric names found: {names:?}");
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("data");
+    let (port, metrics, s3) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let dev = start_dev_with(&dir, port, metrics, &["--s3", &format!("127.0.0.1:{s3}")]);
+    let local = root.path().join("local");
+    std::fs::write(&local, common::pattern(3, 3 << 20)).unwrap();
+    cli(&dir, &["put", local.to_str().unwrap(), "/file"]);
+    cli(&dir, &["admin", "node", "drain", "3"]);
+    {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", s3)).expect("connect S3");
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .expect("S3 request");
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    }
+    let addr = format!("127.0.0.1:{metrics}").parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let missing = loop {
+        let text = common::scrape(addr);
+        let missing: Vec<&String> = names
+            .iter()
+            .filter(|name| !text.contains(&format!("\n{name}")))
+            .collect();
+        if missing.is_empty() || std::time::Instant::now() > deadline {
+            break missing.into_iter().cloned().collect::<Vec<_>>();
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    interrupt(dev);
+    assert!(
+        missing.is_empty(),
+        "named in deploy/ but not served: {missing:?}"
+    );
 }

@@ -21,6 +21,7 @@ pub struct ChunkMetrics {
     pub quarantined: IntCounter,
     pub pieces: IntGauge,
     pub disk_free_bytes: IntGaugeVec,
+    pub disk_capacity_bytes: IntGaugeVec,
     pub scrub_bytes: IntCounter,
     pub scrub_pieces: IntCounter,
     pub scrub_passes: IntCounter,
@@ -84,6 +85,13 @@ impl ChunkMetrics {
                 ),
                 &["disk"],
             )?,
+            disk_capacity_bytes: IntGaugeVec::new(
+                opts(
+                    "tessera_chunk_disk_capacity_bytes",
+                    "Size of each data directory's file system, capped by its capacity_bytes (the denominator of a disk-full alert)",
+                ),
+                &["disk"],
+            )?,
             scrub_bytes: IntCounter::with_opts(opts(
                 "tessera_chunk_scrub_bytes_total",
                 "Bytes re-verified by the scrubber",
@@ -139,6 +147,14 @@ impl ChunkMetrics {
                 metrics.repair_jobs.with_label_values(&[kind, result]);
             }
         }
+        // Every job counter exists from the start at 0, so a rate or an
+        // alert over it has a series before the first job.
+        for kind in ["copy", "rebuild"] {
+            for result in ["ok", "error"] {
+                metrics.repair_jobs.with_label_values(&[kind, result]);
+            }
+            metrics.repair_bytes.with_label_values(&[kind]);
+        }
         registry.register(Box::new(metrics.bytes_written.clone()))?;
         registry.register(Box::new(metrics.bytes_read.clone()))?;
         registry.register(Box::new(metrics.pieces_written.clone()))?;
@@ -149,6 +165,7 @@ impl ChunkMetrics {
         registry.register(Box::new(metrics.quarantined.clone()))?;
         registry.register(Box::new(metrics.pieces.clone()))?;
         registry.register(Box::new(metrics.disk_free_bytes.clone()))?;
+        registry.register(Box::new(metrics.disk_capacity_bytes.clone()))?;
         registry.register(Box::new(metrics.scrub_bytes.clone()))?;
         registry.register(Box::new(metrics.scrub_pieces.clone()))?;
         registry.register(Box::new(metrics.scrub_passes.clone()))?;

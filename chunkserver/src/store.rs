@@ -327,11 +327,16 @@ impl Store {
         let count = self.lock().sealed.len();
         self.metrics.pieces.set(count as i64);
         for disk in &self.disks {
-            if let Ok((_, free)) = disk.space() {
+            if let Ok((capacity, free)) = disk.space() {
+                let label = disk.root.display().to_string();
                 self.metrics
                     .disk_free_bytes
-                    .with_label_values(&[&disk.root.display().to_string()])
+                    .with_label_values(&[&label])
                     .set(free as i64);
+                self.metrics
+                    .disk_capacity_bytes
+                    .with_label_values(&[&label])
+                    .set(capacity as i64);
             }
         }
     }

@@ -20,6 +20,9 @@ pub struct MetaMetrics {
     pub under_replicated: IntGauge,
     pub pieces_reported: IntCounter,
     pub chunks_by_margin: IntGaugeVec,
+    pub chunks_endangered: IntGauge,
+    pub chunkserver_state: IntGaugeVec,
+    pub apply_seconds: Histogram,
     pub repair_jobs: IntCounterVec,
     pub repair_bytes: IntCounterVec,
     pub repair_queue: IntGauge,
@@ -147,11 +150,41 @@ impl MetaMetrics {
                 "tessera_meta_lock_waiters",
                 "Blocked lock requests queued on the leader (leader only)",
             ))?,
+            chunks_endangered: IntGauge::with_opts(opts(
+                "tessera_meta_chunks_endangered",
+                "Committed chunks with exactly the pieces needed to read them, below their policy's width: one more loss loses data (leader only)",
+            ))?,
+            chunkserver_state: IntGaugeVec::new(
+                opts(
+                    "tessera_meta_chunkserver_state",
+                    "1 for each registered chunkserver's state: up, suspect, down, drained or removed (leader only)",
+                ),
+                &["node", "name", "state"],
+            )?,
+            apply_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "tessera_meta_raft_apply_seconds",
+                    "Time to apply one batch of committed Raft entries to the state",
+                )
+                .const_label("server", server)
+                .buckets(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    1.0,
+                ]),
+            )?,
             orphaned_inodes: IntGauge::with_opts(opts(
                 "tessera_meta_orphaned_inodes",
                 "Unlinked files kept by open handles, deleted at their last close or their holders' session end (leader only)",
             ))?,
         };
+        // Every job counter exists from the start at 0, so a rate or an
+        // alert over it has a series before the first job.
+        for kind in ["repair", "drain", "rebalance"] {
+            for result in ["started", "ok", "partial", "failed", "cancelled"] {
+                metrics.repair_jobs.with_label_values(&[kind, result]);
+            }
+            metrics.repair_bytes.with_label_values(&[kind]);
+        }
         registry.register(Box::new(metrics.term.clone()))?;
         registry.register(Box::new(metrics.is_leader.clone()))?;
         registry.register(Box::new(metrics.last_log_index.clone()))?;
@@ -174,6 +207,9 @@ impl MetaMetrics {
         registry.register(Box::new(metrics.locks_held.clone()))?;
         registry.register(Box::new(metrics.lock_waiters.clone()))?;
         registry.register(Box::new(metrics.orphaned_inodes.clone()))?;
+        registry.register(Box::new(metrics.chunks_endangered.clone()))?;
+        registry.register(Box::new(metrics.chunkserver_state.clone()))?;
+        registry.register(Box::new(metrics.apply_seconds.clone()))?;
         Ok(metrics)
     }
 

@@ -248,8 +248,9 @@ impl MetaServer {
             .map(|d| d.as_nanos() as i64)
             .unwrap_or(0);
         let record_cache = usize::try_from(config.cache_bytes / 2).unwrap_or(usize::MAX);
-        let state_machine = StateMachine::open(db.clone(), policy, now, record_cache)
+        let mut state_machine = StateMachine::open(db.clone(), policy, now, record_cache)
             .map_err(|e| Error::new(ErrorCode::Io, format!("load state: {e}")))?;
+        state_machine.apply_seconds = Some(metrics.apply_seconds.clone());
         let shared = state_machine.shared.clone();
 
         let bind_any = config.node.client_bind_addr();

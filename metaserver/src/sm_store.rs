@@ -68,6 +68,9 @@ pub struct StateMachine {
     cache_bytes: usize,
     default_policy: Policy,
     pub shared: Arc<Shared>,
+    /// Time to apply each batch of committed entries, when the server
+    /// registered metrics.
+    pub apply_seconds: Option<prometheus::Histogram>,
 }
 
 fn sm_error(verb: ErrorVerb, err: impl std::fmt::Display) -> StorageError {
@@ -127,6 +130,7 @@ impl StateMachine {
             db,
             cache_bytes,
             default_policy,
+            apply_seconds: None,
             shared: Arc::new(Shared {
                 state: RwLock::new(state),
                 applied: RwLock::new(applied),
@@ -307,6 +311,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
+        let _timer = self.apply_seconds.as_ref().map(|h| h.start_timer());
         let mut replies = Vec::new();
         let mut applied = self
             .shared

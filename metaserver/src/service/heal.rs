@@ -444,6 +444,14 @@ pub(super) async fn heal(service: &MetaService, now: Instant) {
                     .with_label_values(&[&margin.to_string()])
                     .set(*count as i64);
             }
+            m.chunks_endangered.set(assessment.status.endangered as i64);
+            m.chunkserver_state.reset();
+            for (node, view) in &views {
+                let name = state.nodes.get(node).map_or("", |r| r.name.as_str());
+                m.chunkserver_state
+                    .with_label_values(&[&node.0.to_string(), name, view.state_name()])
+                    .set(1);
+            }
             m.drain_remaining.reset();
             for (node, view) in &views {
                 if view.admin == Some(NodeAdminState::Drained) {
