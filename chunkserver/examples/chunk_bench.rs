@@ -58,6 +58,7 @@ fn config(dir: &Path) -> ChunkConfig {
             name: "bench-chunk".into(),
             listen: "127.0.0.1:0".parse().expect("addr"),
             metrics_listen: None,
+            metrics_token_file: None,
             tls: TlsFiles {
                 ca: ca.join("ca.crt"),
                 cert: ca.join("bench-chunk.crt"),

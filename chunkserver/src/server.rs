@@ -159,8 +159,12 @@ impl ChunkServer {
             shutdown_rx,
         )));
         if let Some(metrics_addr) = config.node.metrics_listen {
+            let access = tessera_proto::obs::HttpAccess::for_listener(
+                metrics_addr,
+                config.node.metrics_token_file.as_deref(),
+            )?;
             let (bound, task) =
-                tessera_proto::obs::serve_metrics(metrics_addr, registry.clone()).await?;
+                tessera_proto::obs::serve_metrics(metrics_addr, registry.clone(), access).await?;
             tracing::info!(%bound, "serving metrics at /metrics");
             tasks.push(task);
         }

@@ -192,6 +192,7 @@ async fn start_node(root: &Path, ca: &Path, name: &str, meta: SocketAddr) -> Nod
             name: name.into(),
             listen: "127.0.0.1:0".parse().unwrap(),
             metrics_listen: None,
+            metrics_token_file: None,
             tls: tls_files(ca, name),
             log: LogConfig::default(),
             transport: TransportOptions::loopback(),

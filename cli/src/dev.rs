@@ -90,6 +90,7 @@ fn node(name: &str, listen: SocketAddr, ca: &Path) -> NodeConfig {
         name: name.into(),
         listen,
         metrics_listen: None,
+        metrics_token_file: None,
         tls: tls_files(ca, name),
         log: LogConfig::default(),
         transport: TransportOptions::loopback(),
@@ -189,9 +190,15 @@ pub async fn run(options: DevOptions, stop: impl std::future::Future<Output = ()
 
     let mut metrics_task = None;
     if let Some(addr) = options.metrics_listen {
-        let (bound, task) =
-            tessera_proto::obs::serve_http(addr, registry.clone(), Some(meta.status_routes()))
-                .await?;
+        // No token in dev: its listener must be on loopback.
+        let access = tessera_proto::obs::HttpAccess::for_listener(addr, None)?;
+        let (bound, task) = tessera_proto::obs::serve_http(
+            addr,
+            registry.clone(),
+            Some(meta.status_routes()),
+            access,
+        )
+        .await?;
         metrics_task = Some((bound, task));
     }
 

@@ -316,7 +316,13 @@ fn run_gateway(
         .await
         .context("start the S3 gateway")?;
         let metrics = match config.metrics_listen {
-            Some(addr) => Some(tessera_proto::obs::serve_metrics(addr, registry).await?),
+            Some(addr) => {
+                let access = tessera_proto::obs::HttpAccess::for_listener(
+                    addr,
+                    config.metrics_token_file.as_deref(),
+                )?;
+                Some(tessera_proto::obs::serve_metrics(addr, registry, access).await?)
+            }
             None => None,
         };
         println!("S3 gateway listening on {}", gateway.addr());

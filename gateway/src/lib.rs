@@ -40,6 +40,10 @@ pub struct GatewayConfig {
     /// Prometheus endpoint (`/metrics`); none when unset.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// A file holding the token requests to `metrics_listen` must carry;
+    /// required when the listener is not on loopback.
+    #[serde(default)]
+    pub metrics_token_file: Option<std::path::PathBuf>,
     /// The region clients sign for.
     #[serde(default = "default_region")]
     pub region: String,

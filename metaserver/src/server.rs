@@ -358,10 +358,15 @@ impl MetaServer {
             tokio::spawn(status_page.clone().sample_loop(shutdown_rx)),
         ];
         if let Some(metrics_addr) = config.node.metrics_listen {
+            let access = tessera_proto::obs::HttpAccess::for_listener(
+                metrics_addr,
+                config.node.metrics_token_file.as_deref(),
+            )?;
             let (bound, task) = tessera_proto::obs::serve_http(
                 metrics_addr,
                 registry.clone(),
                 Some(status_page.routes()),
+                access,
             )
             .await?;
             tracing::info!(%bound, "serving metrics at /metrics and the status page at /");

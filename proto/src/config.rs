@@ -263,9 +263,15 @@ pub struct NodeConfig {
     pub name: String,
     /// QUIC listen address.
     pub listen: std::net::SocketAddr,
-    /// Prometheus endpoint (`/metrics`); none when unset.
+    /// Prometheus endpoint (`/metrics`, and a metaserver's status page at
+    /// `/`); none when unset.
     #[serde(default)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// A file holding the token requests to `metrics_listen` must carry
+    /// (`Authorization: Bearer TOKEN`). Required when the listener is not
+    /// on loopback.
+    #[serde(default)]
+    pub metrics_token_file: Option<std::path::PathBuf>,
     pub tls: TlsFiles,
     #[serde(default)]
     pub log: LogConfig,

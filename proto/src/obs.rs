@@ -11,6 +11,7 @@ use crate::error::{Error, ErrorCode};
 use futures_util::future::BoxFuture;
 use prometheus::{Encoder, Registry, TextEncoder};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -124,8 +125,105 @@ pub type Routes = Arc<dyn Fn(&str) -> Option<BoxFuture<'static, HttpResponse>> +
 pub async fn serve_metrics(
     addr: SocketAddr,
     registry: Registry,
+    access: HttpAccess,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), Error> {
-    serve_http(addr, registry, None).await
+    serve_http(addr, registry, None, access).await
+}
+
+/// Who may read an HTTP listener (metrics, the status page): anyone who
+/// can reach it on loopback, otherwise only requests carrying a token. The
+/// pages are read-only, but they map the cluster (addresses, names, load),
+/// which is not for every host on the network.
+#[derive(Clone, Debug, Default)]
+pub struct HttpAccess {
+    token: Option<Arc<str>>,
+}
+
+/// Shorter tokens are refused: they could be guessed.
+const TOKEN_MIN_BYTES: usize = 16;
+
+impl HttpAccess {
+    /// No token: for listeners on loopback.
+    pub fn open() -> HttpAccess {
+        HttpAccess::default()
+    }
+
+    /// The access a listener on `addr` gets: the token in `token_file`
+    /// when one is named, none on loopback, and a refusal to start for a
+    /// listener other hosts can reach without one.
+    pub fn for_listener(addr: SocketAddr, token_file: Option<&Path>) -> Result<HttpAccess, Error> {
+        let Some(path) = token_file else {
+            if addr.ip().is_loopback() {
+                return Ok(HttpAccess::open());
+            }
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "metrics listener {addr} is reachable from other hosts: set metrics_token_file \
+                     (a file holding the token Prometheus sends as a bearer token) or listen on 127.0.0.1"
+                ),
+            ));
+        };
+        let text = std::fs::read_to_string(path).map_err(|err| {
+            Error::io(&format!("read metrics_token_file {}", path.display()), &err)
+        })?;
+        let token = text.trim();
+        if token.len() < TOKEN_MIN_BYTES || token.contains(char::is_whitespace) {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "metrics_token_file {} must hold one token of at least {TOKEN_MIN_BYTES} characters \
+                     without spaces (for example `openssl rand -hex 32`)",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(HttpAccess {
+            token: Some(token.into()),
+        })
+    }
+
+    /// Whether a request with this head may be answered: `Authorization:
+    /// Bearer TOKEN` (Prometheus, scripts) or `Basic` with the token as the
+    /// password (a browser's login prompt, any user name).
+    fn allows(&self, head: &[u8]) -> bool {
+        use base64::Engine;
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let Ok(head) = std::str::from_utf8(head) else {
+            return false;
+        };
+        head.split("\r\n").skip(1).any(|line| {
+            let Some((name, value)) = line.split_once(':') else {
+                return false;
+            };
+            if !name.trim().eq_ignore_ascii_case("authorization") {
+                return false;
+            }
+            let value = value.trim();
+            if let Some(given) = value.strip_prefix("Bearer ") {
+                return same(given.trim().as_bytes(), token.as_bytes());
+            }
+            let Some(encoded) = value.strip_prefix("Basic ") else {
+                return false;
+            };
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded.trim())
+                .ok()
+                .and_then(|pair| {
+                    let at = pair.iter().position(|&b| b == b':')?;
+                    Some(same(&pair[at + 1..], token.as_bytes()))
+                })
+                .unwrap_or(false)
+        })
+    }
+}
+
+/// Compares without stopping at the first difference, so the time taken
+/// says nothing about how much of a guess was right.
+fn same(given: &[u8], token: &[u8]) -> bool {
+    given.len() == token.len() && given.iter().zip(token).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0
 }
 
 /// [`serve_metrics`] plus whatever `routes` answers.
@@ -133,6 +231,7 @@ pub async fn serve_http(
     addr: SocketAddr,
     registry: Registry,
     routes: Option<Routes>,
+    access: HttpAccess,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), Error> {
     let listener = TcpListener::bind(addr)
         .await
@@ -156,10 +255,11 @@ pub async fn serve_http(
             };
             let registry = registry.clone();
             let routes = routes.clone();
+            let access = access.clone();
             tokio::spawn(async move {
                 let _ = tokio::time::timeout(
                     REQUEST_TIMEOUT,
-                    answer(stream, &registry, routes.as_ref()),
+                    answer(stream, &registry, routes.as_ref(), &access),
                 )
                 .await;
                 drop(slot);
@@ -173,6 +273,7 @@ async fn answer(
     mut stream: TcpStream,
     registry: &Registry,
     routes: Option<&Routes>,
+    access: &HttpAccess,
 ) -> std::io::Result<()> {
     let mut request = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
@@ -187,6 +288,16 @@ async fn answer(
                 HttpResponse::text("431 Request Header Fields Too Large", "request too large\n");
             return respond(&mut stream, response, true).await;
         }
+    }
+    if !access.allows(&request) {
+        let mut response = HttpResponse::text(
+            "401 Unauthorized",
+            "this listener wants its token: Authorization: Bearer TOKEN (or Basic with the token as password)\n",
+        );
+        response
+            .headers
+            .push(("WWW-Authenticate", "Basic realm=\"tessera\"".to_string()));
+        return respond(&mut stream, response, true).await;
     }
     let line = request.split(|&b| b == b'\r').next().unwrap_or_default();
     let mut parts = line.split(|&b| b == b' ');
@@ -286,9 +397,10 @@ mod tests {
         let counter = prometheus::IntCounter::new("tessera_test_total", "a test counter").unwrap();
         registry.register(Box::new(counter.clone())).unwrap();
         counter.inc_by(3);
-        let (addr, task) = serve_metrics("127.0.0.1:0".parse().unwrap(), registry)
-            .await
-            .unwrap();
+        let (addr, task) =
+            serve_metrics("127.0.0.1:0".parse().unwrap(), registry, HttpAccess::open())
+                .await
+                .unwrap();
 
         let ok = get(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert!(ok.starts_with("HTTP/1.1 200 OK"), "{ok}");
@@ -312,6 +424,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_listener_with_a_token_answers_only_requests_that_carry_it() {
+        use base64::Engine;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "0123456789abcdef0123\n").unwrap();
+        let wide: SocketAddr = "0.0.0.0:9300".parse().unwrap();
+        // Reachable from other hosts: a token or nothing.
+        let refused = HttpAccess::for_listener(wide, None).unwrap_err();
+        assert!(refused.message.contains("metrics_token_file"), "{refused}");
+        std::fs::write(dir.path().join("short"), "abc").unwrap();
+        assert!(HttpAccess::for_listener(wide, Some(&dir.path().join("short"))).is_err());
+        assert!(HttpAccess::for_listener(wide, Some(&dir.path().join("none"))).is_err());
+        let access = HttpAccess::for_listener(wide, Some(&file)).unwrap();
+        let (addr, task) = serve_metrics("127.0.0.1:0".parse().unwrap(), Registry::new(), access)
+            .await
+            .unwrap();
+        let without = get(addr, "GET /metrics HTTP/1.1\r\n\r\n").await;
+        assert!(without.starts_with("HTTP/1.1 401"), "{without}");
+        assert!(without.contains("WWW-Authenticate: Basic"), "{without}");
+        let wrong = get(
+            addr,
+            "GET /metrics HTTP/1.1\r\nAuthorization: Bearer 0123456789abcdef0124\r\n\r\n",
+        )
+        .await;
+        assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
+        let bearer = get(
+            addr,
+            "GET /metrics HTTP/1.1\r\nauthorization: Bearer 0123456789abcdef0123\r\n\r\n",
+        )
+        .await;
+        assert!(bearer.starts_with("HTTP/1.1 200"), "{bearer}");
+        let basic = base64::engine::general_purpose::STANDARD.encode("admin:0123456789abcdef0123");
+        let browser = get(
+            addr,
+            &format!("GET /metrics HTTP/1.1\r\nAuthorization: Basic {basic}\r\n\r\n"),
+        )
+        .await;
+        assert!(browser.starts_with("HTTP/1.1 200"), "{browser}");
+        task.abort();
+    }
+
+    #[tokio::test]
     async fn routes_answer_their_paths_and_the_rest_stays_refused() {
         let routes: Routes = Arc::new(|path: &str| {
             let page: BoxFuture<'static, HttpResponse> = Box::pin(async {
@@ -325,6 +479,7 @@ mod tests {
             "127.0.0.1:0".parse().unwrap(),
             Registry::new(),
             Some(routes),
+            HttpAccess::open(),
         )
         .await
         .unwrap();

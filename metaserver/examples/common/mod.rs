@@ -42,6 +42,7 @@ pub fn config(dir: &Path, id: u64, port: u16, cache_bytes: u64) -> MetaConfig {
             name: name.clone(),
             listen: format!("127.0.0.1:{port}").parse().expect("addr"),
             metrics_listen: None,
+            metrics_token_file: None,
             tls: TlsFiles {
                 ca: ca.join("ca.crt"),
                 cert: ca.join(format!("{name}.crt")),
