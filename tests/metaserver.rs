@@ -219,7 +219,7 @@ async fn a_group_survives_losing_its_leader() {
     .await;
     let log = std::fs::read_to_string(&members[3].log).unwrap_or_default();
     assert!(
-        log.contains("install_full_snapshot"),
+        log.contains("snapshot installed"),
         "the new member did not install a snapshot:\n{log}"
     );
 

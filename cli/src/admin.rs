@@ -332,9 +332,7 @@ async fn run_session(command: SessionCommand) -> Result<()> {
             if common.json {
                 return print_json(&sessions);
             }
-            let now_ns = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as i64);
+            let now_ns = tessera_proto::token::unix_now_ns();
             println!(
                 "{:>8}  {:<8} {:<20} {:>8}  {:>9}  {:>9}  {:>7}  {:>9}  WHERE",
                 "ID", "KIND", "HOST", "PID", "AGE", "RENEWED", "HANDLES", "LOCKS"

@@ -113,10 +113,7 @@ async fn pass(client: &Arc<Client>, quiet_ns: i64) -> Result<()> {
     let MetaReply::Fragmented(files) = reply else {
         bail!("the metaserver answered {reply:?} to a fragmented-file listing");
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0);
+    let now = tessera_proto::token::unix_now_ns();
     for (attr, extents) in files {
         if attr.kind != FileKind::File || now - attr.mtime_ns < quiet_ns {
             continue;

@@ -226,6 +226,7 @@ pub async fn run(options: DevOptions, stop: impl std::future::Future<Output = ()
             client,
             addr,
             tessera_gateway::default_region(),
+            None,
             &registry,
         )
         .await

@@ -311,6 +311,7 @@ fn run_gateway(
             client,
             config.listen,
             config.region.clone(),
+            config.domain.as_deref(),
             &registry,
         )
         .await
@@ -327,7 +328,11 @@ fn run_gateway(
         };
         println!("S3 gateway listening on {}", gateway.addr());
         println!(
-            "  plain HTTP, path-style, region {}; keys from `tessera admin key create`",
+            "  plain HTTP, {}, region {}; keys from `tessera admin key create`",
+            match &config.domain {
+                Some(domain) => format!("virtual-hosted under {domain} and path-style"),
+                None => "path-style".to_string(),
+            },
             config.region
         );
         notify::ready(&format!("S3 gateway listening on {}", gateway.addr()));

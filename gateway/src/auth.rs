@@ -106,6 +106,13 @@ impl RequestInfo {
     pub fn access_key(&self) -> Option<String> {
         self.0.lock().ok().and_then(|info| info.1.clone())
     }
+
+    /// For requests answered before s3s (a CORS preflight).
+    pub fn set_operation(&self, operation: &str) {
+        if let Ok(mut info) = self.0.lock() {
+            info.0 = Some(operation.to_string());
+        }
+    }
 }
 
 pub struct Access {

@@ -52,12 +52,7 @@ pub(crate) async fn read_prefix(
     Ok((out, false))
 }
 
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
+pub(crate) use tessera_proto::token::unix_now_ns as now_ns;
 
 impl Gateway {
     /// Streams a request body into file `ino`, after `prefix` (bytes of the
@@ -163,16 +158,34 @@ impl Gateway {
 
     /// Copies `source` into file `ino`, returning its MD5.
     pub(crate) async fn copy_data(&self, source: &Attr, ino: InodeId) -> S3Result<[u8; 16]> {
+        self.copy_range(source, ino, 0, None, false).await
+    }
+
+    /// Copies bytes `[start, end)` of `source` (to its end when `end` is
+    /// `None`) to the start of `ino`, durably; returns their MD5. A
+    /// multipart part is written `chunked`: completion moves parts' extents,
+    /// which inline bytes are not.
+    pub(crate) async fn copy_range(
+        &self,
+        source: &Attr,
+        ino: InodeId,
+        start: u64,
+        end: Option<u64>,
+        chunked: bool,
+    ) -> S3Result<[u8; 16]> {
         let mut reader = FileReader::open(self.store.client.clone(), source.ino)
             .await
             .map_err(s3_error)?;
         let mut writer = FileWriter::new(self.store.client.clone(), ino);
+        if chunked {
+            writer = writer.chunked();
+        }
         let mut md5 = Md5::new();
-        let mut offset = 0;
-        let size = reader.size();
-        while offset < size {
+        let end = end.unwrap_or_else(|| reader.size());
+        let mut offset = start;
+        while offset < end {
             let bytes = reader
-                .read(offset, IO_BYTES as u64)
+                .read(offset, (IO_BYTES as u64).min(end - offset))
                 .await
                 .map_err(s3_error)?;
             if bytes.is_empty() {
@@ -182,7 +195,10 @@ impl Gateway {
                 ));
             }
             md5.update(&bytes);
-            writer.write(offset, &bytes).await.map_err(s3_error)?;
+            writer
+                .write(offset - start, &bytes)
+                .await
+                .map_err(s3_error)?;
             offset += bytes.len() as u64;
         }
         writer.flush_durable().await.map_err(s3_error)?;

@@ -6,6 +6,8 @@
 
 mod auth;
 mod body;
+mod cors;
+mod host;
 mod list;
 pub mod names;
 mod s3;
@@ -47,6 +49,12 @@ pub struct GatewayConfig {
     /// The region clients sign for.
     #[serde(default = "default_region")]
     pub region: String,
+    /// The domain of virtual-hosted-style addressing: with
+    /// `s3.example.com`, `photos.s3.example.com/key` is `photos/key`.
+    /// Requests to any other host (this domain itself, an IP address) are
+    /// path style, as they are when this is unset.
+    #[serde(default)]
+    pub domain: Option<String>,
     #[serde(default)]
     pub log: LogConfig,
     /// How to reach the cluster, as in `client.toml`.
@@ -118,8 +126,35 @@ impl Gateway {
         client: Arc<Client>,
         listen: SocketAddr,
         region: String,
+        domain: Option<&str>,
         registry: &Registry,
     ) -> Result<Gateway, Error> {
+        let domain_error = |domain: &str| {
+            Error::new(
+                tessera_proto::error::ErrorCode::InvalidArgument,
+                format!(
+                    "domain {domain:?} is not a domain name (letters, digits, '-' and '.', no port or scheme)"
+                ),
+            )
+        };
+        // One for s3s's routing, one for finding a CORS request's bucket.
+        let cors_domain = match domain {
+            Some(domain) => Some(Arc::new(
+                host::Domain::new(domain).ok_or_else(|| domain_error(domain))?,
+            )),
+            None => None,
+        };
+        let host = match domain {
+            Some(domain) => Some(host::Domain::new(domain).ok_or_else(|| {
+                Error::new(
+                    tessera_proto::error::ErrorCode::InvalidArgument,
+                    format!(
+                        "domain {domain:?} is not a domain name (letters, digits, '-' and '.', no port or scheme)"
+                    ),
+                )
+            })?),
+            None => None,
+        };
         // Staged uploads are the session's temporary files: a gateway that
         // dies mid-upload leaves nothing behind once its session expires.
         client
@@ -135,7 +170,10 @@ impl Gateway {
         let gateway = s3::Gateway::new(store.clone(), region);
         let mut builder = s3s::service::S3ServiceBuilder::new(gateway);
         builder.set_auth(auth::KeyAuth::new(store.clone()));
-        builder.set_access(auth::Access::new(store));
+        builder.set_access(auth::Access::new(store.clone()));
+        if let Some(host) = host {
+            builder.set_host(host);
+        }
         let service = builder.build();
         let metrics = Arc::new(Metrics::new(registry)?);
         // Names this gateway process in every response (S3's host id).
@@ -165,12 +203,16 @@ impl Gateway {
                 let service = service.clone();
                 let metrics = metrics.clone();
                 let host_id = host_id.clone();
+                let store = store.clone();
+                let cors_domain = cors_domain.clone();
                 tokio::spawn(async move {
                     let handler =
                         service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
                             let service = service.clone();
                             let metrics = metrics.clone();
                             let host_id = host_id.clone();
+                            let store = store.clone();
+                            let cors_domain = cors_domain.clone();
                             async move {
                                 let request_id = format!("{:016X}", rand::random::<u64>());
                                 let info = RequestInfo::default();
@@ -186,7 +228,40 @@ impl Gateway {
                                 let path = request.uri().path().to_string();
                                 let started = Instant::now();
                                 metrics.in_flight.inc();
-                                let mut response = service.call(request.map(s3s::Body::from)).await;
+                                let origin = request
+                                    .headers()
+                                    .get(http::header::ORIGIN)
+                                    .and_then(|v| v.to_str().ok())
+                                    .map(str::to_string);
+                                let bucket = origin.as_ref().and_then(|_| {
+                                    cors::bucket_of(&request, cors_domain.as_deref())
+                                });
+                                let preflight = method == http::Method::OPTIONS;
+                                let mut response = if preflight {
+                                    info.set_operation("PreflightCORS");
+                                    let bucket = cors::bucket_of(&request, cors_domain.as_deref());
+                                    Ok(cors::preflight_response(
+                                        &store,
+                                        bucket.as_deref(),
+                                        &request,
+                                    )
+                                    .await)
+                                } else {
+                                    service.call(request.map(s3s::Body::from)).await
+                                };
+                                if !preflight
+                                    && let (Ok(response), Some(origin), Some(bucket)) =
+                                        (&mut response, &origin, &bucket)
+                                {
+                                    cors::add_headers(
+                                        &store,
+                                        bucket,
+                                        origin,
+                                        method.as_str(),
+                                        response,
+                                    )
+                                    .await;
+                                }
                                 // A request refused before its body was read
                                 // (a client that sent `Expect: 100-continue`
                                 // then withheld the body, say) leaves the
@@ -328,10 +403,7 @@ async fn sweep_staging(store: &store::Store) {
             return;
         }
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0);
+    let now = tessera_proto::token::unix_now_ns();
     let mut removed = 0;
     for (entry, attr, _) in entries {
         if attr.kind == FileKind::File && now - attr.mtime_ns > STAGED_MAX_AGE.as_nanos() as i64 {

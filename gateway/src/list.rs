@@ -16,10 +16,10 @@
 //! otherwise the walk folds keys into prefixes as it meets them.
 
 use crate::names;
-use crate::store::{Store, etag_of, s3_error};
+use crate::store::{MARKER_ETAG, Store, etag_of, marker_attr, s3_error};
 use s3s::S3Result;
 use std::collections::{BTreeMap, VecDeque};
-use tessera_proto::error::Error;
+use tessera_proto::error::{Error, ErrorCode};
 use tessera_proto::ids::InodeId;
 use tessera_proto::meta::{Attr, FileKind, MetaOp, MetaReply, READDIR_PAGE_MAX};
 
@@ -65,6 +65,12 @@ struct DirStream {
     /// Entries read but not yet due: a directory `d` (sorting as `d/`)
     /// waits here while names like `d.txt` and `d-1` still come.
     held: BTreeMap<String, Entry>,
+    /// This directory as the marker object `prefix` if it turns out empty
+    /// (nothing sorts between such a marker and its absent entries, so it
+    /// is listed when the stream ends).
+    marker_if_empty: Option<Attr>,
+    /// Whether any entry came out.
+    yielded: bool,
 }
 
 impl DirStream {
@@ -84,6 +90,8 @@ impl DirStream {
             done: false,
             raw: VecDeque::new(),
             held: BTreeMap::new(),
+            marker_if_empty: None,
+            yielded: false,
         };
         // The part of `after` inside this directory, if it points here.
         let rest = after.strip_prefix(stream.prefix.as_str()).unwrap_or("");
@@ -155,6 +163,12 @@ impl DirStream {
 
     /// The next entry in key order.
     async fn next(&mut self, store: &Store) -> Result<Option<Entry>, Error> {
+        let next = self.next_entry(store).await?;
+        self.yielded |= next.is_some();
+        Ok(next)
+    }
+
+    async fn next_entry(&mut self, store: &Store) -> Result<Option<Entry>, Error> {
         loop {
             if self.raw.is_empty() && !self.done {
                 self.fill(store).await?;
@@ -211,31 +225,60 @@ impl Store {
             Some(at) => (&prefix[..=at], &prefix[at + 1..]),
             None => ("", prefix),
         };
-        let start = if base.is_empty() {
-            bucket.ino
+        let (start, start_dir) = if base.is_empty() {
+            (bucket.ino, None)
         } else {
             let Ok(parts) = names::key_parts(base.trim_end_matches('/')) else {
                 return Ok(out);
             };
             match self.walk(bucket.ino, &parts).await? {
                 Some(chain) => match chain.last() {
-                    Some(attr) if attr.kind == FileKind::Dir => attr.ino,
+                    Some(attr) if attr.kind == FileKind::Dir => (attr.ino, Some(attr.clone())),
                     _ => return Ok(out),
                 },
                 None => return Ok(out),
             }
         };
-        let first = DirStream::open(self, start, base.to_string(), name_prefix, after)
+        let mut first = DirStream::open(self, start, base.to_string(), name_prefix, after)
             .await
             .map_err(s3_error)?;
-        let mut stack = vec![first];
         let mut emitted = 0usize;
+        // A prefix ending in `/` names a directory whose marker, if it is
+        // one, is the first key with that prefix.
+        if let Some(dir) = start_dir.filter(|_| name_prefix.is_empty()) {
+            match self
+                .call(MetaOp::GetXattr {
+                    ino: dir.ino,
+                    name: names::XATTR_ETAG.as_bytes().to_vec(),
+                })
+                .await
+            {
+                Ok(MetaReply::Xattr(record)) => {
+                    let attr = marker_attr(&dir, Some(record.as_slice()));
+                    if !list_marker(&mut out, &mut emitted, max, after, base, attr) {
+                        return Ok(out);
+                    }
+                }
+                Ok(_) => {}
+                Err(err) if err.code == ErrorCode::NoAttr => {
+                    first.marker_if_empty = Some(marker_attr(&dir, None));
+                }
+                Err(err) if err.code == ErrorCode::NotFound => return Ok(out),
+                Err(err) => return Err(s3_error(err)),
+            }
+        }
+        let mut stack = vec![first];
         let mut last_prefix: Option<String> = None;
         loop {
             let depth = stack.len();
             let Some(frame) = stack.last_mut() else { break };
             let Some(entry) = frame.next(self).await.map_err(s3_error)? else {
-                stack.pop();
+                if let Some(frame) = stack.pop()
+                    && let Some(attr) = frame.marker_if_empty.filter(|_| !frame.yielded)
+                    && !list_marker(&mut out, &mut emitted, max, after, &frame.prefix, attr)
+                {
+                    break;
+                }
                 continue;
             };
             let key = format!("{}{}", frame.prefix, entry.sort_name);
@@ -256,9 +299,20 @@ impl Store {
                 if after >= key.as_str() && !after.starts_with(&key) {
                     continue;
                 }
-                let below = DirStream::open(self, entry.attr.ino, key, "", after)
+                // A marker (`key` itself, ending in `/`) sorts before
+                // everything below it.
+                let mut below = DirStream::open(self, entry.attr.ino, key.clone(), "", after)
                     .await
                     .map_err(s3_error)?;
+                match &entry.etag_record {
+                    Some(record) => {
+                        let attr = marker_attr(&entry.attr, Some(record.as_slice()));
+                        if !list_marker(&mut out, &mut emitted, max, after, &key, attr) {
+                            break;
+                        }
+                    }
+                    None => below.marker_if_empty = Some(marker_attr(&entry.attr, None)),
+                }
                 stack.push(below);
                 continue;
             }
@@ -285,4 +339,28 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Lists the marker object `key` unless the listing resumes past it;
+/// false once the page is full (the listing is then truncated there).
+fn list_marker(
+    out: &mut Listed,
+    emitted: &mut usize,
+    max: usize,
+    after: &str,
+    key: &str,
+    attr: Attr,
+) -> bool {
+    if key <= after {
+        return true;
+    }
+    if *emitted == max {
+        out.truncated = true;
+        return false;
+    }
+    *emitted += 1;
+    out.last = Some(key.to_string());
+    out.objects
+        .push((key.to_string(), attr, MARKER_ETAG.to_string()));
+    true
 }

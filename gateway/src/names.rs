@@ -33,6 +33,14 @@ pub const XATTR_UPLOAD_INITIATED: &str = "user.s3.upload.initiated";
 /// CompleteMultipartUpload retried after a lost response gets the same
 /// answer while the object is still the one that upload made.
 pub const XATTR_UPLOAD_COMPLETED: &str = "user.s3.upload.completed";
+/// On an object a multipart upload produced: its part sizes
+/// (`store::encode_parts`), for GET and HEAD by `partNumber` and
+/// `x-amz-mp-parts-count`.
+pub const XATTR_PARTS: &str = "user.s3.parts";
+/// An object's tags, in the query-string form of `x-amz-tagging`.
+pub const XATTR_TAGGING: &str = "user.s3.tagging";
+/// On a bucket's directory: its CORS rules (JSON, `crate::cors`).
+pub const XATTR_CORS: &str = "user.s3.cors";
 
 pub fn error(code: S3ErrorCode, message: impl Into<String>) -> S3Error {
     S3Error::with_message(code, message.into())
@@ -41,6 +49,14 @@ pub fn error(code: S3ErrorCode, message: impl Into<String>) -> S3Error {
 /// A key's path components below its bucket. Keys that cannot name a file
 /// are refused rather than silently changed: two keys must never land on
 /// one path.
+/// The directory path of a key ending in `/` (a directory marker, as
+/// Hadoop's s3a, the AWS console and most GUI clients make "folders"), or
+/// `None` for any other key.
+pub fn marker_parts(key: &str) -> Option<S3Result<Vec<Vec<u8>>>> {
+    let dir = key.strip_suffix('/')?;
+    Some(key_parts(dir))
+}
+
 pub fn key_parts(key: &str) -> S3Result<Vec<Vec<u8>>> {
     if key.len() > KEY_MAX_BYTES {
         return Err(error(

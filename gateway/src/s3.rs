@@ -63,6 +63,8 @@ macro_rules! object_meta {
             cache_control: $input.cache_control.clone(),
             content_disposition: $input.content_disposition.clone(),
             user: user_metadata($input.metadata),
+            parts: None,
+            tags: $crate::s3::tagging::tags_from_header($input.tagging.as_deref())?,
         }
     };
 }
@@ -70,8 +72,12 @@ macro_rules! object_meta {
 // After the macros, which they use (macros are in scope textually).
 mod buckets;
 mod listing;
+mod markers;
 mod multipart;
 mod objects;
+mod tagging;
+
+pub(crate) use tagging::{decode_tags, encode_tags};
 
 pub struct Gateway {
     pub store: Arc<Store>,
@@ -107,6 +113,72 @@ fn byte_range(range: Option<&Range>, size: u64) -> S3Result<(u64, u64, Option<St
     })?;
     let text = format!("bytes {}-{}/{size}", r.start, r.end.saturating_sub(1));
     Ok((r.start, r.end, Some(text)))
+}
+
+/// Where a GET or HEAD reads: a Range, one part of a multipart object
+/// (`partNumber`), or the whole object; with the Content-Range to send and
+/// the part count to report (multipart objects only).
+fn read_span(
+    range: Option<&Range>,
+    part_number: Option<i32>,
+    size: u64,
+    parts: Option<&[(u64, u32)]>,
+) -> S3Result<(u64, u64, Option<String>, Option<i32>)> {
+    let Some(number) = part_number else {
+        let (start, end, content_range) = byte_range(range, size)?;
+        return Ok((start, end, content_range, None));
+    };
+    if range.is_some() {
+        return Err(error(
+            S3ErrorCode::InvalidRequest,
+            "a Range and a partNumber cannot be given together",
+        ));
+    }
+    if !(1..=PART_NUMBER_MAX).contains(&number) {
+        return Err(error(
+            S3ErrorCode::InvalidArgument,
+            format!("partNumber {number}: part numbers run from 1 to {PART_NUMBER_MAX}"),
+        ));
+    }
+    if parts.is_some_and(<[_]>::is_empty) {
+        return Err(error(
+            S3ErrorCode::NotImplemented,
+            "this object's part boundaries were not kept (hundreds of distinct part sizes); use a Range",
+        ));
+    }
+    // The runs stand only while they still add up to the object (a write
+    // through the mount may have changed it since).
+    let parts = parts.filter(|runs| runs.iter().map(|(s, c)| s * *c as u64).sum::<u64>() == size);
+    let count: u64 = parts.map_or(1, |runs| runs.iter().map(|(_, c)| *c as u64).sum());
+    if number as u64 > count {
+        let mut err = error(
+            S3ErrorCode::Custom("InvalidPartNumber".into()),
+            format!("the object has {count} part(s); partNumber {number} is not one of them"),
+        );
+        err.set_status_code(http::StatusCode::RANGE_NOT_SATISFIABLE);
+        return Err(err);
+    }
+    let (start, length) = match parts {
+        None => (0, size),
+        Some(runs) => {
+            let mut start = 0;
+            let mut left = number as u64 - 1;
+            let mut length = 0;
+            for (part, repeat) in runs {
+                if left < *repeat as u64 {
+                    start += left * part;
+                    length = *part;
+                    break;
+                }
+                left -= *repeat as u64;
+                start += part * *repeat as u64;
+            }
+            (start, length)
+        }
+    };
+    let end = start + length;
+    let content_range = (length > 0).then(|| format!("bytes {start}-{}/{size}", end - 1));
+    Ok((start, end, content_range, parts.map(|_| count as i32)))
 }
 
 fn etag_matches(condition: &ETagCondition, etag: &str) -> bool {
@@ -316,6 +388,48 @@ impl S3 for Gateway {
         self.handle_list_objects(req).await
     }
 
+    async fn put_bucket_cors(
+        &self,
+        req: S3Request<PutBucketCorsInput>,
+    ) -> S3Result<S3Response<PutBucketCorsOutput>> {
+        self.handle_put_bucket_cors(req).await
+    }
+
+    async fn get_bucket_cors(
+        &self,
+        req: S3Request<GetBucketCorsInput>,
+    ) -> S3Result<S3Response<GetBucketCorsOutput>> {
+        self.handle_get_bucket_cors(req).await
+    }
+
+    async fn delete_bucket_cors(
+        &self,
+        req: S3Request<DeleteBucketCorsInput>,
+    ) -> S3Result<S3Response<DeleteBucketCorsOutput>> {
+        self.handle_delete_bucket_cors(req).await
+    }
+
+    async fn put_object_tagging(
+        &self,
+        req: S3Request<PutObjectTaggingInput>,
+    ) -> S3Result<S3Response<PutObjectTaggingOutput>> {
+        self.handle_put_object_tagging(req).await
+    }
+
+    async fn get_object_tagging(
+        &self,
+        req: S3Request<GetObjectTaggingInput>,
+    ) -> S3Result<S3Response<GetObjectTaggingOutput>> {
+        self.handle_get_object_tagging(req).await
+    }
+
+    async fn delete_object_tagging(
+        &self,
+        req: S3Request<DeleteObjectTaggingInput>,
+    ) -> S3Result<S3Response<DeleteObjectTaggingOutput>> {
+        self.handle_delete_object_tagging(req).await
+    }
+
     async fn list_object_versions(
         &self,
         req: S3Request<ListObjectVersionsInput>,
@@ -335,6 +449,13 @@ impl S3 for Gateway {
         req: S3Request<UploadPartInput>,
     ) -> S3Result<S3Response<UploadPartOutput>> {
         self.handle_upload_part(req).await
+    }
+
+    async fn upload_part_copy(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        self.handle_upload_part_copy(req).await
     }
 
     async fn list_parts(
@@ -453,6 +574,36 @@ mod tests {
         assert!(check(None, Some(&no), Some(&t200), None).is_ok());
         assert_eq!(code(check(None, None, Some(&t100), None)), "NotModified");
         assert!(check(None, None, Some(&t99), None).is_ok());
+    }
+
+    #[test]
+    fn part_numbers_address_the_parts_of_a_multipart_object() {
+        let runs = [(10, 2), (3, 1)];
+        let span = |n| read_span(None, Some(n), 23, Some(&runs[..]));
+        assert_eq!(
+            span(1).unwrap(),
+            (0, 10, Some("bytes 0-9/23".into()), Some(3))
+        );
+        assert_eq!(
+            span(2).unwrap(),
+            (10, 20, Some("bytes 10-19/23".into()), Some(3))
+        );
+        assert_eq!(
+            span(3).unwrap(),
+            (20, 23, Some("bytes 20-22/23".into()), Some(3))
+        );
+        assert_eq!(span(4).unwrap_err().code().as_str(), "InvalidPartNumber");
+        assert_eq!(span(0).unwrap_err().code(), &S3ErrorCode::InvalidArgument);
+        // One part for an object that is not multipart, or no longer adds up.
+        assert_eq!(
+            read_span(None, Some(1), 23, None).unwrap(),
+            (0, 23, Some("bytes 0-22/23".into()), None)
+        );
+        assert!(read_span(None, Some(2), 24, Some(&runs[..])).is_err());
+        assert_eq!(
+            read_span(None, None, 23, Some(&runs[..])).unwrap(),
+            (0, 23, None, None)
+        );
     }
 
     #[test]

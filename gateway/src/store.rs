@@ -157,6 +157,74 @@ impl Store {
         }
     }
 
+    /// The directory a marker key (`a/b/`) names, with its extended
+    /// attributes, when it stands as an object: it carries a marker record
+    /// (made by a PUT of the key) or it is empty (made through the mount,
+    /// or left by deletes); a directory that only holds other keys is a
+    /// prefix, not an object, as in S3.
+    pub async fn marker(&self, bucket: &Attr, key: &str) -> S3Result<Option<Marker>> {
+        let Some(Ok(parts)) = names::marker_parts(key) else {
+            return Ok(None);
+        };
+        let Some(chain) = self.walk(bucket.ino, &parts).await? else {
+            return Ok(None);
+        };
+        let Some(dir) = chain.last().filter(|a| a.kind == FileKind::Dir) else {
+            return Ok(None);
+        };
+        let xattrs = match self.xattrs(dir.ino).await {
+            Ok(all) => all,
+            Err(err) if err.code == ErrorCode::NotFound => return Ok(None),
+            Err(err) => return Err(s3_error(err)),
+        };
+        let record = xattrs.get(names::XATTR_ETAG);
+        if record.is_none() && !self.is_empty_dir(dir.ino).await.map_err(s3_error)? {
+            return Ok(None);
+        }
+        Ok(Some(Marker {
+            attr: marker_attr(dir, record.map(Vec::as_slice)),
+            chain,
+            xattrs,
+        }))
+    }
+
+    /// A bucket's CORS rules, if it has any.
+    pub async fn cors_rules(
+        &self,
+        bucket: InodeId,
+    ) -> Result<Option<Vec<crate::cors::Rule>>, Error> {
+        match self
+            .call(MetaOp::GetXattr {
+                ino: bucket,
+                name: names::XATTR_CORS.as_bytes().to_vec(),
+            })
+            .await
+        {
+            Ok(MetaReply::Xattr(value)) => Ok(crate::cors::decode(&value)),
+            Ok(_) => Ok(None),
+            Err(err) if err.code == ErrorCode::NoAttr => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    pub async fn is_empty_dir(&self, ino: InodeId) -> Result<bool, Error> {
+        match self
+            .call(MetaOp::ReaddirXattr {
+                ino,
+                after: None,
+                limit: 1,
+                name: names::XATTR_ETAG.as_bytes().to_vec(),
+            })
+            .await?
+        {
+            MetaReply::DirXattr { entries, .. } => Ok(entries.is_empty()),
+            other => Err(Error::internal(format!(
+                "readdir answered {}",
+                reply_name(&other)
+            ))),
+        }
+    }
+
     /// Refuses a key that cannot be installed as things stand: one below an
     /// object, or one that names a directory. Multipart uploads check this
     /// before their parts are spent.
@@ -370,6 +438,22 @@ impl Store {
             } else {
                 chain[depth - 1].ino
             };
+            // A directory marker is an object of its own: it stays.
+            if let Some(dir) = chain.get(depth)
+                && !matches!(
+                    self.call(MetaOp::GetXattr {
+                        ino: dir.ino,
+                        name: names::XATTR_ETAG.as_bytes().to_vec(),
+                    })
+                    .await,
+                    Err(Error {
+                        code: ErrorCode::NoAttr,
+                        ..
+                    })
+                )
+            {
+                break;
+            }
             let removed = self
                 .call(MetaOp::Rmdir {
                     parent,
@@ -507,6 +591,38 @@ async fn mkdir_p(
     }
 }
 
+/// The ETag of every directory marker: the MD5 of no bytes.
+pub const MARKER_ETAG: &str = "d41d8cd98f00b204e9800998ecf8427e";
+
+/// A directory standing as the object `its/path/`.
+pub struct Marker {
+    /// The directory's attributes as the object's: no bytes, and the time
+    /// the marker was put (else the directory's mtime).
+    pub attr: Attr,
+    /// The directories from the bucket down to it.
+    pub chain: Vec<Attr>,
+    pub xattrs: BTreeMap<String, Vec<u8>>,
+}
+
+/// The record a marker PUT leaves on its directory: the ETag record shape
+/// with the time of the PUT, so listings and HEADs show when it was made
+/// rather than the directory's last change.
+pub fn marker_record(now_ns: i64) -> Vec<u8> {
+    etag_record_at(MARKER_ETAG, now_ns, 0)
+}
+
+/// A directory's attributes as a marker object's.
+pub fn marker_attr(dir: &Attr, record: Option<&[u8]>) -> Attr {
+    let put_at = record
+        .and_then(|r| std::str::from_utf8(r).ok())
+        .and_then(|r| r.split(' ').nth(1))
+        .and_then(|t| t.parse::<i64>().ok());
+    let mut attr = dir.clone();
+    attr.size = 0;
+    attr.mtime_ns = put_at.unwrap_or(dir.mtime_ns);
+    attr
+}
+
 /// Content headers and user metadata of an object.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ObjectMeta {
@@ -516,6 +632,54 @@ pub struct ObjectMeta {
     pub cache_control: Option<String>,
     pub content_disposition: Option<String>,
     pub user: BTreeMap<String, String>,
+    /// A multipart object's part sizes as runs of (size, count), read from
+    /// [`names::XATTR_PARTS`]; never written by [`ObjectMeta::xattrs`]
+    /// (a copy is a new object of one part).
+    pub parts: Option<Vec<(u64, u32)>>,
+    /// Tags (key, value), in the order given.
+    pub tags: Vec<(String, String)>,
+}
+
+/// Part sizes as runs `SIZE*COUNT,SIZE*COUNT` (all parts but the last are
+/// usually one size, so this is short for 10,000 parts).
+/// Past this many bytes of runs (hundreds of distinct part sizes, which
+/// no ordinary client makes) the sizes are not kept: the record says `*`,
+/// and a read by part number says it cannot answer rather than guess.
+const PARTS_RECORD_MAX_BYTES: usize = 8 * 1024;
+
+pub fn encode_parts(sizes: &[u64]) -> Vec<u8> {
+    let mut runs: Vec<(u64, u32)> = Vec::new();
+    for &size in sizes {
+        match runs.last_mut() {
+            Some((last, count)) if *last == size => *count += 1,
+            _ => runs.push((size, 1)),
+        }
+    }
+    let text = runs
+        .iter()
+        .map(|(size, count)| format!("{size}*{count}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    if text.len() > PARTS_RECORD_MAX_BYTES {
+        return b"*".to_vec();
+    }
+    text.into_bytes()
+}
+
+/// The runs of a record; empty for `*` (a multipart object whose sizes
+/// were not kept).
+pub fn decode_parts(value: &[u8]) -> Option<Vec<(u64, u32)>> {
+    if value == b"*" {
+        return Some(Vec::new());
+    }
+    std::str::from_utf8(value)
+        .ok()?
+        .split(',')
+        .map(|run| {
+            let (size, count) = run.split_once('*')?;
+            Some((size.parse().ok()?, count.parse().ok()?))
+        })
+        .collect()
 }
 
 impl ObjectMeta {
@@ -535,6 +699,12 @@ impl ObjectMeta {
             out.push((
                 format!("{}{}", names::XATTR_USER_META, name.to_ascii_lowercase()),
                 value.clone().into_bytes(),
+            ));
+        }
+        if !self.tags.is_empty() {
+            out.push((
+                names::XATTR_TAGGING.to_string(),
+                crate::s3::encode_tags(&self.tags),
             ));
         }
         out
@@ -558,6 +728,11 @@ impl ObjectMeta {
                     Some((key.to_string(), String::from_utf8(value.clone()).ok()?))
                 })
                 .collect(),
+            parts: all.get(names::XATTR_PARTS).and_then(|v| decode_parts(v)),
+            tags: all
+                .get(names::XATTR_TAGGING)
+                .map(|v| crate::s3::decode_tags(v))
+                .unwrap_or_default(),
         }
     }
 }
@@ -624,6 +799,22 @@ mod tests {
         assert!(changed.ends_with("-1") && changed.len() == 34, "{changed}");
         assert_ne!(changed, etag_of(&attr(1_000, 6), Some(&record)));
         assert_eq!(etag_of(&written, None), etag_of(&written, Some(b"garbage")));
+    }
+
+    #[test]
+    fn part_sizes_are_kept_as_runs() {
+        let sizes = [8 << 20, 8 << 20, 8 << 20, 5 << 20, 5 << 20, 1];
+        let encoded = encode_parts(&sizes);
+        assert_eq!(encoded, b"8388608*3,5242880*2,1*1");
+        assert_eq!(
+            decode_parts(&encoded).unwrap(),
+            vec![(8 << 20, 3), (5 << 20, 2), (1, 1)]
+        );
+        assert_eq!(decode_parts(b"8*x"), None);
+        let many: Vec<u64> = (0..2000).map(|i| (5 << 20) + i).collect();
+        assert_eq!(encode_parts(&many), b"*");
+        assert_eq!(decode_parts(b"*"), Some(Vec::new()));
+        assert_eq!(decode_parts(b"garbage"), None);
     }
 
     #[test]

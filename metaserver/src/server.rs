@@ -243,10 +243,7 @@ impl MetaServer {
         );
         let log_store =
             LogStore::new(db.clone()).map_err(|e| Error::io("start the Raft log", &e))?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i64)
-            .unwrap_or(0);
+        let now = tessera_proto::token::unix_now_ns();
         let record_cache = usize::try_from(config.cache_bytes / 2).unwrap_or(usize::MAX);
         let mut state_machine = StateMachine::open(db.clone(), policy, now, record_cache)
             .map_err(|e| Error::new(ErrorCode::Io, format!("load state: {e}")))?;

@@ -76,12 +76,7 @@ pub struct MetaService {
     pub lock_events: tokio::sync::watch::Sender<u64>,
 }
 
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
+use tessera_proto::token::unix_now_ns as now_ns;
 
 fn is_read(op: &MetaOp) -> bool {
     matches!(

@@ -183,6 +183,15 @@ pub fn unix_now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The wall clock in nanoseconds since the Unix epoch, as attributes and
+/// commands carry it (0 before 1970, which no real clock reads).
+pub fn unix_now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -598,6 +598,21 @@ def check_multipart():
     eq(got.hexdigest(), sha.hexdigest(), "sha256 of the completed object")
     ups = c.list_multipart_uploads(Bucket=b).get("Uploads", [])
     expect(all(u["UploadId"] != uid for u in ups), "completed upload still in list_multipart_uploads")
+    # GET and HEAD by part number, with the part count
+    h = c.head_object(Bucket=b, Key=key, PartNumber=2)
+    eq(h["ContentLength"], PART, "HEAD partNumber=2 Content-Length")
+    eq(h.get("PartsCount"), MP_PARTS, "x-amz-mp-parts-count")
+    g = c.get_object(Bucket=b, Key=key, PartNumber=MP_PARTS)
+    eq(g["ResponseMetadata"]["HTTPStatusCode"], 206, "status of GET partNumber")
+    eq(g.get("PartsCount"), MP_PARTS, "x-amz-mp-parts-count of GET partNumber")
+    eq(g["ContentRange"], f"bytes {PART * (MP_PARTS - 1)}-{PART * MP_PARTS - 1}/{PART * MP_PARTS}", "Content-Range of the last part")
+    expect(g["Body"].read() == parts[-1], "bytes of GET partNumber=last")
+    expect_error(416, "InvalidPartNumber", c.get_object, Bucket=b, Key=key, PartNumber=MP_PARTS + 1)
+    # an object of one PUT is one part
+    g = c.get_object(Bucket=b, Key="other", PartNumber=1)
+    eq(g["Body"].read(), b"committed", "GET partNumber=1 of a single-part object")
+    expect("PartsCount" not in g, "a single-part object reports no part count")
+    expect_error(416, "InvalidPartNumber", c.get_object, Bucket=b, Key="other", PartNumber=2)
     # a range across a part boundary
     g = c.get_object(Bucket=b, Key=key, Range=f"bytes={PART - 5}-{PART + 4}")
     eq(g["Body"].read(), parts[0][-5:] + parts[1][:5], "range across parts 1 and 2")
@@ -669,6 +684,68 @@ def check_request_ids():
     e = expect_error(304, None, c.get_object, Bucket=b, Key="k", IfNoneMatch=etag)
     eq(e.response["ResponseMetadata"]["HTTPHeaders"].get("etag"), etag, "ETag of a 304")
     expect(e.response["ResponseMetadata"]["HTTPHeaders"].get("last-modified"), "Last-Modified of a 304")
+
+
+@check("upload_part_copy")
+def check_upload_part_copy():
+    """UploadPartCopy of whole objects and byte ranges from three sources, conditions and bad ranges refused"""
+    c = s3()
+    b = new_bucket("partcopy")
+    src = {"a": os.urandom(6 * MiB), "b": os.urandom(6 * MiB + 5), "c": os.urandom(3000)}
+    for k, v in src.items():
+        c.put_object(Bucket=b, Key=f"src/{k}", Body=v)
+    up = c.create_multipart_upload(Bucket=b, Key="joined")
+    uid = up["UploadId"]
+    plan = [
+        (1, "a", None, src["a"]),
+        (2, "b", f"bytes={MiB}-{6 * MiB + 4}", src["b"][MiB:]),
+        (3, "c", "bytes=10-1000", src["c"][10:1001]),
+    ]
+    parts = []
+    for number, k, rng, want in plan:
+        kw = {"CopySourceRange": rng} if rng else {}
+        r = c.upload_part_copy(
+            Bucket=b, Key="joined", UploadId=uid, PartNumber=number, CopySource={"Bucket": b, "Key": f"src/{k}"}, **kw
+        )
+        eq(r["CopyPartResult"]["ETag"], md5_etag(want), f"ETag of copied part {number}")
+        parts.append({"PartNumber": number, "ETag": r["CopyPartResult"]["ETag"]})
+    expect_error(
+        400,
+        "InvalidArgument",
+        c.upload_part_copy,
+        Bucket=b,
+        Key="joined",
+        UploadId=uid,
+        PartNumber=4,
+        CopySource={"Bucket": b, "Key": "src/c"},
+        CopySourceRange="bytes=0-3000",
+    )
+    expect_error(
+        412,
+        "PreconditionFailed",
+        c.upload_part_copy,
+        Bucket=b,
+        Key="joined",
+        UploadId=uid,
+        PartNumber=4,
+        CopySource={"Bucket": b, "Key": "src/c"},
+        CopySourceIfMatch='"0123456789abcdef0123456789abcdef"',
+    )
+    expect_error(
+        404,
+        "NoSuchKey",
+        c.upload_part_copy,
+        Bucket=b,
+        Key="joined",
+        UploadId=uid,
+        PartNumber=4,
+        CopySource={"Bucket": b, "Key": "src/missing"},
+    )
+    listed = c.list_parts(Bucket=b, Key="joined", UploadId=uid)["Parts"]
+    eq([p["PartNumber"] for p in listed], [1, 2, 3], "parts after the copies (the refused ones left nothing)")
+    c.complete_multipart_upload(Bucket=b, Key="joined", UploadId=uid, MultipartUpload={"Parts": parts})
+    want = b"".join(w for _, _, _, w in plan)
+    expect(get_bytes(b, "joined") == want, "bytes of an object assembled by UploadPartCopy")
 
 
 @check("multipart_abort")
@@ -1779,6 +1856,155 @@ def check_long_segments():
         expect_error(400, "KeyTooLongError", c.put_object, Bucket=b, Key=k, Body=b"x")
         expect_absent(b, k, "a refused long segment")
     eq(sorted(all_keys(b), key=str.encode), sorted(ok, key=str.encode), "keys after the refused segments")
+
+
+@check("directory_markers")
+def check_directory_markers():
+    """keys ending in '/': zero-byte folder markers by boto3 and awscli, listed, read, deleted; a body refused"""
+    c = s3()
+    b = new_bucket("markers")
+    put = c.put_object(Bucket=b, Key="photos/", Body=b"", ContentType="application/x-directory", Metadata={"by": "boto3"})
+    eq(put["ETag"], md5_etag(b""), "ETag of a marker")
+    aws("s3api", "put-object", "--bucket", b, "--key", "docs/2026/")
+    c.put_object(Bucket=b, Key="photos/a.jpg", Body=b"jpeg")
+    h = c.head_object(Bucket=b, Key="photos/")
+    eq(h["ContentLength"], 0, "Content-Length of a marker")
+    eq(h["ETag"], md5_etag(b""), "HEAD ETag of a marker")
+    eq(h.get("ContentType"), "application/x-directory", "Content-Type of a marker")
+    eq(h.get("Metadata"), {"by": "boto3"}, "metadata of a marker")
+    eq(c.get_object(Bucket=b, Key="docs/2026/")["Body"].read(), b"", "GET of a marker")
+    # listed as S3 lists them: as keys, and as prefixes under a delimiter
+    eq(all_keys(b), ["docs/2026/", "photos/", "photos/a.jpg"], "keys with markers")
+    r = c.list_objects_v2(Bucket=b, Delimiter="/")
+    eq([p["Prefix"] for p in r.get("CommonPrefixes", [])], ["docs/", "photos/"], "prefixes with markers")
+    r = c.list_objects_v2(Bucket=b, Prefix="photos/", Delimiter="/")
+    eq([o["Key"] for o in r.get("Contents", [])], ["photos/", "photos/a.jpg"], "a marker under its own prefix")
+    seen, token = [], None
+    for _ in range(10):
+        kw = {"ContinuationToken": token} if token else {}
+        r = c.list_objects_v2(Bucket=b, MaxKeys=1, **kw)
+        seen += [o["Key"] for o in r.get("Contents", [])]
+        if not r.get("IsTruncated"):
+            break
+        token = r["NextContinuationToken"]
+    eq(seen, ["docs/2026/", "photos/", "photos/a.jpg"], "markers over pages of 1")
+    # the parent made on the way ("docs/") is a prefix, not an object
+    expect_error(404, None, c.head_object, Bucket=b, Key="docs/")
+    # a body on a marker key is refused, and nothing changes
+    expect_error(400, "InvalidArgument", c.put_object, Bucket=b, Key="photos/", Body=b"bytes")
+    eq(c.head_object(Bucket=b, Key="photos/")["ContentLength"], 0, "marker after a refused body")
+    # deleting the marker of a folder that still holds keys keeps the keys
+    c.delete_object(Bucket=b, Key="photos/")
+    eq(all_keys(b), ["docs/2026/", "photos/a.jpg"], "keys after deleting a non-empty folder's marker")
+    expect_error(404, None, c.head_object, Bucket=b, Key="photos/")
+    # a marker outlives the last key below it
+    c.put_object(Bucket=b, Key="docs/2026/report.txt", Body=b"r")
+    c.delete_object(Bucket=b, Key="docs/2026/report.txt")
+    eq(all_keys(b), ["docs/2026/", "photos/a.jpg"], "a marker after the last key below it went")
+    out = aws("s3", "ls", f"s3://{b}/docs/").stdout
+    expect("PRE 2026/" in out, f"aws s3 ls of a marker's parent: {out!r}")
+    aws("s3api", "delete-object", "--bucket", b, "--key", "docs/2026/")
+    eq(all_keys(b), ["photos/a.jpg"], "keys after deleting an empty marker")
+    expect_error(404, None, c.head_object, Bucket=b, Key="docs/2026/")
+    if ENV.mount:
+        # a marker is a directory in the mount, and a directory made in the
+        # mount is a marker while it is empty
+        c.put_object(Bucket=b, Key="made/by/s3/", Body=b"")
+        root = os.path.join(ENV.mount, b)
+        wait_for(lambda: os.path.isdir(os.path.join(root, "made/by/s3")), "a marker is no directory in the mount")
+        os.makedirs(os.path.join(root, "made/in/mount"))
+        wait_for(lambda: "made/in/mount/" in all_keys(b, "made/"), "an empty mount directory is not listed as a marker")
+        eq(c.head_object(Bucket=b, Key="made/in/mount/")["ContentLength"], 0, "HEAD of a mount directory")
+        c.delete_object(Bucket=b, Key="made/in/mount/")
+        wait_for(lambda: not os.path.exists(os.path.join(root, "made/in/mount")), "a deleted marker is still in the mount")
+        expect(os.path.isdir(os.path.join(root, "made/by/s3")), "deleting one marker removed another")
+
+
+@check("tagging")
+def check_tagging():
+    """object tags: x-amz-tagging on PUT, copy and multipart, Put/Get/DeleteObjectTagging, the count on GET, S3's limits"""
+    c = s3()
+    b = new_bucket("tags")
+    put = c.put_object(Bucket=b, Key="t", Body=b"tagged", Tagging="project=blue%20sky&team=ops")
+    got = c.get_object_tagging(Bucket=b, Key="t")["TagSet"]
+    eq(sorted((t["Key"], t["Value"]) for t in got), [("project", "blue sky"), ("team", "ops")], "tags from x-amz-tagging")
+    g = c.get_object(Bucket=b, Key="t")
+    eq(g.get("TagCount"), 2, "x-amz-tagging-count")
+    g["Body"].read()
+    c.put_object_tagging(Bucket=b, Key="t", Tagging={"TagSet": [{"Key": "only", "Value": "one"}]})
+    got = c.get_object_tagging(Bucket=b, Key="t")["TagSet"]
+    eq([(t["Key"], t["Value"]) for t in got], [("only", "one")], "tags after PutObjectTagging")
+    eq(c.head_object(Bucket=b, Key="t")["ETag"], put["ETag"], "ETag after a tag change")
+    # a copy takes the source's tags unless told to replace them
+    c.copy_object(Bucket=b, Key="copy", CopySource={"Bucket": b, "Key": "t"})
+    eq([t["Key"] for t in c.get_object_tagging(Bucket=b, Key="copy")["TagSet"]], ["only"], "tags of a copy")
+    c.copy_object(
+        Bucket=b, Key="copy2", CopySource={"Bucket": b, "Key": "t"}, TaggingDirective="REPLACE", Tagging="new=yes"
+    )
+    eq([t["Key"] for t in c.get_object_tagging(Bucket=b, Key="copy2")["TagSet"]], ["new"], "tags of a REPLACE copy")
+    up = c.create_multipart_upload(Bucket=b, Key="mp", Tagging="mp=1")
+    etag = c.upload_part(Bucket=b, Key="mp", UploadId=up["UploadId"], PartNumber=1, Body=b"part")["ETag"]
+    c.complete_multipart_upload(
+        Bucket=b, Key="mp", UploadId=up["UploadId"], MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]}
+    )
+    eq([t["Key"] for t in c.get_object_tagging(Bucket=b, Key="mp")["TagSet"]], ["mp"], "tags of a multipart object")
+    c.delete_object_tagging(Bucket=b, Key="t")
+    eq(c.get_object_tagging(Bucket=b, Key="t")["TagSet"], [], "tags after DeleteObjectTagging")
+    expect("TagCount" not in c.head_object(Bucket=b, Key="t"), "an untagged object reports no tag count")
+    eleven = [{"Key": f"k{i}", "Value": "v"} for i in range(11)]
+    expect_error(400, "InvalidTag", c.put_object_tagging, Bucket=b, Key="t", Tagging={"TagSet": eleven})
+    expect_error(400, "InvalidTag", c.put_object, Bucket=b, Key="bad", Body=b"x", Tagging="aws:x=1")
+    expect_absent(b, "bad", "a PUT with a refused tag")
+    expect_error(404, "NoSuchKey", c.get_object_tagging, Bucket=b, Key="missing")
+    out = json.loads(aws("s3api", "get-object-tagging", "--bucket", b, "--key", "copy").stdout)
+    eq([t["Key"] for t in out["TagSet"]], ["only"], "awscli get-object-tagging")
+
+
+@check("cors")
+def check_cors():
+    """bucket CORS rules: Put/Get/DeleteBucketCors, a real preflight OPTIONS, allowing headers on an actual request"""
+    c = s3()
+    b = new_bucket("cors")
+    c.put_object(Bucket=b, Key="page.txt", Body=b"hello")
+    url = f"{ENV.endpoint}/{b}/page.txt"
+    preflight = {"Origin": "https://app.example.com", "Access-Control-Request-Method": "PUT"}
+    st, _, body = http("OPTIONS", url, headers=preflight)
+    expect_http((st, None, body), 403, "AccessForbidden", "preflight before any CORS rule")
+    expect_error(404, "NoSuchCORSConfiguration", c.get_bucket_cors, Bucket=b)
+    rules = [
+        {
+            "AllowedOrigins": ["https://*.example.com"],
+            "AllowedMethods": ["GET", "PUT"],
+            "AllowedHeaders": ["content-type", "x-amz-*"],
+            "ExposeHeaders": ["ETag"],
+            "MaxAgeSeconds": 600,
+        },
+        {"AllowedOrigins": ["*"], "AllowedMethods": ["GET"]},
+    ]
+    c.put_bucket_cors(Bucket=b, CORSConfiguration={"CORSRules": rules})
+    got = c.get_bucket_cors(Bucket=b)["CORSRules"]
+    eq([r["AllowedMethods"] for r in got], [["GET", "PUT"], ["GET"]], "rules read back")
+    st, headers, _ = http(
+        "OPTIONS", url, headers={**preflight, "Access-Control-Request-Headers": "Content-Type, X-Amz-Date"}
+    )
+    eq(st, 200, "status of an allowed preflight")
+    eq(headers.get("Access-Control-Allow-Origin"), "https://app.example.com", "Allow-Origin of a preflight")
+    expect("PUT" in (headers.get("Access-Control-Allow-Methods") or ""), f"Allow-Methods: {dict(headers)}")
+    eq(headers.get("Access-Control-Max-Age"), "600", "Max-Age of a preflight")
+    st, _, body = http("OPTIONS", url, headers={"Origin": "https://evil.test", "Access-Control-Request-Method": "PUT"})
+    expect_http((st, None, body), 403, "AccessForbidden", "preflight from an origin no rule allows to PUT")
+    st, headers, _ = http("OPTIONS", url, headers={"Origin": "https://evil.test", "Access-Control-Request-Method": "GET"})
+    eq((st, headers.get("Access-Control-Allow-Origin")), (200, "*"), "preflight of a GET any origin may make")
+    # an actual request from a browser gets the allowing headers
+    signed = c.generate_presigned_url("get_object", Params={"Bucket": b, "Key": "page.txt"}, ExpiresIn=300)
+    st, headers, body = http("GET", signed, headers={"Origin": "https://app.example.com"})
+    eq((st, body), (200, b"hello"), "GET with an Origin")
+    eq(headers.get("Access-Control-Allow-Origin"), "https://app.example.com", "Allow-Origin on a GET")
+    eq(headers.get("Access-Control-Expose-Headers"), "ETag", "Expose-Headers on a GET")
+    expect_error(400, "MalformedXML", c.put_bucket_cors, Bucket=b, CORSConfiguration={"CORSRules": [{"AllowedOrigins": ["*"], "AllowedMethods": ["PATCH"]}]})
+    c.delete_bucket_cors(Bucket=b)
+    st, _, body = http("OPTIONS", url, headers=preflight)
+    expect_http((st, None, body), 403, "AccessForbidden", "preflight after DeleteBucketCors")
 
 
 @check("key_conflict", tessera_only=True)

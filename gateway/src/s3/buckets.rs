@@ -201,4 +201,87 @@ impl Gateway {
             owner: Some(owner()),
         }))
     }
+
+    pub(super) async fn handle_put_bucket_cors(
+        &self,
+        req: S3Request<PutBucketCorsInput>,
+    ) -> S3Result<S3Response<PutBucketCorsOutput>> {
+        let input = req.input;
+        let bucket = self.store.bucket(&input.bucket).await?;
+        let rules: Vec<crate::cors::Rule> = input
+            .cors_configuration
+            .cors_rules
+            .into_iter()
+            .map(|rule| crate::cors::Rule {
+                id: rule.id,
+                origins: rule.allowed_origins,
+                methods: rule.allowed_methods,
+                headers: rule.allowed_headers.unwrap_or_default(),
+                expose: rule.expose_headers.unwrap_or_default(),
+                max_age: rule.max_age_seconds,
+            })
+            .collect();
+        crate::cors::check(&rules).map_err(|why| error(S3ErrorCode::MalformedXML, why))?;
+        self.store
+            .set_xattrs(
+                bucket.ino,
+                vec![(names::XATTR_CORS.into(), crate::cors::encode(&rules))],
+            )
+            .await?;
+        Ok(S3Response::new(PutBucketCorsOutput::default()))
+    }
+
+    pub(super) async fn handle_get_bucket_cors(
+        &self,
+        req: S3Request<GetBucketCorsInput>,
+    ) -> S3Result<S3Response<GetBucketCorsOutput>> {
+        let bucket = self.store.bucket(&req.input.bucket).await?;
+        let none = || {
+            error(
+                S3ErrorCode::NoSuchCORSConfiguration,
+                "the bucket has no CORS configuration",
+            )
+        };
+        let rules = self
+            .store
+            .cors_rules(bucket.ino)
+            .await
+            .map_err(s3_error)?
+            .ok_or_else(none)?;
+        Ok(S3Response::new(GetBucketCorsOutput {
+            cors_rules: Some(
+                rules
+                    .into_iter()
+                    .map(|rule| CORSRule {
+                        id: rule.id,
+                        allowed_origins: rule.origins,
+                        allowed_methods: rule.methods,
+                        allowed_headers: (!rule.headers.is_empty()).then_some(rule.headers),
+                        expose_headers: (!rule.expose.is_empty()).then_some(rule.expose),
+                        max_age_seconds: rule.max_age,
+                    })
+                    .collect(),
+            ),
+        }))
+    }
+
+    pub(super) async fn handle_delete_bucket_cors(
+        &self,
+        req: S3Request<DeleteBucketCorsInput>,
+    ) -> S3Result<S3Response<DeleteBucketCorsOutput>> {
+        let bucket = self.store.bucket(&req.input.bucket).await?;
+        match self
+            .store
+            .call(MetaOp::RemoveXattr {
+                ino: bucket.ino,
+                name: names::XATTR_CORS.as_bytes().to_vec(),
+            })
+            .await
+        {
+            Ok(_) => {}
+            Err(err) if err.code == ErrorCode::NoAttr => {}
+            Err(err) => return Err(s3_error(err)),
+        }
+        Ok(S3Response::new(DeleteBucketCorsOutput::default()))
+    }
 }

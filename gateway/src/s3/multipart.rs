@@ -2,6 +2,7 @@
 //! uploads folder, concatenated into the object on completion.
 
 use super::*;
+use crate::store::encode_parts;
 
 impl Gateway {
     pub(super) async fn handle_create_multipart_upload(
@@ -72,6 +73,111 @@ impl Gateway {
         let (dir, _) = self
             .upload_dir(&input.bucket, &input.key, &input.upload_id)
             .await?;
+        let (part, temp) = self.new_part(&dir).await?;
+        let result = async {
+            let (md5, _) = self
+                .write_body(
+                    part.ino,
+                    Vec::new(),
+                    input.body,
+                    input.content_length,
+                    promised,
+                    true,
+                )
+                .await?;
+            check_md5(input.content_md5.as_deref(), &md5)?;
+            self.install_part(&dir, &part, &temp, input.part_number, &md5)
+                .await
+        }
+        .await;
+        match result {
+            Ok((etag, _)) => Ok(S3Response::new(UploadPartOutput {
+                e_tag: Some(ETag::Strong(etag)),
+                ..Default::default()
+            })),
+            Err(err) => {
+                self.store.discard(dir.ino, &temp).await;
+                Err(err)
+            }
+        }
+    }
+
+    /// A part whose bytes are a range of an existing object (or all of
+    /// it), copied through the gateway.
+    pub(super) async fn handle_upload_part_copy(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        let input = req.input;
+        if !(1..=PART_NUMBER_MAX).contains(&input.part_number) {
+            return Err(error(
+                S3ErrorCode::InvalidArgument,
+                format!("part numbers run from 1 to {PART_NUMBER_MAX}"),
+            ));
+        }
+        let CopySource::Bucket {
+            bucket: source_bucket,
+            key: source_key,
+            version_id,
+        } = &input.copy_source
+        else {
+            return Err(error(
+                S3ErrorCode::NotImplemented,
+                "copies from access points are not supported",
+            ));
+        };
+        if version_id.as_deref().is_some_and(|v| v != "null") {
+            return Err(error(
+                S3ErrorCode::InvalidArgument,
+                "objects here have only the version null",
+            ));
+        }
+        self.store.bucket(&input.bucket).await?;
+        let (dir, _) = self
+            .upload_dir(&input.bucket, &input.key, &input.upload_id)
+            .await?;
+        let (source, source_etag, _) = self.stat_object(source_bucket, source_key).await?;
+        check_conditions(
+            &source_etag,
+            source.mtime_ns,
+            input.copy_source_if_match.as_ref(),
+            input.copy_source_if_none_match.as_ref(),
+            input.copy_source_if_modified_since.as_ref(),
+            input.copy_source_if_unmodified_since.as_ref(),
+            S3ErrorCode::PreconditionFailed,
+        )?;
+        let (start, end) = match input.copy_source_range.as_deref() {
+            None => (0, source.size),
+            Some(range) => copy_source_range(range, source.size)?,
+        };
+        let (part, temp) = self.new_part(&dir).await?;
+        let result = async {
+            let md5 = self
+                .copy_range(&source, part.ino, start, Some(end), true)
+                .await?;
+            self.install_part(&dir, &part, &temp, input.part_number, &md5)
+                .await
+        }
+        .await;
+        match result {
+            Ok((etag, written)) => Ok(S3Response::new(UploadPartCopyOutput {
+                copy_part_result: Some(CopyPartResult {
+                    e_tag: Some(ETag::Strong(etag)),
+                    last_modified: Some(timestamp(written.mtime_ns)),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
+            Err(err) => {
+                self.store.discard(dir.ino, &temp).await;
+                Err(err)
+            }
+        }
+    }
+
+    /// A new, empty part file under a temporary name in the upload's
+    /// directory.
+    async fn new_part(&self, dir: &Attr) -> S3Result<(Attr, Vec<u8>)> {
         let temp = format!("tmp.{:032x}", rand::random::<u128>()).into_bytes();
         let reply = self
             .store
@@ -94,55 +200,45 @@ impl Gateway {
                 _ => s3_error(err),
             })?;
         let part = tessera_client::path::attr_of(reply).map_err(s3_error)?;
-        let result = async {
-            let (md5, _) = self
-                .write_body(
-                    part.ino,
-                    Vec::new(),
-                    input.body,
-                    input.content_length,
-                    promised,
-                    true,
-                )
-                .await?;
-            check_md5(input.content_md5.as_deref(), &md5)?;
-            let etag = names::hex(&md5);
-            let written = self.store.getattr(part.ino).await.map_err(s3_error)?;
-            self.store
-                .set_xattrs(
-                    part.ino,
-                    vec![(names::XATTR_ETAG.into(), etag_record(&etag, &written))],
-                )
-                .await?;
-            self.store
-                .call(MetaOp::Rename {
-                    parent: dir.ino,
-                    name: temp.clone(),
-                    new_parent: dir.ino,
-                    new_name: part_name(input.part_number),
-                    mode: RenameMode::Replace,
-                })
-                .await
-                .map_err(|err| match err.code {
-                    ErrorCode::NotFound => error(
-                        S3ErrorCode::NoSuchUpload,
-                        "the upload was completed or aborted",
-                    ),
-                    _ => s3_error(err),
-                })?;
-            Ok(etag)
-        }
-        .await;
-        match result {
-            Ok(etag) => Ok(S3Response::new(UploadPartOutput {
-                e_tag: Some(ETag::Strong(etag)),
-                ..Default::default()
-            })),
-            Err(err) => {
-                self.store.discard(dir.ino, &temp).await;
-                Err(err)
-            }
-        }
+        Ok((part, temp))
+    }
+
+    /// Records a written part's ETag and renames it to its number (a part
+    /// uploaded again replaces the earlier one); returns the ETag and the
+    /// part's attributes.
+    async fn install_part(
+        &self,
+        dir: &Attr,
+        part: &Attr,
+        temp: &[u8],
+        number: i32,
+        md5: &[u8; 16],
+    ) -> S3Result<(String, Attr)> {
+        let etag = names::hex(md5);
+        let written = self.store.getattr(part.ino).await.map_err(s3_error)?;
+        self.store
+            .set_xattrs(
+                part.ino,
+                vec![(names::XATTR_ETAG.into(), etag_record(&etag, &written))],
+            )
+            .await?;
+        self.store
+            .call(MetaOp::Rename {
+                parent: dir.ino,
+                name: temp.to_vec(),
+                new_parent: dir.ino,
+                new_name: part_name(number),
+                mode: RenameMode::Replace,
+            })
+            .await
+            .map_err(|err| match err.code {
+                ErrorCode::NotFound => error(
+                    S3ErrorCode::NoSuchUpload,
+                    "the upload was completed or aborted",
+                ),
+                _ => s3_error(err),
+            })?;
+        Ok((etag, written))
     }
 
     pub(super) async fn handle_list_parts(
@@ -337,6 +433,7 @@ impl Gateway {
             .collect();
         let mut previous = 0;
         let mut sources = Vec::with_capacity(asked.len());
+        let mut sizes = Vec::with_capacity(asked.len());
         let mut md5s = Vec::with_capacity(asked.len() * 16);
         for (i, part) in asked.iter().enumerate() {
             let number = part.part_number.unwrap_or(0);
@@ -380,6 +477,7 @@ impl Gateway {
             };
             md5s.extend_from_slice(&md5);
             sources.push(attr.ino);
+            sizes.push(attr.size);
         }
         let etag = format!("{}-{}", names::hex(&Md5::digest(&md5s)), sources.len());
         let mut meta_xattrs: BTreeMap<String, Vec<u8>> = dir_xattrs;
@@ -409,6 +507,7 @@ impl Gateway {
             }
         }
         let mut xattrs = meta.xattrs();
+        xattrs.push((names::XATTR_PARTS.into(), encode_parts(&sizes)));
         xattrs.push((
             names::XATTR_UPLOAD_COMPLETED.into(),
             format!("{} {etag}", input.upload_id).into_bytes(),
@@ -514,6 +613,30 @@ pub(super) fn parse_part_name(name: &[u8]) -> Option<i32> {
         .ok()
 }
 
+/// `x-amz-copy-source-range: bytes=FIRST-LAST`, both given and inside
+/// the source, as S3 requires; the half-open byte span.
+fn copy_source_range(range: &str, size: u64) -> S3Result<(u64, u64)> {
+    let invalid = || {
+        error(
+            S3ErrorCode::InvalidArgument,
+            format!(
+                "x-amz-copy-source-range {range:?} is not bytes=FIRST-LAST within the source's {size} bytes"
+            ),
+        )
+    };
+    let (first, last) = range
+        .trim()
+        .strip_prefix("bytes=")
+        .and_then(|span| span.split_once('-'))
+        .ok_or_else(invalid)?;
+    let first: u64 = first.trim().parse().map_err(|_| invalid())?;
+    let last: u64 = last.trim().parse().map_err(|_| invalid())?;
+    if first > last || last >= size {
+        return Err(invalid());
+    }
+    Ok((first, last + 1))
+}
+
 fn completed(bucket: &str, key: &str, etag: String) -> S3Response<CompleteMultipartUploadOutput> {
     S3Response::new(CompleteMultipartUploadOutput {
         bucket: Some(bucket.to_string()),
@@ -527,6 +650,22 @@ fn completed(bucket: &str, key: &str, etag: String) -> S3Response<CompleteMultip
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copy_source_ranges_must_name_both_ends_inside_the_source() {
+        assert_eq!(copy_source_range("bytes=0-9", 10).unwrap(), (0, 10));
+        assert_eq!(copy_source_range("bytes=5-5", 10).unwrap(), (5, 6));
+        for bad in [
+            "bytes=0-10",
+            "bytes=5-4",
+            "bytes=-5",
+            "bytes=3-",
+            "0-3",
+            "bytes=a-b",
+        ] {
+            assert!(copy_source_range(bad, 10).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn part_names_sort_by_number() {

@@ -12,6 +12,9 @@ impl Gateway {
         let promised = promised!(req);
         let input = req.input;
         let bucket = self.store.bucket(&input.bucket).await?;
+        if names::marker_parts(&input.key).is_some() {
+            return self.put_marker(&bucket, input).await;
+        }
         names::key_parts(&input.key)?;
         let replace = match &input.if_none_match {
             None => true,
@@ -120,12 +123,6 @@ impl Gateway {
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
         let input = req.input;
-        if input.part_number.is_some() {
-            return Err(error(
-                S3ErrorCode::NotImplemented,
-                "GET by partNumber is not supported; use a Range",
-            ));
-        }
         let (attr, etag, meta) = self.stat_object(&input.bucket, &input.key).await?;
         check_conditions(
             &etag,
@@ -136,7 +133,12 @@ impl Gateway {
             input.if_unmodified_since.as_ref(),
             S3ErrorCode::NotModified,
         )?;
-        let (start, end, content_range) = byte_range(input.range.as_ref(), attr.size)?;
+        let (start, end, content_range, parts_count) = read_span(
+            input.range.as_ref(),
+            input.part_number,
+            attr.size,
+            meta.parts.as_deref(),
+        )?;
         // Pinned before the reader learns the layout, so the chunks it
         // learns about stay until the last byte is sent.
         let pin = if end - start > PIN_ABOVE_BYTES {
@@ -156,6 +158,31 @@ impl Gateway {
         } else {
             None
         };
+        if end == start {
+            // Nothing to read (an empty object, a directory marker).
+            return Ok(S3Response::new(GetObjectOutput {
+                accept_ranges: Some("bytes".into()),
+                body: Some(StreamingBlob::from(s3s::Body::empty())),
+                content_length: Some(0),
+                parts_count,
+                e_tag: Some(ETag::Strong(etag)),
+                last_modified: Some(timestamp(attr.mtime_ns)),
+                content_type: input.response_content_type.or(meta.content_type.clone()),
+                content_encoding: input
+                    .response_content_encoding
+                    .or(meta.content_encoding.clone()),
+                content_language: input
+                    .response_content_language
+                    .or(meta.content_language.clone()),
+                cache_control: input.response_cache_control.or(meta.cache_control.clone()),
+                content_disposition: input
+                    .response_content_disposition
+                    .or(meta.content_disposition.clone()),
+                metadata: metadata_out(&meta),
+                tag_count: tag_count(&meta),
+                ..Default::default()
+            }));
+        }
         let mut reader = match FileReader::open(self.store.client.clone(), attr.ino).await {
             Ok(reader) => reader,
             Err(err) if err.code == ErrorCode::NotFound => {
@@ -199,6 +226,7 @@ impl Gateway {
             body: Some(body),
             content_length: Some((end - start) as i64),
             content_range,
+            parts_count,
             e_tag: Some(ETag::Strong(etag)),
             last_modified: Some(timestamp(attr.mtime_ns)),
             content_type: input.response_content_type.or(meta.content_type.clone()),
@@ -213,6 +241,7 @@ impl Gateway {
                 .response_content_disposition
                 .or(meta.content_disposition.clone()),
             metadata: metadata_out(&meta),
+            tag_count: tag_count(&meta),
             ..Default::default()
         };
         let mut response = S3Response::new(output);
@@ -237,12 +266,19 @@ impl Gateway {
             input.if_unmodified_since.as_ref(),
             S3ErrorCode::NotModified,
         )?;
-        let (start, end, content_range) = byte_range(input.range.as_ref(), attr.size)?;
+        let (start, end, content_range, parts_count) = read_span(
+            input.range.as_ref(),
+            input.part_number,
+            attr.size,
+            meta.parts.as_deref(),
+        )?;
         let length = end - start;
-        Ok(S3Response::new(HeadObjectOutput {
+        let partial = content_range.is_some() && input.part_number.is_some();
+        let mut response = S3Response::new(HeadObjectOutput {
             accept_ranges: Some("bytes".into()),
             content_length: Some(length as i64),
             content_range,
+            parts_count,
             e_tag: Some(ETag::Strong(etag)),
             last_modified: Some(timestamp(attr.mtime_ns)),
             content_type: meta.content_type.clone(),
@@ -252,7 +288,11 @@ impl Gateway {
             content_disposition: meta.content_disposition.clone(),
             metadata: metadata_out(&meta),
             ..Default::default()
-        }))
+        });
+        if partial {
+            response.status = Some(http::StatusCode::PARTIAL_CONTENT);
+        }
+        Ok(response)
     }
 
     pub(super) async fn handle_delete_object(
@@ -335,6 +375,13 @@ impl Gateway {
                 "buckets here are not versioned",
             ));
         }
+        if names::marker_parts(source_key).is_some() || names::marker_parts(&input.key).is_some() {
+            return Err(error(
+                S3ErrorCode::InvalidArgument,
+                "a key ending in '/' is a directory marker, which holds no bytes to copy; \
+                 PUT the marker with an empty body instead (see docs/s3.md)",
+            ));
+        }
         let (source, source_etag, source_meta) =
             self.stat_object(source_bucket, source_key).await?;
         check_conditions(
@@ -356,10 +403,19 @@ impl Gateway {
                 "copying an object onto itself needs a metadata change (x-amz-metadata-directive: REPLACE)",
             ));
         }
-        let meta = if replace_meta {
+        let replace_tags =
+            input.tagging_directive.as_ref().map(|d| d.as_str()) == Some(TaggingDirective::REPLACE);
+        let source_tags = source_meta.tags.clone();
+        let mut meta = if replace_meta {
             object_meta!(input)
         } else {
             source_meta
+        };
+        // Tags follow their own directive: copied unless REPLACE.
+        meta.tags = if replace_tags {
+            tagging::tags_from_header(input.tagging.as_deref())?
+        } else {
+            source_tags
         };
         let (staged, name) = self.store.create_staged().await?;
         let md5 = match self.copy_data(&source, staged.ino).await {
@@ -424,6 +480,16 @@ impl Gateway {
         key: &str,
     ) -> S3Result<(Attr, String, ObjectMeta)> {
         let bucket = self.store.bucket(bucket).await?;
+        if names::marker_parts(key).is_some() {
+            return match self.store.marker(&bucket, key).await? {
+                Some(marker) => Ok((
+                    marker.attr,
+                    crate::store::MARKER_ETAG.into(),
+                    ObjectMeta::from_xattrs(&marker.xattrs),
+                )),
+                None => Err(error(S3ErrorCode::NoSuchKey, format!("no object {key:?}"))),
+            };
+        }
         let attr = self.store.object(&bucket, key).await?;
         let all = match self.store.xattrs(attr.ino).await {
             Ok(all) => all,
@@ -439,6 +505,9 @@ impl Gateway {
     /// Deletes the object at `key` if there is one; a key that names
     /// nothing, or a prefix, deletes nothing and succeeds, as in S3.
     pub(super) async fn delete_key(&self, bucket: &Attr, key: &str) -> S3Result<()> {
+        if names::marker_parts(key).is_some() {
+            return self.delete_marker(bucket, key).await;
+        }
         let Ok(mut parts) = names::key_parts(key) else {
             return Ok(());
         };
@@ -469,4 +538,9 @@ impl Gateway {
             Err(err) => Err(s3_error(err)),
         }
     }
+}
+
+/// `x-amz-tagging-count`, sent only when the object has tags.
+fn tag_count(meta: &ObjectMeta) -> Option<i32> {
+    (!meta.tags.is_empty()).then_some(meta.tags.len() as i32)
 }

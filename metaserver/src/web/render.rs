@@ -696,9 +696,7 @@ fn sessions(out: &mut String, view: &View) {
         out.push_str("<p class=\"hint\">No client holds a session.</p></section>\n");
         return;
     }
-    let now_ns = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64);
+    let now_ns = tessera_proto::token::unix_now_ns();
     out.push_str(
         "<div class=\"scroll\"><table><thead><tr><th class=\"n\">ID</th><th>Kind</th><th>Host</th>\
          <th class=\"n hide-s\">PID</th><th class=\"hide-s\">Where</th><th class=\"n\">Age</th>\
