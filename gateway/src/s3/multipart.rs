@@ -63,12 +63,7 @@ impl Gateway {
     ) -> S3Result<S3Response<UploadPartOutput>> {
         let promised = promised!(req);
         let input = req.input;
-        if !(1..=PART_NUMBER_MAX).contains(&input.part_number) {
-            return Err(error(
-                S3ErrorCode::InvalidArgument,
-                format!("part numbers run from 1 to {PART_NUMBER_MAX}"),
-            ));
-        }
+        check_part_number(input.part_number)?;
         self.store.bucket(&input.bucket).await?;
         let (dir, _) = self
             .upload_dir(&input.bucket, &input.key, &input.upload_id)
@@ -109,12 +104,7 @@ impl Gateway {
         req: S3Request<UploadPartCopyInput>,
     ) -> S3Result<S3Response<UploadPartCopyOutput>> {
         let input = req.input;
-        if !(1..=PART_NUMBER_MAX).contains(&input.part_number) {
-            return Err(error(
-                S3ErrorCode::InvalidArgument,
-                format!("part numbers run from 1 to {PART_NUMBER_MAX}"),
-            ));
-        }
+        check_part_number(input.part_number)?;
         let CopySource::Bucket {
             bucket: source_bucket,
             key: source_key,
@@ -611,6 +601,16 @@ pub(super) fn parse_part_name(name: &[u8]) -> Option<i32> {
         .strip_prefix("part.")?
         .parse()
         .ok()
+}
+
+fn check_part_number(number: i32) -> S3Result<()> {
+    if (1..=PART_NUMBER_MAX).contains(&number) {
+        return Ok(());
+    }
+    Err(error(
+        S3ErrorCode::InvalidArgument,
+        format!("part numbers run from 1 to {PART_NUMBER_MAX}"),
+    ))
 }
 
 /// `x-amz-copy-source-range: bytes=FIRST-LAST`, both given and inside

@@ -158,67 +158,47 @@ impl Gateway {
         } else {
             None
         };
-        if end == start {
+        let body = if end == start {
             // Nothing to read (an empty object, a directory marker).
-            return Ok(S3Response::new(GetObjectOutput {
-                accept_ranges: Some("bytes".into()),
-                body: Some(StreamingBlob::from(s3s::Body::empty())),
-                content_length: Some(0),
-                parts_count,
-                e_tag: Some(ETag::Strong(etag)),
-                last_modified: Some(timestamp(attr.mtime_ns)),
-                content_type: input.response_content_type.or(meta.content_type.clone()),
-                content_encoding: input
-                    .response_content_encoding
-                    .or(meta.content_encoding.clone()),
-                content_language: input
-                    .response_content_language
-                    .or(meta.content_language.clone()),
-                cache_control: input.response_cache_control.or(meta.cache_control.clone()),
-                content_disposition: input
-                    .response_content_disposition
-                    .or(meta.content_disposition.clone()),
-                metadata: metadata_out(&meta),
-                tag_count: tag_count(&meta),
-                ..Default::default()
-            }));
-        }
-        let mut reader = match FileReader::open(self.store.client.clone(), attr.ino).await {
-            Ok(reader) => reader,
-            Err(err) if err.code == ErrorCode::NotFound => {
-                return Err(error(
-                    S3ErrorCode::NoSuchKey,
-                    format!("no object {:?}", input.key),
-                ));
-            }
-            Err(err) => return Err(s3_error(err)),
-        };
-        let body = if pin.is_some() {
-            stream_body(reader, start, end, pin)
+            StreamingBlob::from(s3s::Body::empty())
         } else {
-            // Small enough to read before answering: a failure is then an
-            // error response, not a body cut short.
-            let mut data = Vec::with_capacity((end - start) as usize);
-            while (data.len() as u64) < end - start {
-                let at = start + data.len() as u64;
-                let bytes = reader
-                    .read(at, end - at)
-                    .await
-                    .map_err(|err| match err.code {
-                        ErrorCode::NotFound => {
-                            error(S3ErrorCode::NoSuchKey, format!("no object {:?}", input.key))
-                        }
-                        _ => s3_error(err),
-                    })?;
-                if bytes.is_empty() {
+            let mut reader = match FileReader::open(self.store.client.clone(), attr.ino).await {
+                Ok(reader) => reader,
+                Err(err) if err.code == ErrorCode::NotFound => {
                     return Err(error(
-                        S3ErrorCode::ServiceUnavailable,
-                        "the object changed while it was read; retry",
+                        S3ErrorCode::NoSuchKey,
+                        format!("no object {:?}", input.key),
                     ));
                 }
-                data.extend_from_slice(&bytes);
+                Err(err) => return Err(s3_error(err)),
+            };
+            if pin.is_some() {
+                stream_body(reader, start, end, pin)
+            } else {
+                // Small enough to read before answering: a failure is then an
+                // error response, not a body cut short.
+                let mut data = Vec::with_capacity((end - start) as usize);
+                while (data.len() as u64) < end - start {
+                    let at = start + data.len() as u64;
+                    let bytes = reader
+                        .read(at, end - at)
+                        .await
+                        .map_err(|err| match err.code {
+                            ErrorCode::NotFound => {
+                                error(S3ErrorCode::NoSuchKey, format!("no object {:?}", input.key))
+                            }
+                            _ => s3_error(err),
+                        })?;
+                    if bytes.is_empty() {
+                        return Err(error(
+                            S3ErrorCode::ServiceUnavailable,
+                            "the object changed while it was read; retry",
+                        ));
+                    }
+                    data.extend_from_slice(&bytes);
+                }
+                StreamingBlob::from(s3s::Body::from(Bytes::from(data)))
             }
-            StreamingBlob::from(s3s::Body::from(Bytes::from(data)))
         };
         let partial = content_range.is_some();
         let output = GetObjectOutput {
