@@ -557,10 +557,17 @@ async fn reconstruct(
             index: *shard as u8,
         })
         .collect();
-    let skip: Vec<usize> = failed.iter().map(|(shard, _)| *shard).collect();
-    let reads = (0..geometry.width())
-        .filter(|index| !skip.contains(index))
-        .map(|index| async move {
+    let mut pieces: Vec<Option<Bytes>> = vec![None; geometry.width()];
+    let mut errors = Vec::new();
+    // A piece that only timed out or whose server was away may answer on a
+    // second try (a loaded server, a connection being replaced); a piece
+    // found bad never will. The second round asks again only when the first
+    // left fewer than k pieces, so a healthy read costs nothing extra.
+    let mut ask: Vec<usize> = (0..geometry.width())
+        .filter(|index| !failed.iter().any(|(shard, _)| shard == index))
+        .collect();
+    for round in 0..2 {
+        let reads = ask.iter().map(|&index| async move {
             let piece_len = geometry.piece_len(len, index);
             let to = span_end.min(piece_len);
             let from = span_start.min(to);
@@ -571,22 +578,41 @@ async fn reconstruct(
             let bytes = read_piece(client, placement, location, piece_len, from, to - from).await;
             Ok::<_, Error>((index, bytes))
         });
-    let mut pieces: Vec<Option<Bytes>> = vec![None; geometry.width()];
-    let mut errors = Vec::new();
-    for result in join_all(reads).await {
-        let (index, bytes) = result?;
-        match bytes {
-            Ok(bytes) => pieces[index] = Some(bytes),
-            Err(err) => {
-                if piece_is_bad(&err) {
-                    bad.push(PieceId {
-                        chunk: placement.chunk,
-                        index: index as u8,
-                    });
+        let mut transient = Vec::new();
+        for result in join_all(reads).await {
+            let (index, bytes) = result?;
+            match bytes {
+                Ok(bytes) => pieces[index] = Some(bytes),
+                Err(err) => {
+                    if piece_is_bad(&err) {
+                        bad.push(PieceId {
+                            chunk: placement.chunk,
+                            index: index as u8,
+                        });
+                    } else {
+                        transient.push(index);
+                    }
+                    errors.push(format!("piece {index}: {err}"));
                 }
-                errors.push(format!("piece {index}: {err}"));
             }
         }
+        let present = pieces.iter().filter(|p| p.is_some()).count();
+        if present >= geometry.data || round == 1 {
+            break;
+        }
+        // Data shards skipped up front for a transient reason get their
+        // second chance too (the first round never asked them).
+        transient.extend(
+            failed
+                .iter()
+                .filter(|(_, bad)| !*bad)
+                .map(|(shard, _)| *shard),
+        );
+        if transient.is_empty() {
+            break;
+        }
+        tracing::warn!(chunk = %placement.chunk, retry = ?transient, "fewer than k pieces answered; asking the slow ones again");
+        ask = transient;
     }
     client.report(bad).await;
     let present = pieces.iter().filter(|p| p.is_some()).count();
