@@ -135,6 +135,8 @@ fn s3_clients_against_tessera_dev() {
         .env("AWS_CONFIG_FILE", "/dev/null")
         .env("AWS_DEFAULT_REGION", "us-east-1")
         .env("AWS_CLI", &aws)
+        .env("TESSERA_BIN", common::tessera_bin())
+        .env("TESSERA_CLIENT_CONFIG", data.join("client.toml"))
         .env(
             "TESSERA_MOUNT",
             if use_mount {

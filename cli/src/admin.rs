@@ -8,6 +8,7 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 use std::path::PathBuf;
 use tessera_client::MetaClient;
+use tessera_gateway::grants::{self, Perms};
 use tessera_proto::NodeId;
 use tessera_proto::meta::{
     Fsck, FsckReply, MetaOp, MetaReply, NodeAction, NodeAdmin, RedundancyStatus, RepairQueue,
@@ -133,12 +134,51 @@ pub enum NodeCommand {
 #[derive(Subcommand)]
 pub enum KeyCommand {
     /// Create a key and print its id and secret (shown only this once).
+    /// It reaches the buckets it creates and those granted to it with
+    /// `allow`, or every bucket with --all-buckets.
     Create {
         #[command(flatten)]
         common: Common,
         /// What the key is for, shown by `list`.
         #[arg(long, default_value = "")]
         description: String,
+        /// Reach every bucket (an administrator's key), not only granted ones.
+        #[arg(long)]
+        all_buckets: bool,
+    },
+    /// Grant a key read, write or owner rights on a bucket (added to what it
+    /// holds there).
+    Allow {
+        id: String,
+        bucket: String,
+        #[command(flatten)]
+        perms: PermFlags,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Withdraw rights on a bucket from a key (all of them without flags).
+    Deny {
+        id: String,
+        bucket: String,
+        #[command(flatten)]
+        perms: PermFlags,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Make a key reach every bucket (`all`) or only its grants (`granted`);
+    /// keys from before grants reach every bucket until narrowed.
+    Scope {
+        id: String,
+        #[arg(value_parser = ["all", "granted"])]
+        scope: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// The buckets a key reaches and what it may do in each.
+    Info {
+        id: String,
+        #[command(flatten)]
+        common: Common,
     },
     /// List keys (ids, descriptions, creation times; never secrets).
     List {
@@ -151,6 +191,29 @@ pub enum KeyCommand {
         #[command(flatten)]
         common: Common,
     },
+}
+
+#[derive(clap::Args)]
+pub struct PermFlags {
+    /// Read objects, listings and the bucket's settings.
+    #[arg(long)]
+    read: bool,
+    /// Write and delete objects, multipart uploads, object tags.
+    #[arg(long)]
+    write: bool,
+    /// Change the bucket's settings (ACL, CORS, versioning) and delete it.
+    #[arg(long)]
+    owner: bool,
+}
+
+impl PermFlags {
+    fn perms(&self) -> Perms {
+        Perms {
+            read: self.read,
+            write: self.write,
+            owner: self.owner,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -418,14 +481,31 @@ struct CreatedKey<'a> {
     secret: &'a str,
 }
 
+#[derive(Serialize)]
+struct KeyListed<'a> {
+    id: &'a str,
+    description: &'a str,
+    created_ns: i64,
+    all_buckets: bool,
+}
+
+#[derive(Serialize)]
+struct KeyGrant {
+    bucket: String,
+    read: bool,
+    write: bool,
+    owner: bool,
+}
+
 async fn run_key(command: KeyCommand) -> Result<()> {
     match command {
         KeyCommand::Create {
             common,
             description,
+            all_buckets,
         } => {
             let client = connect(&common).await?;
-            let (id, secret) = keys::create(&client, &description).await?;
+            let (id, secret) = keys::create(&client, &description, all_buckets).await?;
             if common.json {
                 return print_json(&CreatedKey {
                     id: &id,
@@ -435,30 +515,52 @@ async fn run_key(command: KeyCommand) -> Result<()> {
             println!("access key id      {id}");
             println!("secret access key  {secret}");
             println!("the secret is not shown again; keep it somewhere safe");
+            if !all_buckets {
+                println!(
+                    "it reaches the buckets it creates; grant others with `tessera admin key allow {id} BUCKET --read --write`"
+                );
+            }
         }
         KeyCommand::List { common } => {
             let client = connect(&common).await?;
             let reply = client
-                .call(MetaOp::ListAccessKeys)
+                .call(MetaOp::ListScopedAccessKeys)
                 .await
                 .context("list access keys")?;
-            let MetaReply::AccessKeys(keys) = reply else {
+            let MetaReply::ScopedAccessKeys(keys) = reply else {
                 bail!("the metaserver answered {reply:?} to a key listing");
             };
             if common.json {
-                return print_json(&keys);
+                let listed: Vec<KeyListed> = keys
+                    .iter()
+                    .map(|k| KeyListed {
+                        id: &k.info.id,
+                        description: &k.info.description,
+                        created_ns: k.info.created_ns,
+                        all_buckets: k.all_buckets,
+                    })
+                    .collect();
+                return print_json(&listed);
             }
             if keys.is_empty() {
                 println!("no access keys; create one with `tessera admin key create`");
             }
             for key in keys {
                 let created = std::time::UNIX_EPOCH
-                    + std::time::Duration::from_nanos(key.created_ns.max(0) as u64);
+                    + std::time::Duration::from_nanos(key.info.created_ns.max(0) as u64);
                 let age = std::time::SystemTime::now()
                     .duration_since(created)
                     .map(|d| d.as_secs())
                     .unwrap_or(0);
-                println!("{}  created {} s ago  {}", key.id, age, key.description);
+                let scope = if key.all_buckets {
+                    "all buckets"
+                } else {
+                    "granted buckets"
+                };
+                println!(
+                    "{}  {scope:<15}  created {} s ago  {}",
+                    key.info.id, age, key.info.description
+                );
             }
         }
         KeyCommand::Delete { id, common } => {
@@ -469,8 +571,135 @@ async fn run_key(command: KeyCommand) -> Result<()> {
                 .with_context(|| format!("delete access key {id}"))?;
             report(&common, &format!("deleted access key {id}"))?;
         }
+        KeyCommand::Allow {
+            id,
+            bucket,
+            perms,
+            common,
+        } => {
+            let perms = perms.perms();
+            if perms.is_empty() {
+                bail!("say what to allow: --read, --write and/or --owner");
+            }
+            let client = connect(&common).await?;
+            known_key(&client, &id).await?;
+            let now = grants::allow(&client, &id, &bucket, perms)
+                .await
+                .with_context(|| format!("grant {id} on bucket {bucket}"))?;
+            report(
+                &common,
+                &format!(
+                    "{id} may now {} bucket {bucket} (gateways see it within a second)",
+                    describe(now)
+                ),
+            )?;
+        }
+        KeyCommand::Deny {
+            id,
+            bucket,
+            perms,
+            common,
+        } => {
+            let mut perms = perms.perms();
+            if perms.is_empty() {
+                perms = Perms::ALL;
+            }
+            let client = connect(&common).await?;
+            let now = grants::deny(&client, &id, &bucket, perms)
+                .await
+                .with_context(|| format!("withdraw {id}'s rights on bucket {bucket}"))?;
+            let left = if now.is_empty() {
+                format!("{id} no longer reaches bucket {bucket}")
+            } else {
+                format!("{id} may still {} bucket {bucket}", describe(now))
+            };
+            report(
+                &common,
+                &format!("{left} (gateways see it within a second)"),
+            )?;
+        }
+        KeyCommand::Scope { id, scope, common } => {
+            let client = connect(&common).await?;
+            let all_buckets = scope == "all";
+            client
+                .call(MetaOp::SetAccessKeyScope {
+                    id: id.clone(),
+                    all_buckets,
+                })
+                .await
+                .with_context(|| format!("change the scope of access key {id}"))?;
+            let what = if all_buckets {
+                "every bucket"
+            } else {
+                "only the buckets granted to it"
+            };
+            report(&common, &format!("{id} now reaches {what}"))?;
+        }
+        KeyCommand::Info { id, common } => {
+            let client = connect(&common).await?;
+            let all_buckets = known_key(&client, &id).await?;
+            let held: Vec<KeyGrant> = grants::all_grants(&client)
+                .await
+                .context("read the buckets' grants")?
+                .into_iter()
+                .filter(|(_, key, _)| *key == id)
+                .map(|(bucket, _, p)| KeyGrant {
+                    bucket,
+                    read: p.read,
+                    write: p.write,
+                    owner: p.owner,
+                })
+                .collect();
+            if common.json {
+                return print_json(&serde_json::json!({
+                    "id": id,
+                    "all_buckets": all_buckets,
+                    "grants": held,
+                }));
+            }
+            if all_buckets {
+                println!("{id} reaches every bucket");
+            }
+            if held.is_empty() && !all_buckets {
+                println!("{id} reaches no bucket yet");
+            }
+            for grant in held {
+                let perms = Perms {
+                    read: grant.read,
+                    write: grant.write,
+                    owner: grant.owner,
+                };
+                println!("{:<64}  {}", grant.bucket, describe(perms));
+            }
+        }
     }
     Ok(())
+}
+
+/// Whether the key reaches every bucket; an error naming it if unknown.
+async fn known_key(client: &tessera_client::MetaClient, id: &str) -> Result<bool> {
+    match client
+        .call(MetaOp::GetScopedAccessKey { id: id.to_string() })
+        .await
+        .with_context(|| format!("look up access key {id} (see `tessera admin key list`)"))?
+    {
+        MetaReply::ScopedAccessKey { all_buckets, .. } => Ok(all_buckets),
+        other => bail!("the metaserver answered {other:?} to a key lookup"),
+    }
+}
+
+fn describe(perms: Perms) -> String {
+    let mut out = Vec::new();
+    if perms.read {
+        out.push("read");
+    }
+    if perms.write {
+        out.push("write");
+    }
+    if perms.owner {
+        out.push("own");
+    }
+    out.join(", ")
 }
 
 fn print_status(status: &StatusReply) {

@@ -59,7 +59,7 @@ async fn s3_credentials(
             return Ok((id, secret));
         }
     }
-    let (id, secret) = crate::keys::create(meta, "tessera dev").await?;
+    let (id, secret) = crate::keys::create(meta, "tessera dev", true).await?;
     let text = format!("[default]\naws_access_key_id = {id}\naws_secret_access_key = {secret}\n");
     {
         use std::io::Write;

@@ -17,14 +17,19 @@ fn draw(alphabet: &[u8], len: usize) -> String {
 
 /// Creates a key with a fresh id (`TK` and 18 characters, like an AWS id)
 /// and a 40-character secret (238 bits); returns both.
-pub async fn create(client: &MetaClient, description: &str) -> Result<(String, String)> {
+pub async fn create(
+    client: &MetaClient,
+    description: &str,
+    all_buckets: bool,
+) -> Result<(String, String)> {
     let id = format!("TK{}", draw(ID_ALPHABET, 18));
     let secret = draw(SECRET_ALPHABET, 40);
     client
-        .call(MetaOp::CreateAccessKey {
+        .call(MetaOp::CreateScopedAccessKey {
             id: id.clone(),
             secret: secret.clone(),
             description: description.to_string(),
+            all_buckets,
         })
         .await
         .context("create the access key")?;

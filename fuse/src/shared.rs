@@ -805,7 +805,14 @@ impl Shared {
                 other => return Err(Error::internal(format!("open answered {other:?}"))),
             }
         } else {
-            (attr_of(self.call(MetaOp::Open { ino }).await?)?, None)
+            // In a bucket with versioning enabled, the metaserver keeps
+            // the file's state as a version before this open may change it
+            // (docs/s3.md, Versions); elsewhere this is a plain open.
+            let op = MetaOp::OpenWrite {
+                ino,
+                version_id: tessera_proto::versions::new_version_id(),
+            };
+            (attr_of(self.call(op).await?)?, None)
         };
         let epoch = self.epoch();
         let refused = match attr.kind {

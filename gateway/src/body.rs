@@ -126,7 +126,7 @@ impl Gateway {
         content_md5: Option<&str>,
         meta: &ObjectMeta,
         replace: bool,
-    ) -> S3Result<String> {
+    ) -> S3Result<(String, Option<String>)> {
         if let Some(declared) = declared
             && u64::try_from(declared).ok() != Some(data.len() as u64)
         {
@@ -150,15 +150,11 @@ impl Gateway {
             names::XATTR_ETAG.into(),
             etag_record_at(&etag, mtime_ns, data.len() as u64),
         ));
-        self.store
+        let (_, version) = self
+            .store
             .install_inline(bucket, key, data, mtime_ns, xattrs, replace)
             .await?;
-        Ok(etag)
-    }
-
-    /// Copies `source` into file `ino`, returning its MD5.
-    pub(crate) async fn copy_data(&self, source: &Attr, ino: InodeId) -> S3Result<[u8; 16]> {
-        self.copy_range(source, ino, 0, None, false).await
+        Ok((etag, version))
     }
 
     /// Copies bytes `[start, end)` of `source` (to its end when `end` is

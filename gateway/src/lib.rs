@@ -7,11 +7,14 @@
 mod auth;
 mod body;
 mod cors;
+pub mod grants;
 mod host;
 mod list;
 pub mod names;
 mod s3;
 mod store;
+mod unsized_body;
+mod versions;
 
 use auth::RequestInfo;
 use hyper::service::service_fn;
@@ -246,6 +249,11 @@ impl Gateway {
                                         &request,
                                     )
                                     .await)
+                                } else if unsized_body::needs_length(&request) {
+                                    match unsized_body::with_length(request).await {
+                                        Ok(request) => service.call(request).await,
+                                        Err(refused) => Ok(refused),
+                                    }
                                 } else {
                                     service.call(request.map(s3s::Body::from)).await
                                 };

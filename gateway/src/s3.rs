@@ -4,6 +4,7 @@
 use crate::body::{Pin, Promised, check_md5, read_prefix, stream_body};
 use crate::names::{self, error};
 use crate::store::{ObjectMeta, Store, etag_of, etag_record, s3_error};
+use crate::versions::Versioning;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use md5::{Digest, Md5};
@@ -76,6 +77,7 @@ mod markers;
 mod multipart;
 mod objects;
 mod tagging;
+mod versioning;
 
 pub(crate) use tagging::{decode_tags, encode_tags};
 
@@ -87,6 +89,19 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(store: Arc<Store>, region: String) -> Gateway {
         Gateway { store, region }
+    }
+
+    /// A copy reads a second bucket, which the access check (on the
+    /// target's bucket) did not see.
+    async fn may_read_source(&self, key: Option<&str>, bucket: &str) -> S3Result<()> {
+        let read = crate::grants::Perms {
+            read: true,
+            ..Default::default()
+        };
+        self.store
+            .keys
+            .require(&self.store, key, bucket, read)
+            .await
     }
 }
 
@@ -435,6 +450,41 @@ impl S3 for Gateway {
         req: S3Request<ListObjectVersionsInput>,
     ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
         self.handle_list_object_versions(req).await
+    }
+
+    async fn put_bucket_tagging(
+        &self,
+        req: S3Request<PutBucketTaggingInput>,
+    ) -> S3Result<S3Response<PutBucketTaggingOutput>> {
+        self.handle_put_bucket_tagging(req).await
+    }
+
+    async fn get_bucket_tagging(
+        &self,
+        req: S3Request<GetBucketTaggingInput>,
+    ) -> S3Result<S3Response<GetBucketTaggingOutput>> {
+        self.handle_get_bucket_tagging(req).await
+    }
+
+    async fn delete_bucket_tagging(
+        &self,
+        req: S3Request<DeleteBucketTaggingInput>,
+    ) -> S3Result<S3Response<DeleteBucketTaggingOutput>> {
+        self.handle_delete_bucket_tagging(req).await
+    }
+
+    async fn put_bucket_versioning(
+        &self,
+        req: S3Request<PutBucketVersioningInput>,
+    ) -> S3Result<S3Response<PutBucketVersioningOutput>> {
+        self.handle_put_bucket_versioning(req).await
+    }
+
+    async fn get_bucket_versioning(
+        &self,
+        req: S3Request<GetBucketVersioningInput>,
+    ) -> S3Result<S3Response<GetBucketVersioningOutput>> {
+        self.handle_get_bucket_versioning(req).await
     }
 
     async fn create_multipart_upload(

@@ -3,6 +3,7 @@
 //! uploads, and the object metadata kept in extended attributes.
 
 use crate::names::{self, error};
+use crate::versions::Versioning;
 use s3s::{S3Error, S3ErrorCode, S3Result};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -59,6 +60,10 @@ pub struct Store {
     pub client: Arc<Client>,
     pub staging: InodeId,
     pub uploads: InodeId,
+    /// Access keys and their bucket grants, as last looked up.
+    pub keys: crate::auth::Keys,
+    /// Buckets' versioning states, as last read.
+    pub versioning: crate::versions::States,
 }
 
 impl Store {
@@ -72,6 +77,8 @@ impl Store {
             client,
             staging,
             uploads,
+            keys: crate::auth::Keys::default(),
+            versioning: crate::versions::States::default(),
         })
     }
 
@@ -317,14 +324,29 @@ impl Store {
 
     /// Moves a finished staged file to `key` in one rename, so readers see
     /// the old object or the whole new one, never part of it.
-    /// `replace: false` is `If-None-Match: *`.
+    /// `replace: false` is `If-None-Match: *`. In a versioned bucket the
+    /// object it replaces is kept as an older version (crate::versions);
+    /// returns the new version's id there.
     pub async fn install(
         &self,
         bucket: &Attr,
         key: &str,
         staged: &[u8],
         replace: bool,
-    ) -> S3Result<()> {
+    ) -> S3Result<Option<String>> {
+        let state = self.versioning(bucket).await?;
+        if state != Versioning::Off {
+            let Some(attr) = self.lookup(self.staging, staged).await.map_err(s3_error)? else {
+                return Err(error(
+                    S3ErrorCode::InternalError,
+                    "the staged file vanished",
+                ));
+            };
+            return self
+                .publish_version(bucket, key, staged, attr.ino, state, replace)
+                .await
+                .map(Some);
+        }
         self.place(bucket, key, |parent, last| MetaOp::Rename {
             parent: self.staging,
             name: staged.to_vec(),
@@ -337,12 +359,14 @@ impl Store {
             },
         })
         .await
-        .map(|_| ())
+        .map(|_| None)
     }
 
     /// Writes a whole small object at `key` in one commit
     /// (`MetaOp::PutInline`): its bytes inline, its mtime and xattrs, and
-    /// the rename into place, all or nothing. Returns the new file.
+    /// the rename into place, all or nothing. Returns the new file and, in
+    /// a versioned bucket, its version id (there the object is made in the
+    /// staging directory and published as `install` does).
     pub async fn install_inline(
         &self,
         bucket: &Attr,
@@ -351,7 +375,7 @@ impl Store {
         mtime_ns: i64,
         xattrs: Vec<(String, Vec<u8>)>,
         replace: bool,
-    ) -> S3Result<Attr> {
+    ) -> S3Result<(Attr, Option<String>)> {
         // The namespace's limits, checked here so that the refusal names
         // the metadata as `set_xattrs` does for a staged PUT.
         let total: usize = xattrs.iter().map(|(n, v)| n.len() + v.len()).sum();
@@ -367,22 +391,45 @@ impl Store {
             .into_iter()
             .map(|(name, value)| (name.into_bytes(), value))
             .collect();
+        let op = |parent: InodeId, name: Vec<u8>, replace: bool| MetaOp::PutInline {
+            staging: self.staging,
+            temp: format!("{:032x}", rand::random::<u128>()).into_bytes(),
+            parent,
+            name,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime_ns,
+            data: data.clone(),
+            xattrs: xattrs.clone(),
+            replace,
+        };
+        let state = self.versioning(bucket).await?;
+        if state != Versioning::Off {
+            let staged = format!("{:032x}", rand::random::<u128>()).into_bytes();
+            let reply = self
+                .call(op(self.staging, staged.clone(), false))
+                .await
+                .map_err(s3_error)?;
+            let attr = tessera_client::path::attr_of(reply).map_err(s3_error)?;
+            let published = self
+                .publish_version(bucket, key, &staged, attr.ino, state, replace)
+                .await;
+            return match published {
+                Ok(id) => Ok((attr, Some(id))),
+                Err(err) => {
+                    self.discard(self.staging, &staged).await;
+                    Err(err)
+                }
+            };
+        }
         let reply = self
-            .place(bucket, key, |parent, last| MetaOp::PutInline {
-                staging: self.staging,
-                temp: format!("{:032x}", rand::random::<u128>()).into_bytes(),
-                parent,
-                name: last,
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-                mtime_ns,
-                data: data.clone(),
-                xattrs: xattrs.clone(),
-                replace,
-            })
+            .place(bucket, key, |parent, last| op(parent, last, replace))
             .await?;
-        tessera_client::path::attr_of(reply).map_err(s3_error)
+        Ok((
+            tessera_client::path::attr_of(reply).map_err(s3_error)?,
+            None,
+        ))
     }
 
     /// Makes the directories above `key` and sends the operation `op`

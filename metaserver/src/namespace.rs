@@ -57,6 +57,7 @@ mod entries;
 mod inline;
 mod layout;
 pub mod migrate;
+mod versions;
 mod walk;
 
 use crate::kv::{Change, Kv, MemStore, Store, prefix_end};
@@ -67,8 +68,8 @@ use tessera_proto::ids::{ChunkId, InodeId};
 use tessera_proto::meta::{
     Attr, DirEntry, Extent, FILE_SIZE_MAX_BYTES, FileKind, INLINE_MAX_BYTES, LAYOUT_EXTENTS_MAX,
     MetaOp, MetaReply, NAME_MAX_BYTES, Policy, READDIR_PAGE_BYTES, READDIR_PAGE_MAX, RenameMode,
-    SYMLINK_MAX_BYTES, SetAttr, SetTime, XATTR_NAME_MAX_BYTES, XATTR_TOTAL_MAX_BYTES,
-    XATTR_VALUE_MAX_BYTES, XattrMode,
+    STEPS_MAX, SYMLINK_MAX_BYTES, SetAttr, SetTime, Step, XATTR_NAME_MAX_BYTES,
+    XATTR_TOTAL_MAX_BYTES, XATTR_VALUE_MAX_BYTES, XattrMode,
 };
 use tessera_proto::{Error, ErrorCode};
 
@@ -548,6 +549,32 @@ impl Namespace {
                 self.link(*ino, *parent, name, now_ns).map(MetaReply::Entry)
             }
             MetaOp::Unlink { parent, name } => self.unlink(*parent, name, now_ns),
+            MetaOp::CloneFile { source, target } => self
+                .clone_file(*source, *target, now_ns)
+                .map(MetaReply::Attr),
+            MetaOp::Steps { steps } => {
+                if steps.len() > STEPS_MAX {
+                    return Err(err(
+                        ErrorCode::InvalidArgument,
+                        format!("{} steps in one command; at most {STEPS_MAX}", steps.len()),
+                    ));
+                }
+                // A failed step fails the command, and the command's
+                // rollback takes back the steps before it.
+                for step in steps {
+                    match step {
+                        Step::Rename {
+                            parent,
+                            name,
+                            new_parent,
+                            new_name,
+                            mode,
+                        } => self.rename(*parent, name, *new_parent, new_name, *mode, now_ns)?,
+                        Step::Unlink { parent, name } => self.unlink(*parent, name, now_ns)?,
+                    };
+                }
+                Ok(MetaReply::Done)
+            }
             MetaOp::Rmdir { parent, name } => self.rmdir(*parent, name, now_ns),
             MetaOp::Rename {
                 parent,
@@ -565,6 +592,10 @@ impl Namespace {
             MetaOp::RemoveXattr { ino, name } => self.remove_xattr(*ino, name, now_ns),
             MetaOp::SetXattrs { ino, set } => self.set_xattrs(*ino, set, now_ns),
             MetaOp::Open { ino } => self.open_handle(*ino).map(MetaReply::Attr),
+            MetaOp::OpenWrite { ino, version_id } => {
+                self.keep_version(*ino, version_id, now_ns)?;
+                self.open_handle(*ino).map(MetaReply::Attr)
+            }
             MetaOp::Release { ino } => self.release_handle(*ino),
             MetaOp::ReleaseMany { inos } => {
                 for ino in inos {
@@ -642,6 +673,10 @@ impl Namespace {
             | MetaOp::ListAccessKeys
             | MetaOp::GetAccessKey { .. }
             | MetaOp::DeleteAccessKey { .. }
+            | MetaOp::CreateScopedAccessKey { .. }
+            | MetaOp::SetAccessKeyScope { .. }
+            | MetaOp::GetScopedAccessKey { .. }
+            | MetaOp::ListScopedAccessKeys
             | MetaOp::SetLock { .. }
             | MetaOp::GetLock { .. }
             | MetaOp::EndLockWait { .. }

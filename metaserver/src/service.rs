@@ -96,6 +96,8 @@ fn is_read(op: &MetaOp) -> bool {
             | MetaOp::StatFs
             | MetaOp::ListAccessKeys
             | MetaOp::GetAccessKey { .. }
+            | MetaOp::ListScopedAccessKeys
+            | MetaOp::GetScopedAccessKey { .. }
     )
 }
 
@@ -370,9 +372,10 @@ impl MetaService {
                     inodes,
                 }))
             }
-            MetaOp::ListAccessKeys | MetaOp::GetAccessKey { .. } => {
-                self.shared.read().read_keys(op)
-            }
+            MetaOp::ListAccessKeys
+            | MetaOp::GetAccessKey { .. }
+            | MetaOp::ListScopedAccessKeys
+            | MetaOp::GetScopedAccessKey { .. } => self.shared.read().read_keys(op),
             other => self.shared.read().ns.read(other),
         }
     }

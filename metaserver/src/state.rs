@@ -20,7 +20,7 @@ use tessera_proto::error::{Error, ErrorCode};
 use tessera_proto::ids::{ChunkId, InodeId, NodeId, RequestId};
 use tessera_proto::meta::{
     ACCESS_KEY_DESCRIPTION_MAX_BYTES, ACCESS_KEYS_MAX, AccessKeyInfo, ChunkPlacement, FileKind,
-    MetaOp, MetaReply, PieceLocation, Policy, validate_access_key,
+    MetaOp, MetaReply, PieceLocation, Policy, ScopedKeyInfo, validate_access_key,
 };
 use tessera_proto::token::{Capability, Rights, Token};
 
@@ -167,6 +167,35 @@ pub struct KeyRecord {
     pub secret: String,
     pub description: String,
     pub created_ns: i64,
+    /// Whether the key reaches every bucket, or only those whose
+    /// directories grant it (`user.s3.grant.ID`, read by the gateway).
+    pub all_buckets: bool,
+}
+
+/// A key as stored before bucket grants: every such key keeps reaching
+/// every bucket (docs/s3.md, Keys and buckets).
+#[derive(Deserialize)]
+struct KeyRecordV1 {
+    secret: String,
+    description: String,
+    created_ns: i64,
+}
+
+impl KeyRecord {
+    /// Postcard records carry no field names: a record from before
+    /// `all_buckets` ends where that field would start, which the current
+    /// layout refuses, so the older layout is tried next.
+    fn decode(bytes: &[u8]) -> Result<KeyRecord, postcard::Error> {
+        postcard::from_bytes::<KeyRecord>(bytes).or_else(|_| {
+            let old: KeyRecordV1 = postcard::from_bytes(bytes)?;
+            Ok(KeyRecord {
+                secret: old.secret,
+                description: old.description,
+                created_ns: old.created_ns,
+                all_buckets: true,
+            })
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -695,38 +724,21 @@ impl State {
                 id,
                 secret,
                 description,
-            } => {
-                validate_access_key(id, secret)
-                    .map_err(|e| Error::new(ErrorCode::InvalidArgument, e))?;
-                if description.len() > ACCESS_KEY_DESCRIPTION_MAX_BYTES {
+            } => self.create_key(id, secret, description, true, now_ns),
+            MetaOp::CreateScopedAccessKey {
+                id,
+                secret,
+                description,
+                all_buckets,
+            } => self.create_key(id, secret, description, *all_buckets, now_ns),
+            MetaOp::SetAccessKeyScope { id, all_buckets } => {
+                let Some(record) = self.keys.get_mut(id) else {
                     return Err(Error::new(
-                        ErrorCode::InvalidArgument,
-                        format!(
-                            "a key description of {} bytes; keep it within {ACCESS_KEY_DESCRIPTION_MAX_BYTES}",
-                            description.len()
-                        ),
+                        ErrorCode::NotFound,
+                        format!("no access key {id}"),
                     ));
-                }
-                if self.keys.contains_key(id) {
-                    return Err(Error::new(
-                        ErrorCode::AlreadyExists,
-                        format!("access key {id} exists"),
-                    ));
-                }
-                if self.keys.len() >= ACCESS_KEYS_MAX {
-                    return Err(Error::new(
-                        ErrorCode::NoSpace,
-                        format!(
-                            "the cluster holds {ACCESS_KEYS_MAX} access keys already; delete unused ones"
-                        ),
-                    ));
-                }
-                let record = KeyRecord {
-                    secret: secret.clone(),
-                    description: description.clone(),
-                    created_ns: now_ns,
                 };
-                self.keys.insert(id.clone(), record);
+                record.all_buckets = *all_buckets;
                 self.dirty.insert(access_key_key(id));
                 Ok(MetaReply::Done)
             }
@@ -751,6 +763,49 @@ impl State {
             )),
             other => self.ns.apply(other, now_ns),
         }
+    }
+
+    fn create_key(
+        &mut self,
+        id: &str,
+        secret: &str,
+        description: &str,
+        all_buckets: bool,
+        now_ns: i64,
+    ) -> Result<MetaReply, Error> {
+        validate_access_key(id, secret).map_err(|e| Error::new(ErrorCode::InvalidArgument, e))?;
+        if description.len() > ACCESS_KEY_DESCRIPTION_MAX_BYTES {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "a key description of {} bytes; keep it within {ACCESS_KEY_DESCRIPTION_MAX_BYTES}",
+                    description.len()
+                ),
+            ));
+        }
+        if self.keys.contains_key(id) {
+            return Err(Error::new(
+                ErrorCode::AlreadyExists,
+                format!("access key {id} exists"),
+            ));
+        }
+        if self.keys.len() >= ACCESS_KEYS_MAX {
+            return Err(Error::new(
+                ErrorCode::NoSpace,
+                format!(
+                    "the cluster holds {ACCESS_KEYS_MAX} access keys already; delete unused ones"
+                ),
+            ));
+        }
+        let record = KeyRecord {
+            secret: secret.to_string(),
+            description: description.to_string(),
+            created_ns: now_ns,
+            all_buckets,
+        };
+        self.keys.insert(id.to_string(), record);
+        self.dirty.insert(access_key_key(id));
+        Ok(MetaReply::Done)
     }
 
     fn allocate(
@@ -966,6 +1021,26 @@ impl State {
                     format!("no access key {id}"),
                 )),
             },
+            MetaOp::ListScopedAccessKeys => Ok(MetaReply::ScopedAccessKeys(
+                self.keys
+                    .iter()
+                    .map(|(id, r)| ScopedKeyInfo {
+                        info: info(id, r),
+                        all_buckets: r.all_buckets,
+                    })
+                    .collect(),
+            )),
+            MetaOp::GetScopedAccessKey { id } => match self.keys.get(id) {
+                Some(record) => Ok(MetaReply::ScopedAccessKey {
+                    info: info(id, record),
+                    secret: record.secret.clone(),
+                    all_buckets: record.all_buckets,
+                }),
+                None => Err(Error::new(
+                    ErrorCode::NotFound,
+                    format!("no access key {id}"),
+                )),
+            },
             _ => Err(Error::internal(format!(
                 "{} is not an access key read",
                 op.name()
@@ -1093,7 +1168,7 @@ impl State {
                         .map_err(|_| "access key id is not UTF-8".to_string())?;
                     self.keys.insert(
                         id.to_string(),
-                        postcard::from_bytes(&value).map_err(|e| decode_err("access key", e))?,
+                        KeyRecord::decode(&value).map_err(|e| decode_err("access key", e))?,
                     );
                 }
                 _ => return Err(format!("unknown state record key {key:?}")),
@@ -1262,6 +1337,74 @@ mod tests {
             changes.contains(&(access_key_key(&id), None)),
             "deletion persisted"
         );
+    }
+
+    #[test]
+    fn keys_from_before_grants_keep_every_bucket_and_new_keys_are_scoped() {
+        #[derive(Serialize)]
+        struct Old<'a> {
+            secret: &'a str,
+            description: &'a str,
+            created_ns: i64,
+        }
+        let old = encode(&Old {
+            secret: "an-old-secret-of-enough-length",
+            description: "from before",
+            created_ns: 7,
+        });
+        let decoded = KeyRecord::decode(&old).unwrap();
+        assert!(decoded.all_buckets);
+        assert_eq!(
+            (decoded.created_ns, decoded.description.as_str()),
+            (7, "from before")
+        );
+        let mut records = State::new(Policy::Replicas(1), 0).records();
+        records.push((access_key_key("TKOLDOLDOLDOLDOLDOLD"), old));
+        let mut state = State::from_records(records).unwrap();
+        client(
+            &mut state,
+            MetaOp::CreateScopedAccessKey {
+                id: "TKNEWNEWNEWNEWNEWNEW".into(),
+                secret: "a-new-secret-of-enough-length".into(),
+                description: "tenant".into(),
+                all_buckets: false,
+            },
+        )
+        .unwrap();
+        let scope = |state: &State, id: &str| match state
+            .read_keys(&MetaOp::GetScopedAccessKey { id: id.into() })
+            .unwrap()
+        {
+            MetaReply::ScopedAccessKey { all_buckets, .. } => all_buckets,
+            other => panic!("{other:?}"),
+        };
+        assert!(scope(&state, "TKOLDOLDOLDOLDOLDOLD"));
+        assert!(!scope(&state, "TKNEWNEWNEWNEWNEWNEW"));
+        client(
+            &mut state,
+            MetaOp::SetAccessKeyScope {
+                id: "TKOLDOLDOLDOLDOLDOLD".into(),
+                all_buckets: false,
+            },
+        )
+        .unwrap();
+        state.take_changes();
+        let rebuilt = State::from_records(state.records()).unwrap();
+        assert!(!scope(&rebuilt, "TKOLDOLDOLDOLDOLDOLD"));
+        let MetaReply::ScopedAccessKeys(list) =
+            rebuilt.read_keys(&MetaOp::ListScopedAccessKeys).unwrap()
+        else {
+            panic!("list");
+        };
+        assert_eq!(list.len(), 2);
+        let unknown = client(
+            &mut state,
+            MetaOp::SetAccessKeyScope {
+                id: "TKNONENONENONENONENO".into(),
+                all_buckets: true,
+            },
+        );
+        assert_eq!(unknown.unwrap_err().code, ErrorCode::NotFound);
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod session;
 pub mod stripe;
 pub mod tls;
 pub mod token;
+pub mod versions;
 pub mod wire;
 
 pub use error::{Error, ErrorCode, Result};

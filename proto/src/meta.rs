@@ -157,6 +157,25 @@ pub struct SetAttr {
     pub mtime: Option<SetTime>,
 }
 
+/// One step of [`MetaOp::Steps`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Step {
+    Rename {
+        parent: InodeId,
+        name: Vec<u8>,
+        new_parent: InodeId,
+        new_name: Vec<u8>,
+        mode: RenameMode,
+    },
+    Unlink {
+        parent: InodeId,
+        name: Vec<u8>,
+    },
+}
+
+/// Most steps one [`MetaOp::Steps`] takes.
+pub const STEPS_MAX: usize = 16;
+
 /// How a rename treats an existing target (renameat2 flags).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RenameMode {
@@ -212,6 +231,14 @@ pub struct AccessKeyInfo {
     pub id: String,
     pub description: String,
     pub created_ns: i64,
+}
+
+/// An access key and whether it reaches every bucket or only those
+/// granted to it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScopedKeyInfo {
+    pub info: AccessKeyInfo,
+    pub all_buckets: bool,
 }
 
 /// Checks an access key id (16 to 128 of `A-Z` and `0-9`, as AWS ids are)
@@ -541,6 +568,52 @@ pub enum MetaOp {
     OpenMany {
         inos: Vec<InodeId>,
     },
+    /// Adds an S3 access key that reaches only the buckets granted to it
+    /// (their directories' `user.s3.grant.ID` xattrs) unless `all_buckets`.
+    /// `CreateAccessKey` from before bucket grants makes all-bucket keys.
+    CreateScopedAccessKey {
+        id: String,
+        secret: String,
+        description: String,
+        all_buckets: bool,
+    },
+    /// Widens a key to every bucket or narrows it to its grants.
+    SetAccessKeyScope {
+        id: String,
+        all_buckets: bool,
+    },
+    /// One access key with its secret and scope.
+    GetScopedAccessKey {
+        id: String,
+    },
+    /// Every access key with its scope, without secrets, in id order.
+    ListScopedAccessKeys,
+    /// Gives the empty regular file `target` the bytes of `source` by
+    /// sharing its chunks (each gains a reference) and copying its inline
+    /// bytes: a copy of any size that moves no data. Chunks are immutable
+    /// once their bytes are committed, so neither file can change the
+    /// other's bytes; each keeps its chunks until it drops them.
+    CloneFile {
+        source: InodeId,
+        target: InodeId,
+    },
+    /// Renames and unlinks applied in order as one command: all of them or,
+    /// if any fails, none (at most [`STEPS_MAX`]). Publishing an object
+    /// version while keeping the one it replaces is two renames that no
+    /// reader may see apart.
+    Steps {
+        steps: Vec<Step>,
+    },
+    /// `Open` for writing. When the file is an object of a bucket whose
+    /// versioning is `Enabled` (its top directory's `user.s3.versioning`)
+    /// and holds bytes, its state is first kept as a version in the
+    /// bucket's version store (a clone: no data copied) under its version
+    /// id, and the file takes `version_id` (drawn by the caller) as its
+    /// own: a write through the mount makes a new version, as a PUT does.
+    OpenWrite {
+        ino: InodeId,
+        version_id: String,
+    },
 }
 
 impl MetaOp {
@@ -593,6 +666,13 @@ impl MetaOp {
             MetaOp::OpenRead { .. } => "open_read",
             MetaOp::PutInline { .. } => "put_inline",
             MetaOp::OpenMany { .. } => "open_many",
+            MetaOp::CreateScopedAccessKey { .. } => "key_create",
+            MetaOp::SetAccessKeyScope { .. } => "key_scope",
+            MetaOp::GetScopedAccessKey { .. } => "key_get",
+            MetaOp::ListScopedAccessKeys => "key_list",
+            MetaOp::CloneFile { .. } => "clone",
+            MetaOp::Steps { .. } => "steps",
+            MetaOp::OpenWrite { .. } => "open_write",
         }
     }
 }
@@ -647,6 +727,12 @@ pub enum MetaReply {
         attr: Attr,
         layout: Option<Box<MetaReply>>,
     },
+    ScopedAccessKey {
+        info: AccessKeyInfo,
+        secret: String,
+        all_buckets: bool,
+    },
+    ScopedAccessKeys(Vec<ScopedKeyInfo>),
 }
 
 /// One client API call.

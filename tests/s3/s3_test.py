@@ -107,6 +107,9 @@ def setup_env():
     ENV.key = parser["default"]["aws_access_key_id"].strip()
     ENV.secret = parser["default"]["aws_secret_access_key"].strip()
     ENV.mount = os.environ.get("TESSERA_MOUNT") or None
+    # The tessera binary and a client config, for checks that manage keys.
+    ENV.tessera_bin = os.environ.get("TESSERA_BIN") or None
+    ENV.tessera_config = os.environ.get("TESSERA_CLIENT_CONFIG") or None
     ENV.lenient = os.environ.get("S3_TEST_LENIENT", "")
     ENV.heads = int(os.environ.get("S3_TEST_HEADS", "10000"))
     ENV.aws_cli = (
@@ -1122,11 +1125,12 @@ def check_listing_order():
     note(f"{len(keys)} keys, {pages} list pages")
 
 
-def chunked_put(bucket, key, chunks, tamper=None):
+def chunked_put(bucket, key, chunks, tamper=None, no_length=False):
     """A PUT with a streaming `aws-chunked` body (STREAMING-AWS4-HMAC-SHA256-PAYLOAD),
     every chunk signed in a chain from the seed signature, as the AWS SDKs
-    send it. `tamper=i` flips a byte of chunk i after signing it. Returns
-    (status, body)."""
+    send it. `tamper=i` flips a byte of chunk i after signing it;
+    `no_length` sends it with Transfer-Encoding: chunked and no
+    Content-Length. Returns (status, body)."""
     import hmac
 
     host = urllib.parse.urlparse(ENV.endpoint).netloc
@@ -1148,6 +1152,8 @@ def chunked_put(bucket, key, chunks, tamper=None):
         "x-amz-decoded-content-length": str(sum(map(len, chunks))),
         "content-length": str(sum(len(frame(c, "0" * 64)) for c in frames)),
     }
+    if no_length:
+        del headers["content-length"]
     names = sorted(headers)
     canonical = "\n".join(
         ["PUT", path, "", "".join(f"{h}:{headers[h]}\n" for h in names), ";".join(names), streaming]
@@ -1172,13 +1178,52 @@ def chunked_put(bucket, key, chunks, tamper=None):
         body += frame(data, prev)
     send = {k: v for k, v in headers.items() if k != "host"}
     send["Authorization"] = auth
+    return _send_put(host, path, send, [body[i : i + 50_000] for i in range(0, len(body), 50_000)] if no_length else body)
+
+
+def _send_put(host, path, headers, body):
+    """Sends a PUT; a list body goes with Transfer-Encoding: chunked."""
     conn = http_client.HTTPConnection(host, timeout=60)
     try:
-        conn.request("PUT", path, body=body, headers=send)
+        try:
+            if isinstance(body, list):
+                conn.request("PUT", path, body=iter(body), headers=headers, encode_chunked=True)
+            else:
+                conn.request("PUT", path, body=body, headers=headers)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered before taking the whole body
         r = conn.getresponse()
         return r.status, r.read()
     finally:
         conn.close()
+
+
+def unsigned_chunked_put(bucket, key, pieces):
+    """A header-signed PUT with x-amz-content-sha256: UNSIGNED-PAYLOAD and its
+    body in HTTP chunks without Content-Length, as a client streaming from a
+    pipe sends it. Returns (status, body)."""
+    import hmac
+
+    host = urllib.parse.urlparse(ENV.endpoint).netloc
+    now = datetime.datetime.now(datetime.timezone.utc)
+    amz_date, date = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+    scope = f"{date}/{REGION}/s3/aws4_request"
+    path = "/" + bucket + "/" + urllib.parse.quote(key, safe="/~")
+    headers = {"host": host, "x-amz-date": amz_date, "x-amz-content-sha256": "UNSIGNED-PAYLOAD"}
+    names = sorted(headers)
+    canonical = "\n".join(
+        ["PUT", path, "", "".join(f"{h}:{headers[h]}\n" for h in names), ";".join(names), "UNSIGNED-PAYLOAD"]
+    )
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+
+    def mac(k, m):
+        return hmac.new(k, m.encode(), hashlib.sha256).digest()
+
+    signing_key = mac(mac(mac(mac(("AWS4" + ENV.secret).encode(), date), REGION), "s3"), "aws4_request")
+    sig = hmac.new(signing_key, to_sign.encode(), hashlib.sha256).hexdigest()
+    send = {k: v for k, v in headers.items() if k != "host"}
+    send["Authorization"] = f"AWS4-HMAC-SHA256 Credential={ENV.key}/{scope}, SignedHeaders={';'.join(names)}, Signature={sig}"
+    return _send_put(host, path, send, pieces)
 
 
 @check("aws_chunked")
@@ -1199,6 +1244,33 @@ def check_aws_chunked():
         expect(st == 403 and error_code(body) == "SignatureDoesNotMatch", f"chunk {i} altered: {st} {body[:300]!r}")
         expect_error(404, None, c.head_object, Bucket=b, Key=f"dir/tampered-{i}.bin")
     eq(all_keys(b), ["dir/signed.bin"], "keys after the altered uploads")
+
+
+@check("chunked_no_length")
+def check_chunked_no_length():
+    """Transfer-Encoding: chunked without Content-Length: aws-chunked, unsigned and presigned bodies"""
+    c = s3()
+    b = new_bucket("te-chunked")
+    chunks = [os.urandom(100_000), os.urandom(100_000), os.urandom(7)]
+    data = b"".join(chunks)
+    st, body = chunked_put(b, "aws-chunked.bin", chunks, no_length=True)
+    expect(st == 200, f"aws-chunked PUT without Content-Length: {st} {body[:300]!r}")
+    eq(get_bytes(b, "aws-chunked.bin"), data, "aws-chunked without Content-Length read back")
+    st, body = unsigned_chunked_put(b, "unsigned.bin", [data[:70_000], data[70_000:]])
+    expect(st == 200, f"UNSIGNED-PAYLOAD PUT without Content-Length: {st} {body[:300]!r}")
+    eq(get_bytes(b, "unsigned.bin"), data, "unsigned chunked upload read back")
+    eq(c.head_object(Bucket=b, Key="unsigned.bin")["ETag"], md5_etag(data), "its ETag")
+    url = c.generate_presigned_url("put_object", Params={"Bucket": b, "Key": "presigned.bin"}, ExpiresIn=300)
+    u = urllib.parse.urlparse(url)
+    st, body = _send_put(u.netloc, u.path + "?" + u.query, {}, [data[:1000], data[1000:]])
+    expect(st == 200, f"presigned PUT without Content-Length: {st} {body[:300]!r}")
+    eq(get_bytes(b, "presigned.bin"), data, "presigned chunked upload read back")
+    # Past what the gateway holds to give a body its length: 411 and a
+    # message that says what to send instead; nothing is written.
+    big = [os.urandom(1 << 20)] * 17
+    st, body = unsigned_chunked_put(b, "too-big.bin", big)
+    expect(st == 411 and error_code(body) == "MissingContentLength", f"17 MiB unsized: {st} {body[:300]!r}")
+    expect_error(404, None, c.head_object, Bucket=b, Key="too-big.bin")
 
 
 @check("delete_objects")
@@ -1958,6 +2030,17 @@ def check_tagging():
     expect_error(404, "NoSuchKey", c.get_object_tagging, Bucket=b, Key="missing")
     out = json.loads(aws("s3api", "get-object-tagging", "--bucket", b, "--key", "copy").stdout)
     eq([t["Key"] for t in out["TagSet"]], ["only"], "awscli get-object-tagging")
+    # Bucket tags: up to 50, the same rules per tag.
+    expect_error(404, "NoSuchTagSet", c.get_bucket_tagging, Bucket=b)
+    tags = [{"Key": f"k{i}", "Value": f"v{i}"} for i in range(50)]
+    c.put_bucket_tagging(Bucket=b, Tagging={"TagSet": tags})
+    eq(c.get_bucket_tagging(Bucket=b)["TagSet"], tags, "bucket tags")
+    expect_error(400, "InvalidTag", c.put_bucket_tagging, Bucket=b,
+                 Tagging={"TagSet": tags + [{"Key": "one-more", "Value": ""}]})
+    expect_error(400, "InvalidTag", c.put_bucket_tagging, Bucket=b, Tagging={"TagSet": [{"Key": "aws:x", "Value": ""}]})
+    eq(len(c.get_bucket_tagging(Bucket=b)["TagSet"]), 50, "bucket tags after refused changes")
+    c.delete_bucket_tagging(Bucket=b)
+    expect_error(404, "NoSuchTagSet", c.get_bucket_tagging, Bucket=b)
 
 
 @check("cors")
@@ -2092,6 +2175,339 @@ async def _heads(host, port, reqs, n, timeout):
     return statuses, errors, state["peak"]
 
 
+def rclone(*args, check=True, timeout=600):
+    """Runs rclone against the gateway (a remote named `t`, configured
+    through the environment only); returns its stdout."""
+    cmd = [shutil.which("rclone"), "--config", os.path.join(ENV.tmp, "rclone.conf"), *args]
+    env = dict(os.environ)
+    env.update({
+        "RCLONE_CONFIG_T_TYPE": "s3",
+        "RCLONE_CONFIG_T_PROVIDER": "Other",
+        "RCLONE_CONFIG_T_ACCESS_KEY_ID": ENV.key,
+        "RCLONE_CONFIG_T_SECRET_ACCESS_KEY": ENV.secret,
+        "RCLONE_CONFIG_T_ENDPOINT": ENV.endpoint,
+        "RCLONE_CONFIG_T_REGION": REGION,
+        "RCLONE_CONFIG_T_FORCE_PATH_STYLE": "true",
+    })
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+    if check and p.returncode != 0:
+        raise CheckFailed(f"rclone {' '.join(args)}: exit {p.returncode}: {p.stderr.strip()[-800:]}")
+    return p.stdout
+
+
+def tree(root):
+    """{relative path: bytes} of the files below root."""
+    out = {}
+    for d, _, files in os.walk(root):
+        for f in files:
+            path = os.path.join(d, f)
+            with open(path, "rb") as fh:
+                out[os.path.relpath(path, root)] = fh.read()
+    return out
+
+
+@check("rclone", timeout=900)
+def check_rclone():
+    """rclone (a second real client) syncs a tree up and down a versioned bucket with directory markers"""
+    if not shutil.which("rclone"):
+        raise Skip("rclone is not installed (Debian's package `rclone`)")
+    c = s3()
+    b = new_bucket("rclone")
+    c.put_bucket_versioning(Bucket=b, VersioningConfiguration={"Status": "Enabled"})
+    # Folders as the console and s3a make them, before rclone comes.
+    c.put_object(Bucket=b, Key="d/", Body=b"")
+    c.put_object(Bucket=b, Key="only-a-marker/", Body=b"")
+    src = os.path.join(ENV.tmp, "rclone-src")
+    files = {
+        "a.txt": b"first\n",
+        "d/b.bin": os.urandom(200_000),
+        "d/e/c.txt": b"deep\n",
+        "big.bin": os.urandom(12 * MiB),
+        "spaces and ü.txt": b"unicode\n",
+    }
+    for rel, data in files.items():
+        os.makedirs(os.path.dirname(os.path.join(src, rel)), exist_ok=True)
+        with open(os.path.join(src, rel), "wb") as f:
+            f.write(data)
+    flags = ["--s3-upload-cutoff", "5M", "--s3-chunk-size", "5M", "--retries", "1", "--low-level-retries", "1"]
+    rclone("sync", src, f"t:{b}", *flags)
+    rclone("check", src, f"t:{b}", "--one-way")
+    keys = all_keys(b)
+    for rel in files:
+        expect(rel in keys, f"{rel} after rclone sync up: {keys}")
+    expect(c.head_object(Bucket=b, Key="big.bin")["ETag"].strip('"').endswith("-3"), "big.bin went up in parts")
+    eq(get_bytes(b, "d/e/c.txt"), b"deep\n", "a file rclone wrote, read with boto3")
+    # A change and a removal: new versions and a delete marker.
+    with open(os.path.join(src, "a.txt"), "wb") as f:
+        f.write(b"second\n")
+    os.remove(os.path.join(src, "d/e/c.txt"))
+    rclone("sync", src, f"t:{b}", *flags)
+    eq(get_bytes(b, "a.txt"), b"second\n", "a.txt after the second sync")
+    expect_error(404, "NoSuchKey", c.get_object, Bucket=b, Key="d/e/c.txt")
+    versions, _ = versions_of(c, b, Prefix="a.txt")
+    eq(len([v for v in versions if not v[3]]), 2, "a.txt's versions")
+    versions, _ = versions_of(c, b, Prefix="d/e/c.txt")
+    eq(sorted(v[3] for v in versions), [False, True], "d/e/c.txt: its version and a delete marker")
+    listed = rclone("lsf", "-R", "--s3-versions", f"t:{b}")
+    old = [line for line in listed.splitlines() if line.startswith("a-v") and line.endswith(".txt")]
+    expect(old, f"rclone --s3-versions lists a.txt's old version: {listed}")
+    # Down again, into an empty folder: the same tree.
+    dst = os.path.join(ENV.tmp, "rclone-dst")
+    rclone("sync", f"t:{b}", dst, *flags)
+    want = tree(src)
+    eq(sorted(tree(dst)), sorted(want), "the tree rclone brought down")
+    expect(tree(dst) == want, "the bytes rclone brought down")
+    rclone("check", src, f"t:{b}")
+    # The markers are still there as folders.
+    expect(c.head_object(Bucket=b, Key="only-a-marker/")["ContentLength"] == 0, "a marker rclone left alone")
+    if ENV.mount:
+        with open(os.path.join(ENV.mount, b, "d", "b.bin"), "rb") as f:
+            expect(f.read() == files["d/b.bin"], "the mount sees what rclone wrote")
+    delete_everything(c, b)
+    for marker in ("d/", "only-a-marker/"):
+        c.delete_object(Bucket=b, Key=marker)
+
+
+def versions_of(c, b, **kw):
+    """(key, version id, is latest, is a delete marker): the page's versions
+    in order, then its delete markers in order; and the response."""
+    r = c.list_object_versions(Bucket=b, **kw)
+    out = [(v["Key"], v["VersionId"], v["IsLatest"], False) for v in r.get("Versions", [])]
+    out += [(m["Key"], m["VersionId"], m["IsLatest"], True) for m in r.get("DeleteMarkers", [])]
+    return out, r
+
+
+@check("versioning", timeout=300)
+def check_versioning():
+    """versions: overwrite, delete marker, get/head/copy by version, delete a version, list at page size 1, suspend"""
+    c = s3()
+    b = new_bucket("versions")
+    eq(c.get_bucket_versioning(Bucket=b).get("Status"), None, "status before")
+    c.put_object(Bucket=b, Key="k", Body=b"before versioning")
+    c.put_bucket_versioning(Bucket=b, VersioningConfiguration={"Status": "Enabled"})
+    eq(c.get_bucket_versioning(Bucket=b).get("Status"), "Enabled", "status")
+    v1 = c.put_object(Bucket=b, Key="k", Body=b"one")["VersionId"]
+    time.sleep(0.01)
+    v2 = c.put_object(Bucket=b, Key="k", Body=b"two")["VersionId"]
+    expect(v1 and v2 and len({v1, v2, "null"}) == 3, f"version ids {v1} {v2}")
+    eq(c.get_object(Bucket=b, Key="k")["VersionId"], v2, "GET's version id")
+    eq(get_bytes(b, "k"), b"two", "the current version")
+    eq(get_bytes(b, "k", VersionId=v1), b"one", "an older version")
+    eq(get_bytes(b, "k", VersionId="null"), b"before versioning", "the null version")
+    h = c.head_object(Bucket=b, Key="k", VersionId=v1)
+    eq((h["ContentLength"], h["VersionId"], h["ETag"]), (3, v1, md5_etag(b"one")), "HEAD of a version")
+    # A delete makes a marker; the versions stay.
+    d = c.delete_object(Bucket=b, Key="k")
+    expect(d.get("DeleteMarker") is True and d.get("VersionId"), f"delete answered {d}")
+    dm = d["VersionId"]
+    expect_error(404, "NoSuchKey", c.get_object, Bucket=b, Key="k")
+    eq(get_bytes(b, "k", VersionId=v2), b"two", "a version under a delete marker")
+    expect_error(405, "MethodNotAllowed", c.get_object, Bucket=b, Key="k", VersionId=dm)
+    expect_error(404, "NoSuchVersion", c.get_object, Bucket=b, Key="k", VersionId="0" * 32)
+    expect_error(400, "InvalidArgument", c.get_object, Bucket=b, Key="k", VersionId="bogus")
+    eq(c.list_objects_v2(Bucket=b).get("KeyCount"), 0, "keys under a delete marker")
+    got, _ = versions_of(c, b)
+    eq([(k, v, latest, marker) for k, v, latest, marker in got],
+       [("k", v2, False, False), ("k", v1, False, False), ("k", "null", False, False), ("k", dm, True, True)],
+       "versions after the delete (versions, then delete markers)")
+    # More keys, for the listing's order and pages.
+    made = {}
+    for key, bodies in [("a/deep", [b"x"]), ("k2", [b"p", b"q"]), ("z", [b"z"])]:
+        for body in bodies:
+            made.setdefault(key, []).insert(0, c.put_object(Bucket=b, Key=key, Body=body)["VersionId"])
+            time.sleep(0.01)
+    # S3's order: keys in order, each key's versions newest first.
+    want = [("a/deep", made["a/deep"][0], True, False), ("k", dm, True, True),
+            ("k", v2, False, False), ("k", v1, False, False), ("k", "null", False, False),
+            ("k2", made["k2"][0], True, False), ("k2", made["k2"][1], False, False),
+            ("z", made["z"][0], True, False)]
+    full, r = versions_of(c, b)
+    eq(r["IsTruncated"], False, "one page holds all")
+    eq(full, [e for e in want if not e[3]] + [e for e in want if e[3]], "all versions")
+    paged, km, vm = [], None, None
+    for _ in range(20):
+        kw = {"MaxKeys": 1}
+        if km is not None:
+            kw.update(KeyMarker=km, VersionIdMarker=vm or "")
+        page, r = versions_of(c, b, **kw)
+        paged += page
+        if not r["IsTruncated"]:
+            break
+        km, vm = r["NextKeyMarker"], r.get("NextVersionIdMarker")
+    eq(paged, want, "versions listed at page size 1")
+    d = c.list_object_versions(Bucket=b, Delimiter="/")
+    eq([p["Prefix"] for p in d.get("CommonPrefixes", [])], ["a/"], "common prefixes of versions")
+    # Deleting the marker brings the object back; deleting the current
+    # version makes the one before it current.
+    c.delete_object(Bucket=b, Key="k", VersionId=dm)
+    eq(get_bytes(b, "k"), b"two", "after the marker is deleted")
+    r = c.delete_object(Bucket=b, Key="k", VersionId=v2)
+    eq(r.get("VersionId"), v2, "the deleted version's id")
+    eq(c.get_object(Bucket=b, Key="k")["VersionId"], v1, "the version before becomes current")
+    expect_error(404, "NoSuchVersion", c.get_object, Bucket=b, Key="k", VersionId=v2)
+    # Restoring the null version by copying it onto the key.
+    r = c.copy_object(Bucket=b, Key="k", CopySource={"Bucket": b, "Key": "k", "VersionId": "null"})
+    eq(r.get("CopySourceVersionId"), "null", "the copy's source version")
+    v3 = r["VersionId"]
+    eq(get_bytes(b, "k"), b"before versioning", "restored")
+    eq(r["CopyObjectResult"]["ETag"], md5_etag(b"before versioning"), "a restored version's ETag")
+    # DeleteObjects with version ids.
+    k2 = made["k2"]
+    r = c.delete_objects(Bucket=b, Delete={"Objects": [{"Key": "k2", "VersionId": v} for v in k2]})
+    eq(sorted(x["VersionId"] for x in r["Deleted"]), sorted(k2), "versions deleted in a batch")
+    expect_error(404, "NoSuchKey", c.get_object, Bucket=b, Key="k2")
+    # A multipart completion makes a version.
+    up = c.create_multipart_upload(Bucket=b, Key="mp")["UploadId"]
+    e = c.upload_part(Bucket=b, Key="mp", UploadId=up, PartNumber=1, Body=b"m" * 100)["ETag"]
+    r = c.complete_multipart_upload(Bucket=b, Key="mp", UploadId=up,
+                                    MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": e}]})
+    expect(r.get("VersionId") not in (None, "null"), f"a completion's version id: {r.get('VersionId')}")
+    # A write through the mount makes a version, as a PUT does.
+    if ENV.mount:
+        c.put_object(Bucket=b, Key="mounted.txt", Body=b"from s3")
+        first = c.head_object(Bucket=b, Key="mounted.txt")["VersionId"]
+        with open(os.path.join(ENV.mount, b, "mounted.txt"), "wb") as f:
+            f.write(b"from the mount")
+        eq(get_bytes(b, "mounted.txt"), b"from the mount", "after a write through the mount")
+        eq(get_bytes(b, "mounted.txt", VersionId=first), b"from s3", "the version the mount's write replaced")
+        now = c.head_object(Bucket=b, Key="mounted.txt")["VersionId"]
+        expect(now not in (first, "null"), f"the mount's write took a new version id: {now}")
+        ids = [v for k, v, *_ in versions_of(c, b, Prefix="mounted.txt")[0]]
+        eq(ids, [now, first], "versions after a write through the mount")
+    # Suspended: writes replace the null version and keep the others.
+    c.put_bucket_versioning(Bucket=b, VersioningConfiguration={"Status": "Suspended"})
+    eq(c.get_bucket_versioning(Bucket=b).get("Status"), "Suspended", "status")
+    eq(c.put_object(Bucket=b, Key="k", Body=b"suspended").get("VersionId"), "null", "a suspended PUT's version")
+    c.put_object(Bucket=b, Key="k", Body=b"suspended again")
+    ids = [v for k, v, *_ in versions_of(c, b, Prefix="k")[0] if k == "k"]
+    eq(ids, ["null", v3, v1], "versions of k while suspended")
+    eq(get_bytes(b, "k", VersionId=v1), b"one", "an old version while suspended")
+    eq(get_bytes(b, "k"), b"suspended again", "the current null version")
+    if ENV.mount:
+        with open(os.path.join(ENV.mount, b, "k"), "rb") as f:
+            eq(f.read(), b"suspended again", "the mount shows the current version")
+    expect_error(409, "BucketNotEmpty", c.delete_bucket, Bucket=b)
+    delete_everything(c, b)
+    eq(versions_of(c, b)[0], [], "versions after deleting them all")
+    c.delete_bucket(Bucket=b)
+
+
+def tessera_admin(*args):
+    """Runs `tessera admin ARGS --json` against the cluster under test."""
+    cmd = [ENV.tessera_bin, "admin", *args, "--config", ENV.tessera_config, "--json"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    if p.returncode != 0:
+        raise CheckFailed(f"{' '.join(args)}: exit {p.returncode}: {p.stderr.strip()[-500:]}")
+    return json.loads(p.stdout) if p.stdout.strip() else None
+
+
+# Gateways read a grant again after a second.
+GRANT_GIVEN_S = 1.5
+GRANT_WITHDRAWN_S = 1.5
+
+
+@check("bucket_keys", timeout=180, tessera_only=True)
+def check_bucket_keys():
+    """two keys: each reaches only its own buckets, every operation on the other's is 403 until granted"""
+    if not (ENV.tessera_bin and ENV.tessera_config):
+        raise Skip("TESSERA_BIN and TESSERA_CLIENT_CONFIG are not set: key management skipped")
+    made = [tessera_admin("key", "create", "--description", f"s3 test {who}") for who in "ab"]
+    a = make_client(key=made[0]["id"], secret=made[0]["secret"])
+    b = make_client(key=made[1]["id"], secret=made[1]["secret"])
+    b_id = made[1]["id"]
+    mine, theirs = bucket_name("key-a"), bucket_name("key-b")
+    a.create_bucket(Bucket=mine)
+    b.create_bucket(Bucket=theirs)
+    with _LOCK:
+        BUCKETS.extend([mine, theirs])
+    a.put_object(Bucket=mine, Key="k", Body=b"from a", Tagging="t=1")
+    b.put_object(Bucket=theirs, Key="own", Body=b"b's own")
+    upload = a.create_multipart_upload(Bucket=mine, Key="mp")["UploadId"]
+    b_upload = b.create_multipart_upload(Bucket=theirs, Key="mp")["UploadId"]
+    listed = [x["Name"] for x in b.list_buckets()["Buckets"]]
+    expect(theirs in listed and mine not in listed, f"b lists {listed}")
+    expect(mine in [x["Name"] for x in s3().list_buckets()["Buckets"]], "the all-bucket key lists every bucket")
+    expect_error(409, "BucketAlreadyExists", b.create_bucket, Bucket=mine)
+    expect_error(409, "BucketAlreadyOwnedByYou", a.create_bucket, Bucket=mine)
+    cors = {"CORSRules": [{"AllowedMethods": ["GET"], "AllowedOrigins": ["*"]}]}
+    refused = [
+        (b.get_object, dict(Bucket=mine, Key="k")),
+        (b.list_objects_v2, dict(Bucket=mine)),
+        (b.list_objects, dict(Bucket=mine)),
+        (b.list_object_versions, dict(Bucket=mine)),
+        (b.get_bucket_location, dict(Bucket=mine)),
+        (b.get_object_tagging, dict(Bucket=mine, Key="k")),
+        (b.list_multipart_uploads, dict(Bucket=mine)),
+        (b.list_parts, dict(Bucket=mine, Key="mp", UploadId=upload)),
+        (b.get_bucket_acl, dict(Bucket=mine)),
+        (b.put_object, dict(Bucket=mine, Key="k", Body=b"from b")),
+        (b.put_object, dict(Bucket=mine, Key="new", Body=b"from b")),
+        (b.delete_object, dict(Bucket=mine, Key="k")),
+        (b.delete_objects, dict(Bucket=mine, Delete={"Objects": [{"Key": "k"}]})),
+        (b.copy_object, dict(Bucket=mine, Key="copied", CopySource={"Bucket": theirs, "Key": "own"})),
+        (b.copy_object, dict(Bucket=theirs, Key="stolen", CopySource={"Bucket": mine, "Key": "k"})),
+        (b.create_multipart_upload, dict(Bucket=mine, Key="mp2")),
+        (b.upload_part, dict(Bucket=mine, Key="mp", UploadId=upload, PartNumber=1, Body=b"x")),
+        (b.upload_part_copy, dict(Bucket=theirs, Key="mp", UploadId=b_upload, PartNumber=1,
+                                  CopySource={"Bucket": mine, "Key": "k"})),
+        (b.complete_multipart_upload, dict(Bucket=mine, Key="mp", UploadId=upload,
+                                           MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": '"0"'}]})),
+        (b.abort_multipart_upload, dict(Bucket=mine, Key="mp", UploadId=upload)),
+        (b.put_object_tagging, dict(Bucket=mine, Key="k", Tagging={"TagSet": []})),
+        (b.delete_object_tagging, dict(Bucket=mine, Key="k")),
+        (b.put_bucket_acl, dict(Bucket=mine, ACL="public-read")),
+        (b.put_bucket_cors, dict(Bucket=mine, CORSConfiguration=cors)),
+        (b.get_bucket_cors, dict(Bucket=mine)),
+        (b.delete_bucket_cors, dict(Bucket=mine)),
+        (b.delete_bucket, dict(Bucket=mine)),
+    ]
+    for fn, kw in refused:
+        expect_error(403, "AccessDenied", fn, **kw)
+    expect_error(403, None, b.head_object, Bucket=mine, Key="k")
+    expect_error(403, None, b.head_bucket, Bucket=mine)
+    # Nothing changed.
+    eq(get_bytes(mine, "k", client=a), b"from a", "a's object after b's refused requests")
+    eq(sorted(x["Key"] for x in a.list_objects_v2(Bucket=mine).get("Contents", [])), ["k"], "a's keys")
+    eq([u["UploadId"] for u in a.list_multipart_uploads(Bucket=mine).get("Uploads", [])], [upload], "a's uploads")
+    eq(a.get_object_tagging(Bucket=mine, Key="k")["TagSet"], [{"Key": "t", "Value": "1"}], "a's tags")
+    eq(sorted(x["Key"] for x in b.list_objects_v2(Bucket=theirs).get("Contents", [])), ["own"], "b's keys")
+    expect_error(404, "NoSuchCORSConfiguration", a.get_bucket_cors, Bucket=mine)
+
+    # Read, then write, then owner: each opens what it names and no more.
+    tessera_admin("key", "allow", b_id, mine, "--read")
+    time.sleep(GRANT_GIVEN_S)
+    eq(get_bytes(mine, "k", client=b), b"from a", "b reads once granted read")
+    eq([x["Key"] for x in b.list_objects_v2(Bucket=mine).get("Contents", [])], ["k"], "b lists")
+    expect(mine in [x["Name"] for x in b.list_buckets()["Buckets"]], "b lists the granted bucket")
+    b.head_bucket(Bucket=mine)
+    expect_error(403, "AccessDenied", b.put_object, Bucket=mine, Key="new", Body=b"from b")
+    b.copy_object(Bucket=theirs, Key="copied-in", CopySource={"Bucket": mine, "Key": "k"})
+    eq(get_bytes(theirs, "copied-in", client=b), b"from a", "a copy out of a readable bucket")
+    tessera_admin("key", "allow", b_id, mine, "--write")
+    time.sleep(GRANT_GIVEN_S)
+    b.put_object(Bucket=mine, Key="new", Body=b"from b")
+    b.upload_part(Bucket=mine, Key="mp", UploadId=upload, PartNumber=1, Body=b"x")
+    b.abort_multipart_upload(Bucket=mine, Key="mp", UploadId=upload)
+    expect_error(403, "AccessDenied", b.delete_bucket, Bucket=mine)
+    expect_error(403, "AccessDenied", b.put_bucket_cors, Bucket=mine, CORSConfiguration=cors)
+    tessera_admin("key", "allow", b_id, mine, "--owner")
+    time.sleep(GRANT_GIVEN_S)
+    b.put_bucket_cors(Bucket=mine, CORSConfiguration=cors)
+    info = tessera_admin("key", "info", b_id)
+    held = {g["bucket"]: (g["read"], g["write"], g["owner"]) for g in info["grants"]}
+    eq(held, {mine: (True, True, True), theirs: (True, True, True)}, "key info")
+    eq(info["all_buckets"], False, "a new key's scope")
+
+    # Withdrawn, it is refused again once the gateway's cache expires.
+    tessera_admin("key", "deny", b_id, mine)
+    time.sleep(GRANT_WITHDRAWN_S)
+    expect_error(403, "AccessDenied", b.get_object, Bucket=mine, Key="k")
+    expect(mine not in [x["Name"] for x in b.list_buckets()["Buckets"]], "b no longer lists it")
+    b.abort_multipart_upload(Bucket=theirs, Key="mp", UploadId=b_upload)
+    for made_key in made:
+        tessera_admin("key", "delete", made_key["id"])
+
+
 @check("concurrent_heads", timeout=600)
 def check_concurrent_heads():
     """10,000 concurrent presigned HEADs on raw connections: 200 (or 503 SlowDown), and the gateway lives on"""
@@ -2135,6 +2551,16 @@ def check_concurrent_heads():
 # ---------------------------------------------------------------------------
 
 
+def delete_everything(c, b):
+    """Deletes every version and delete marker (every object, unversioned)."""
+    entries = []
+    for page in c.get_paginator("list_object_versions").paginate(Bucket=b):
+        for v in page.get("Versions", []) + page.get("DeleteMarkers", []):
+            entries.append({"Key": v["Key"], "VersionId": v["VersionId"]})
+    for i in range(0, len(entries), 1000):
+        c.delete_objects(Bucket=b, Delete={"Objects": entries[i : i + 1000], "Quiet": True})
+
+
 def cleanup():
     c = make_client()
     for b in BUCKETS:
@@ -2145,11 +2571,7 @@ def cleanup():
         try:
             for u in c.list_multipart_uploads(Bucket=b).get("Uploads", []):
                 c.abort_multipart_upload(Bucket=b, Key=u["Key"], UploadId=u["UploadId"])
-            keys = []
-            for page in c.get_paginator("list_objects_v2").paginate(Bucket=b):
-                keys += [o["Key"] for o in page.get("Contents", [])]
-            for i in range(0, len(keys), 1000):
-                c.delete_objects(Bucket=b, Delete={"Objects": [{"Key": k} for k in keys[i : i + 1000]], "Quiet": True})
+            delete_everything(c, b)
             c.delete_bucket(Bucket=b)
         except Exception as e:  # noqa: BLE001
             print(f"warning: cleanup of bucket {b}: {e}", flush=True)

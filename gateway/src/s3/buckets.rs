@@ -4,28 +4,42 @@
 use super::*;
 
 impl Gateway {
+    /// Every bucket for an all-bucket key; a key with grants sees the
+    /// buckets it holds any grant on.
     pub(super) async fn handle_list_buckets(
         &self,
-        _req: S3Request<ListBucketsInput>,
+        req: S3Request<ListBucketsInput>,
     ) -> S3Result<S3Response<ListBucketsOutput>> {
+        let key = req.credentials.as_ref().map(|c| c.access_key.as_str());
         let entries = self
             .store
             .list_dir(InodeId::ROOT, names::XATTR_ACL)
             .await
             .map_err(s3_error)?;
-        let buckets = entries
-            .into_iter()
-            .filter(|(entry, attr, _)| {
-                attr.kind == FileKind::Dir && names::is_bucket_name(&entry.name)
-            })
-            .filter_map(|(entry, attr, _)| {
-                Some(Bucket {
-                    name: Some(String::from_utf8(entry.name).ok()?),
-                    creation_date: Some(timestamp(attr.mtime_ns)),
-                    bucket_region: Some(self.region.clone()),
-                })
-            })
-            .collect();
+        let mut buckets = Vec::new();
+        for (entry, attr, _) in entries {
+            if attr.kind != FileKind::Dir || !names::is_bucket_name(&entry.name) {
+                continue;
+            }
+            let Ok(name) = String::from_utf8(entry.name) else {
+                continue;
+            };
+            if let Some(key) = key
+                && self
+                    .store
+                    .keys
+                    .perms(&self.store, key, &name)
+                    .await?
+                    .is_empty()
+            {
+                continue;
+            }
+            buckets.push(Bucket {
+                name: Some(name),
+                creation_date: Some(timestamp(attr.mtime_ns)),
+                bucket_region: Some(self.region.clone()),
+            });
+        }
         Ok(S3Response::new(ListBucketsOutput {
             buckets: Some(buckets),
             owner: Some(owner()),
@@ -54,33 +68,86 @@ impl Gateway {
                 ));
             }
         };
-        let created = self
+        let key = req.credentials.as_ref().map(|c| c.access_key.as_str());
+        // The directory is made in the staging folder with its creator's
+        // grant and ACL, then renamed into place: a bucket never exists
+        // without its owner, even if this gateway dies halfway.
+        let temp = format!("bucket-{:016x}", rand::random::<u64>());
+        let staged = self
             .store
             .call(MetaOp::Mkdir {
-                parent: InodeId::ROOT,
-                name: input.bucket.as_bytes().to_vec(),
+                parent: self.store.staging,
+                name: temp.as_bytes().to_vec(),
                 mode: 0o755,
                 uid: 0,
                 gid: 0,
             })
-            .await;
-        let attr = match created {
-            Ok(reply) => tessera_client::path::attr_of(reply).map_err(s3_error)?,
-            Err(err) if err.code == ErrorCode::AlreadyExists => {
-                return Err(error(
-                    S3ErrorCode::BucketAlreadyOwnedByYou,
-                    format!("bucket {:?} exists", input.bucket),
-                ));
-            }
-            Err(err) => return Err(s3_error(err)),
-        };
+            .await
+            .and_then(tessera_client::path::attr_of)
+            .map_err(s3_error)?;
+        let mut xattrs = Vec::new();
+        if let Some(key) = key {
+            xattrs.push((
+                format!("{}{key}", crate::grants::XATTR_GRANT),
+                crate::grants::Perms::ALL.letters().into_bytes(),
+            ));
+        }
         if let Some(acl) = acl {
-            self.store
-                .set_xattrs(
-                    attr.ino,
-                    vec![(names::XATTR_ACL.into(), acl.as_bytes().to_vec())],
+            xattrs.push((names::XATTR_ACL.into(), acl.as_bytes().to_vec()));
+        }
+        let set = self.store.set_xattrs(staged.ino, xattrs).await;
+        let published = match set {
+            Ok(()) => self
+                .store
+                .call(MetaOp::Rename {
+                    parent: self.store.staging,
+                    name: temp.as_bytes().to_vec(),
+                    new_parent: InodeId::ROOT,
+                    new_name: input.bucket.as_bytes().to_vec(),
+                    mode: RenameMode::NoReplace,
+                })
+                .await
+                .map(|_| ()),
+            Err(err) => Err(tessera_proto::error::Error::internal(err.to_string())),
+        };
+        if let Err(err) = published {
+            let _ = self
+                .store
+                .call(MetaOp::Rmdir {
+                    parent: self.store.staging,
+                    name: temp.into_bytes(),
+                })
+                .await;
+            if err.code != ErrorCode::AlreadyExists {
+                return Err(s3_error(err));
+            }
+            let mine = match key {
+                Some(key) => {
+                    self.store
+                        .keys
+                        .perms(&self.store, key, &input.bucket)
+                        .await?
+                        .owner
+                }
+                None => false,
+            };
+            return Err(if mine {
+                error(
+                    S3ErrorCode::BucketAlreadyOwnedByYou,
+                    format!("bucket {:?} exists and is yours", input.bucket),
                 )
-                .await?;
+            } else {
+                error(
+                    S3ErrorCode::BucketAlreadyExists,
+                    format!(
+                        "bucket {:?} exists and belongs to another key; choose another name",
+                        input.bucket
+                    ),
+                )
+            });
+        }
+        if let Some(key) = key {
+            self.store.keys.forget_grant(key, staged.ino);
         }
         Ok(S3Response::new(CreateBucketOutput {
             location: Some(format!("/{}", input.bucket)),

@@ -119,12 +119,17 @@ impl Gateway {
     }
 
     /// Cleanup and sync tools list versions before they delete, whatever
-    /// the bucket: answered as S3 answers for an unversioned bucket.
+    /// the bucket: a bucket that never had versioning is answered as S3
+    /// answers for one, each object its version `null`, from the listing.
     pub(super) async fn handle_list_object_versions(
         &self,
         req: S3Request<ListObjectVersionsInput>,
     ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
         let input = req.input;
+        let bucket = self.store.bucket(&input.bucket).await?;
+        if self.store.versioning(&bucket).await? != Versioning::Off {
+            return self.list_versions(input, bucket).await;
+        }
         let key_marker = input.key_marker.clone().unwrap_or_default();
         match input.version_id_marker.as_deref() {
             None | Some("") => {}

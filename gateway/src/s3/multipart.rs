@@ -103,6 +103,7 @@ impl Gateway {
         &self,
         req: S3Request<UploadPartCopyInput>,
     ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        let key = req.credentials.as_ref().map(|c| c.access_key.clone());
         let input = req.input;
         check_part_number(input.part_number)?;
         let CopySource::Bucket {
@@ -123,6 +124,7 @@ impl Gateway {
             ));
         }
         self.store.bucket(&input.bucket).await?;
+        self.may_read_source(key.as_deref(), source_bucket).await?;
         let (dir, _) = self
             .upload_dir(&input.bucket, &input.key, &input.upload_id)
             .await?;
@@ -508,8 +510,10 @@ impl Gateway {
         // The parts were moved into the object (or, on failure, lost with
         // the staged file): the upload is over either way.
         let _ = self.remove_upload(&dir, &input.upload_id).await;
-        installed?;
-        Ok(completed(&input.bucket, &input.key, etag))
+        let (_, version_id) = installed?;
+        let mut output = completed(&input.bucket, &input.key, etag);
+        output.output.version_id = version_id;
+        Ok(output)
     }
 
     /// The ETag of the object at `key` when `upload_id` completed it and

@@ -60,7 +60,7 @@ impl Gateway {
         if limit > 0 && may_fit {
             let (bytes, whole) = read_prefix(&mut body, limit).await?;
             if whole {
-                let etag = self
+                let (etag, version_id) = self
                     .put_small(
                         &bucket,
                         &input.key,
@@ -74,6 +74,7 @@ impl Gateway {
                     .await?;
                 return Ok(S3Response::new(PutObjectOutput {
                     e_tag: Some(ETag::Strong(etag)),
+                    version_id,
                     ..Default::default()
                 }));
             }
@@ -103,17 +104,19 @@ impl Gateway {
             }
         };
         let etag = names::hex(&md5);
-        self.finish(
-            &bucket,
-            &input.key,
-            (&staged, &name),
-            meta.xattrs(),
-            &etag,
-            replace,
-        )
-        .await?;
+        let (_, version_id) = self
+            .finish(
+                &bucket,
+                &input.key,
+                (&staged, &name),
+                meta.xattrs(),
+                &etag,
+                replace,
+            )
+            .await?;
         Ok(S3Response::new(PutObjectOutput {
             e_tag: Some(ETag::Strong(etag)),
+            version_id,
             ..Default::default()
         }))
     }
@@ -123,7 +126,9 @@ impl Gateway {
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
         let input = req.input;
-        let (attr, etag, meta) = self.stat_object(&input.bucket, &input.key).await?;
+        let (attr, etag, meta, version_id) = self
+            .stat_version(&input.bucket, &input.key, input.version_id.as_deref())
+            .await?;
         check_conditions(
             &etag,
             attr.mtime_ns,
@@ -222,6 +227,7 @@ impl Gateway {
                 .or(meta.content_disposition.clone()),
             metadata: metadata_out(&meta),
             tag_count: tag_count(&meta),
+            version_id,
             ..Default::default()
         };
         let mut response = S3Response::new(output);
@@ -236,7 +242,9 @@ impl Gateway {
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         let input = req.input;
-        let (attr, etag, meta) = self.stat_object(&input.bucket, &input.key).await?;
+        let (attr, etag, meta, version_id) = self
+            .stat_version(&input.bucket, &input.key, input.version_id.as_deref())
+            .await?;
         check_conditions(
             &etag,
             attr.mtime_ns,
@@ -267,6 +275,7 @@ impl Gateway {
             cache_control: meta.cache_control.clone(),
             content_disposition: meta.content_disposition.clone(),
             metadata: metadata_out(&meta),
+            version_id,
             ..Default::default()
         });
         if partial {
@@ -281,8 +290,14 @@ impl Gateway {
     ) -> S3Result<S3Response<DeleteObjectOutput>> {
         let input = req.input;
         let bucket = self.store.bucket(&input.bucket).await?;
-        self.delete_key(&bucket, &input.key).await?;
-        Ok(S3Response::new(DeleteObjectOutput::default()))
+        let (delete_marker, version_id) = self
+            .delete_one(&bucket, &input.key, input.version_id.as_deref())
+            .await?;
+        Ok(S3Response::new(DeleteObjectOutput {
+            delete_marker: delete_marker.then_some(true),
+            version_id,
+            ..Default::default()
+        }))
     }
 
     pub(super) async fn handle_delete_objects(
@@ -298,31 +313,56 @@ impl Gateway {
             ));
         }
         let quiet = input.delete.quiet.unwrap_or(false);
-        let results: Vec<(String, S3Result<()>)> = futures_util::stream::iter(input.delete.objects)
-            .map(|object| {
+        // Keys are deleted 16 at a time; the entries of one key in order,
+        // since deleting a version may make another one current.
+        let mut by_key: Vec<(String, Vec<ObjectIdentifier>)> = Vec::new();
+        for object in input.delete.objects {
+            match by_key.iter_mut().find(|(key, _)| *key == object.key) {
+                Some((_, list)) => list.push(object),
+                None => by_key.push((object.key.clone(), vec![object])),
+            }
+        }
+        let grouped: Vec<Vec<_>> = futures_util::stream::iter(by_key)
+            .map(|(_, objects)| {
                 let bucket = &bucket;
                 async move {
-                    let result = self.delete_key(bucket, &object.key).await;
-                    (object.key, result)
+                    let mut out = Vec::with_capacity(objects.len());
+                    for object in objects {
+                        let result = self
+                            .delete_one(bucket, &object.key, object.version_id.as_deref())
+                            .await;
+                        out.push((object.key, object.version_id, result));
+                    }
+                    out
                 }
             })
             .buffered(16)
             .collect()
             .await;
+        let results = grouped.into_iter().flatten();
         let mut deleted = Vec::new();
         let mut errors = Vec::new();
-        for (key, result) in results {
+        for (key, asked_version, result) in results {
             match result {
-                Ok(()) if !quiet => deleted.push(DeletedObject {
-                    key: Some(key),
-                    ..Default::default()
-                }),
-                Ok(()) => {}
+                Ok((marker, version_id)) if !quiet => {
+                    let (delete_marker_version_id, version_id) = match (marker, asked_version) {
+                        // A new delete marker: S3 names it apart.
+                        (true, None) => (version_id, None),
+                        (_, asked) => (None, asked.or(version_id)),
+                    };
+                    deleted.push(DeletedObject {
+                        key: Some(key),
+                        delete_marker: marker.then_some(true),
+                        delete_marker_version_id,
+                        version_id,
+                    })
+                }
+                Ok(_) => {}
                 Err(err) => errors.push(s3s::dto::Error {
                     code: Some(err.code().as_str().to_string()),
                     key: Some(key),
                     message: err.message().map(str::to_string),
-                    version_id: None,
+                    version_id: asked_version,
                 }),
             }
         }
@@ -337,6 +377,7 @@ impl Gateway {
         &self,
         req: S3Request<CopyObjectInput>,
     ) -> S3Result<S3Response<CopyObjectOutput>> {
+        let key = req.credentials.as_ref().map(|c| c.access_key.clone());
         let input = req.input;
         let CopySource::Bucket {
             bucket: source_bucket,
@@ -349,12 +390,7 @@ impl Gateway {
                 "copies from access points are not supported",
             ));
         };
-        if version_id.is_some() {
-            return Err(error(
-                S3ErrorCode::NotImplemented,
-                "buckets here are not versioned",
-            ));
-        }
+        self.may_read_source(key.as_deref(), source_bucket).await?;
         if names::marker_parts(source_key).is_some() || names::marker_parts(&input.key).is_some() {
             return Err(error(
                 S3ErrorCode::InvalidArgument,
@@ -362,8 +398,9 @@ impl Gateway {
                  PUT the marker with an empty body instead (see docs/s3.md)",
             ));
         }
-        let (source, source_etag, source_meta) =
-            self.stat_object(source_bucket, source_key).await?;
+        let (source, source_etag, source_meta, source_version) = self
+            .stat_version(source_bucket, source_key, version_id.as_deref())
+            .await?;
         check_conditions(
             &source_etag,
             source.mtime_ns,
@@ -377,7 +414,13 @@ impl Gateway {
         names::key_parts(&input.key)?;
         let replace_meta = input.metadata_directive.as_ref().map(|d| d.as_str())
             == Some(MetadataDirective::REPLACE);
-        if !replace_meta && **source_bucket == *input.bucket && **source_key == *input.key {
+        // A copy of an older version onto its key restores it; a copy of
+        // the object onto itself must change something.
+        if !replace_meta
+            && version_id.is_none()
+            && **source_bucket == *input.bucket
+            && **source_key == *input.key
+        {
             return Err(error(
                 S3ErrorCode::InvalidRequest,
                 "copying an object onto itself needs a metadata change (x-amz-metadata-directive: REPLACE)",
@@ -397,31 +440,44 @@ impl Gateway {
         } else {
             source_tags
         };
+        // The copy shares the source's chunks: no byte is read or written,
+        // whatever its size. Its ETag is the source's, which the same bytes
+        // keep (a multipart ETag with its part sizes).
+        let source_parts = source_meta_parts(&source_etag, &meta);
         let (staged, name) = self.store.create_staged().await?;
-        let md5 = match self.copy_data(&source, staged.ino).await {
-            Ok(md5) => md5,
-            Err(err) => {
-                self.store.discard(self.store.staging, &name).await;
-                return Err(err);
-            }
-        };
-        let etag = names::hex(&md5);
-        let written = self
+        if let Err(err) = self
+            .store
+            .call(MetaOp::CloneFile {
+                source: source.ino,
+                target: staged.ino,
+            })
+            .await
+        {
+            self.store.discard(self.store.staging, &name).await;
+            return Err(s3_error(err));
+        }
+        let mut xattrs = meta.xattrs();
+        if let Some(parts) = source_parts {
+            xattrs.push((names::XATTR_PARTS.into(), parts));
+        }
+        let (written, version_id) = self
             .finish(
                 &bucket,
                 &input.key,
                 (&staged, &name),
-                meta.xattrs(),
-                &etag,
+                xattrs,
+                &source_etag,
                 true,
             )
             .await?;
         Ok(S3Response::new(CopyObjectOutput {
             copy_object_result: Some(CopyObjectResult {
-                e_tag: Some(ETag::Strong(etag)),
+                e_tag: Some(ETag::Strong(source_etag)),
                 last_modified: Some(timestamp(written.mtime_ns)),
                 ..Default::default()
             }),
+            copy_source_version_id: source_version,
+            version_id,
             ..Default::default()
         }))
     }
@@ -437,14 +493,14 @@ impl Gateway {
         mut xattrs: Vec<(String, Vec<u8>)>,
         etag: &str,
         replace: bool,
-    ) -> S3Result<Attr> {
+    ) -> S3Result<(Attr, Option<String>)> {
         let (attr, name) = staged;
         let result = async {
             let written = self.store.getattr(attr.ino).await.map_err(s3_error)?;
             xattrs.push((names::XATTR_ETAG.into(), etag_record(etag, &written)));
             self.store.set_xattrs(attr.ino, xattrs).await?;
-            self.store.install(bucket, key, name, replace).await?;
-            Ok(written)
+            let version = self.store.install(bucket, key, name, replace).await?;
+            Ok((written, version))
         }
         .await;
         if result.is_err() {
@@ -459,18 +515,72 @@ impl Gateway {
         bucket: &str,
         key: &str,
     ) -> S3Result<(Attr, String, ObjectMeta)> {
+        let (attr, etag, meta, _) = self.stat_version(bucket, key, None).await?;
+        Ok((attr, etag, meta))
+    }
+
+    /// The object, or one version of it, with its ETag, metadata and, in a
+    /// versioned bucket, version id.
+    pub(super) async fn stat_version(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> S3Result<(Attr, String, ObjectMeta, Option<String>)> {
         let bucket = self.store.bucket(bucket).await?;
         if names::marker_parts(key).is_some() {
+            if version_id.is_some_and(|v| v != crate::versions::NULL) {
+                return Err(no_such_version(version_id));
+            }
             return match self.store.marker(&bucket, key).await? {
                 Some(marker) => Ok((
                     marker.attr,
                     crate::store::MARKER_ETAG.into(),
                     ObjectMeta::from_xattrs(&marker.xattrs),
+                    None,
                 )),
                 None => Err(error(S3ErrorCode::NoSuchKey, format!("no object {key:?}"))),
             };
         }
-        let attr = self.store.object(&bucket, key).await?;
+        let state = self.store.versioning(&bucket).await?;
+        let attr = match version_id {
+            Some(id) => {
+                crate::versions::check_version_id(id)?;
+                let found = self.store.version(&bucket, key, id).await?;
+                let Some(version) = found else {
+                    // Without versioning the object is the version null.
+                    if state == Versioning::Off && id == crate::versions::NULL {
+                        return self.stat_version_current(&bucket, key, state).await;
+                    }
+                    return Err(no_such_version(version_id));
+                };
+                if version.delete_marker {
+                    return Err(error(
+                        S3ErrorCode::MethodNotAllowed,
+                        format!("version {id} of {key:?} is a delete marker"),
+                    ));
+                }
+                version.attr
+            }
+            None => return self.stat_version_current(&bucket, key, state).await,
+        };
+        let all = self.store.xattrs(attr.ino).await.map_err(s3_error)?;
+        let etag = etag_of(&attr, all.get(names::XATTR_ETAG).map(Vec::as_slice));
+        Ok((
+            attr,
+            etag,
+            ObjectMeta::from_xattrs(&all),
+            version_id.map(str::to_string),
+        ))
+    }
+
+    async fn stat_version_current(
+        &self,
+        bucket: &Attr,
+        key: &str,
+        state: Versioning,
+    ) -> S3Result<(Attr, String, ObjectMeta, Option<String>)> {
+        let attr = self.store.object(bucket, key).await?;
         let all = match self.store.xattrs(attr.ino).await {
             Ok(all) => all,
             Err(err) if err.code == ErrorCode::NotFound => {
@@ -479,7 +589,49 @@ impl Gateway {
             Err(err) => return Err(s3_error(err)),
         };
         let etag = etag_of(&attr, all.get(names::XATTR_ETAG).map(Vec::as_slice));
-        Ok((attr, etag, ObjectMeta::from_xattrs(&all)))
+        let version = match all.get(crate::versions::XATTR_VERSION_ID) {
+            Some(id) => Some(String::from_utf8_lossy(id).into_owned()),
+            None if state != Versioning::Off => Some(crate::versions::NULL.into()),
+            None => None,
+        };
+        Ok((attr, etag, ObjectMeta::from_xattrs(&all), version))
+    }
+
+    /// DELETE of a key, or of one of its versions; returns whether a
+    /// delete marker was made or deleted, and the version id concerned.
+    pub(super) async fn delete_one(
+        &self,
+        bucket: &Attr,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> S3Result<(bool, Option<String>)> {
+        if names::marker_parts(key).is_some() || names::key_parts(key).is_err() {
+            self.delete_key(bucket, key).await?;
+            return Ok((false, None));
+        }
+        let state = self.store.versioning(bucket).await?;
+        match version_id {
+            Some(id) => {
+                crate::versions::check_version_id(id)?;
+                match self.store.delete_version(bucket, key, id).await? {
+                    Some(marker) => Ok((marker, Some(id.to_string()))),
+                    // Without versioning the object is the version null.
+                    None if state == Versioning::Off && id == crate::versions::NULL => {
+                        self.delete_key(bucket, key).await?;
+                        Ok((false, Some(id.to_string())))
+                    }
+                    None => Ok((false, Some(id.to_string()))),
+                }
+            }
+            None if state == Versioning::Off => {
+                self.delete_key(bucket, key).await?;
+                Ok((false, None))
+            }
+            None => {
+                let id = self.store.delete_with_marker(bucket, key, state).await?;
+                Ok((true, Some(id)))
+            }
+        }
     }
 
     /// Deletes the object at `key` if there is one; a key that names
@@ -518,6 +670,26 @@ impl Gateway {
             Err(err) => Err(s3_error(err)),
         }
     }
+}
+
+fn no_such_version(id: Option<&str>) -> s3s::S3Error {
+    error(
+        S3ErrorCode::NoSuchVersion,
+        format!("no version {:?} of this key", id.unwrap_or_default()),
+    )
+}
+
+/// A multipart source's part sizes, for a copy that keeps its ETag.
+fn source_meta_parts(etag: &str, meta: &ObjectMeta) -> Option<Vec<u8>> {
+    if !etag.contains('-') {
+        return None;
+    }
+    let runs = meta.parts.as_ref()?;
+    let sizes: Vec<u64> = runs
+        .iter()
+        .flat_map(|&(size, count)| std::iter::repeat_n(size, count as usize))
+        .collect();
+    Some(crate::store::encode_parts(&sizes))
 }
 
 /// `x-amz-tagging-count`, sent only when the object has tags.

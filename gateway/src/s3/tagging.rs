@@ -3,13 +3,18 @@
 //! the object's `user.s3.tagging` xattr in the query-string form of the
 //! `x-amz-tagging` header. A tag change touches no byte of the object, so
 //! its ETag stays. PUT, copy (`x-amz-tagging-directive`) and multipart
-//! creation take tags; GET reports their count.
+//! creation take tags; GET reports their count. Buckets take up to 50
+//! tags, in the bucket directory's `user.s3.bucket-tagging` xattr.
 
 use super::*;
 use s3s::S3Error;
 use tessera_proto::meta::MetaReply;
 
 const TAGS_MAX: usize = 10;
+/// A bucket takes more tags than an object, as in S3.
+const BUCKET_TAGS_MAX: usize = 50;
+/// On the bucket's directory, in the same form as an object's tags.
+const XATTR_BUCKET_TAGGING: &str = "user.s3.bucket-tagging";
 const TAG_KEY_MAX_CHARS: usize = 128;
 const TAG_VALUE_MAX_CHARS: usize = 256;
 
@@ -19,11 +24,15 @@ fn invalid_tag(message: String) -> S3Error {
     err
 }
 
-/// Refuses a tag set S3 would refuse.
+/// Refuses a tag set S3 would refuse on an object.
 pub(super) fn check_tags(tags: &[(String, String)]) -> S3Result<()> {
-    if tags.len() > TAGS_MAX {
+    check_tag_set(tags, TAGS_MAX, "an object")
+}
+
+fn check_tag_set(tags: &[(String, String)], max: usize, what: &str) -> S3Result<()> {
+    if tags.len() > max {
         return Err(invalid_tag(format!(
-            "{} tags; an object takes at most {TAGS_MAX}",
+            "{} tags; {what} takes at most {max}",
             tags.len()
         )));
     }
@@ -76,6 +85,17 @@ pub(crate) fn decode_tags(value: &[u8]) -> Vec<(String, String)> {
         .collect()
 }
 
+fn tag_pairs(set: &[Tag]) -> Vec<(String, String)> {
+    set.iter()
+        .map(|tag| {
+            (
+                tag.key.clone().unwrap_or_default(),
+                tag.value.clone().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
 impl Gateway {
     /// The inode carrying the tags of `key`: the object, or a directory
     /// marker's directory.
@@ -99,17 +119,7 @@ impl Gateway {
         req: S3Request<PutObjectTaggingInput>,
     ) -> S3Result<S3Response<PutObjectTaggingOutput>> {
         let input = req.input;
-        let tags: Vec<(String, String)> = input
-            .tagging
-            .tag_set
-            .iter()
-            .map(|tag| {
-                (
-                    tag.key.clone().unwrap_or_default(),
-                    tag.value.clone().unwrap_or_default(),
-                )
-            })
-            .collect();
+        let tags = tag_pairs(&input.tagging.tag_set);
         check_tags(&tags)?;
         let ino = self.tagged(&input.bucket, &input.key).await?;
         if tags.is_empty() {
@@ -169,12 +179,81 @@ impl Gateway {
         Ok(S3Response::new(DeleteObjectTaggingOutput::default()))
     }
 
+    pub(super) async fn handle_put_bucket_tagging(
+        &self,
+        req: S3Request<PutBucketTaggingInput>,
+    ) -> S3Result<S3Response<PutBucketTaggingOutput>> {
+        let input = req.input;
+        let bucket = self.store.bucket(&input.bucket).await?;
+        let tags = tag_pairs(&input.tagging.tag_set);
+        check_tag_set(&tags, BUCKET_TAGS_MAX, "a bucket")?;
+        if tags.is_empty() {
+            self.remove_xattr(bucket.ino, XATTR_BUCKET_TAGGING).await?;
+        } else {
+            self.store
+                .set_xattrs(
+                    bucket.ino,
+                    vec![(XATTR_BUCKET_TAGGING.into(), encode_tags(&tags))],
+                )
+                .await?;
+        }
+        Ok(S3Response::new(PutBucketTaggingOutput::default()))
+    }
+
+    pub(super) async fn handle_get_bucket_tagging(
+        &self,
+        req: S3Request<GetBucketTaggingInput>,
+    ) -> S3Result<S3Response<GetBucketTaggingOutput>> {
+        let bucket = self.store.bucket(&req.input.bucket).await?;
+        let no_tags = || {
+            error(
+                S3ErrorCode::NoSuchTagSet,
+                format!("bucket {:?} has no tags", req.input.bucket),
+            )
+        };
+        let tags = match self
+            .store
+            .call(MetaOp::GetXattr {
+                ino: bucket.ino,
+                name: XATTR_BUCKET_TAGGING.as_bytes().to_vec(),
+            })
+            .await
+        {
+            Ok(MetaReply::Xattr(value)) => decode_tags(&value),
+            Ok(_) => return Err(no_tags()),
+            Err(err) if err.code == ErrorCode::NoAttr => return Err(no_tags()),
+            Err(err) => return Err(s3_error(err)),
+        };
+        Ok(S3Response::new(GetBucketTaggingOutput {
+            tag_set: tags
+                .into_iter()
+                .map(|(key, value)| Tag {
+                    key: Some(key),
+                    value: Some(value),
+                })
+                .collect(),
+        }))
+    }
+
+    pub(super) async fn handle_delete_bucket_tagging(
+        &self,
+        req: S3Request<DeleteBucketTaggingInput>,
+    ) -> S3Result<S3Response<DeleteBucketTaggingOutput>> {
+        let bucket = self.store.bucket(&req.input.bucket).await?;
+        self.remove_xattr(bucket.ino, XATTR_BUCKET_TAGGING).await?;
+        Ok(S3Response::new(DeleteBucketTaggingOutput::default()))
+    }
+
     async fn remove_tags(&self, ino: InodeId) -> S3Result<()> {
+        self.remove_xattr(ino, names::XATTR_TAGGING).await
+    }
+
+    async fn remove_xattr(&self, ino: InodeId, name: &str) -> S3Result<()> {
         match self
             .store
             .call(MetaOp::RemoveXattr {
                 ino,
-                name: names::XATTR_TAGGING.as_bytes().to_vec(),
+                name: name.as_bytes().to_vec(),
             })
             .await
         {

@@ -249,6 +249,35 @@ impl Namespace {
         self.attr(target)
     }
 
+    /// See [`MetaOp::CloneFile`](tessera_proto::meta::MetaOp::CloneFile).
+    pub fn clone_file(
+        &mut self,
+        source: InodeId,
+        target: InodeId,
+        now_ns: i64,
+    ) -> Result<Attr, Error> {
+        let size = self.file_node(source)?.size;
+        let empty = self.file_node(target)?.size == 0
+            && self.extents_in(target, 0, u64::MAX, 1).is_empty()
+            && self.inline_bytes(target).is_empty();
+        if source == target || !empty {
+            return Err(err(
+                ErrorCode::InvalidArgument,
+                format!("a clone needs an empty file apart from its source; {target} is not"),
+            ));
+        }
+        let extents = self.extents_of(source);
+        self.replace_extents(target, Vec::new(), extents);
+        let inline = self.inline_bytes(source);
+        self.put_inline(target, inline);
+        self.update(target, |node| {
+            node.size = size;
+            node.mtime_ns = now_ns;
+            node.ctime_ns = now_ns;
+        });
+        self.attr(target)
+    }
+
     /// Lays `new` over the file's extents: whatever it covers is cut out of
     /// older extents, splitting one in two if `new` lands in its middle.
     pub(super) fn overlay(&mut self, ino: InodeId, new: Extent) {

@@ -1848,4 +1848,5 @@ fn swap_layout_replaces_extents_only_while_the_file_is_unchanged() {
     assert!(released.contains(&ChunkId(1)) && released.contains(&ChunkId(2)));
 }
 
+mod clone;
 mod inline;

@@ -65,7 +65,12 @@ impl Namespace {
         Some(path)
     }
 
-    fn name_in(&self, parent: InodeId, child: InodeId, left: &mut usize) -> Option<Vec<u8>> {
+    pub(super) fn name_in(
+        &self,
+        parent: InodeId,
+        child: InodeId,
+        left: &mut usize,
+    ) -> Option<Vec<u8>> {
         const PAGE: usize = 1024;
         let prefix = dirent_prefix(parent);
         let end = prefix_end(&prefix);

@@ -20,7 +20,7 @@ use crate::types::Applied;
 use serde::{Deserialize, Serialize};
 use tessera_proto::error::{Error, ErrorCode};
 use tessera_proto::ids::InodeId;
-use tessera_proto::meta::{Attr, FileKind, MetaOp, MetaReply};
+use tessera_proto::meta::{Attr, FileKind, MetaOp, MetaReply, Step};
 use tessera_proto::session::{SESSION_TEXT_MAX, SessionId, SessionInfo};
 
 const KEY_NEXT_SESSION: &[u8] = b"xsessions";
@@ -161,7 +161,7 @@ impl State {
             return Err(expired(id));
         };
         match op {
-            MetaOp::Open { ino } => {
+            MetaOp::Open { ino } | MetaOp::OpenWrite { ino, .. } => {
                 let reply = self.apply_client(op, now_ns)?;
                 self.hold_handle(id, &mut record, *ino);
                 Ok(reply)
@@ -239,6 +239,24 @@ impl State {
                 let named = self.ns.child(*parent, name);
                 let reply = self.apply_client(op, now_ns)?;
                 if let Some(ino) = named {
+                    let key = temporary_key(id, ino);
+                    if self.ns.kv().get(&key).is_some() {
+                        self.ns.kv_mut().delete(key);
+                    }
+                }
+                Ok(reply)
+            }
+            MetaOp::Steps { steps } => {
+                let named: Vec<InodeId> = steps
+                    .iter()
+                    .filter_map(|step| match step {
+                        Step::Rename { parent, name, .. } | Step::Unlink { parent, name } => {
+                            self.ns.child(*parent, name)
+                        }
+                    })
+                    .collect();
+                let reply = self.apply_client(op, now_ns)?;
+                for ino in named {
                     let key = temporary_key(id, ino);
                     if self.ns.kv().get(&key).is_some() {
                         self.ns.kv_mut().delete(key);
