@@ -250,6 +250,7 @@ pub fn needs(op: &str) -> Option<Perms> {
         | "GetBucketTagging"
         | "GetObjectAttributes" => read,
         "PutObject"
+        | "PostObject"
         | "DeleteObject"
         | "DeleteObjects"
         | "CopyObject"

@@ -174,6 +174,13 @@ impl Gateway {
         let mut builder = s3s::service::S3ServiceBuilder::new(gateway);
         builder.set_auth(auth::KeyAuth::new(store.clone()));
         builder.set_access(auth::Access::new(store.clone()));
+        // A browser's POST upload is held in memory whole while its policy
+        // is checked: bounded well below S3's 5 GiB (docs/s3.md).
+        let mut config = s3s::config::S3Config::default();
+        config.post_object_max_file_size = POST_OBJECT_MAX_BYTES;
+        builder.set_config(Arc::new(s3s::config::StaticConfigProvider::new(Arc::new(
+            config,
+        ))));
         if let Some(host) = host {
             builder.set_host(host);
         }
@@ -387,6 +394,9 @@ fn stamp_request_id(response: &mut http::Response<s3s::Body>, request_id: &str, 
     );
     *response.body_mut() = s3s::Body::from(added);
 }
+
+/// Largest file a browser POST upload may carry.
+const POST_OBJECT_MAX_BYTES: u64 = 64 << 20;
 
 /// Raises the open-file limit to its hard maximum: every S3 connection
 /// holds a descriptor, and the usual soft limit of 1,024 would refuse

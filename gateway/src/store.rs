@@ -11,7 +11,7 @@ use tessera_client::{Client, MetaClient};
 use tessera_proto::error::{Error, ErrorCode};
 use tessera_proto::ids::InodeId;
 use tessera_proto::meta::{
-    Attr, DirEntry, FileKind, MetaOp, MetaReply, READDIR_PAGE_MAX, RenameMode,
+    Attr, DirEntry, FileKind, MetaOp, MetaReply, READDIR_PAGE_MAX, RenameMode, Step,
     XATTR_TOTAL_MAX_BYTES, XATTR_VALUE_MAX_BYTES,
 };
 
@@ -327,12 +327,15 @@ impl Store {
     /// `replace: false` is `If-None-Match: *`. In a versioned bucket the
     /// object it replaces is kept as an older version (crate::versions);
     /// returns the new version's id there.
+    /// `expect` is `If-Match`'s object: the rename happens only if the key
+    /// still names it, checked in the same command (412 otherwise).
     pub async fn install(
         &self,
         bucket: &Attr,
         key: &str,
         staged: &[u8],
         replace: bool,
+        expect: Option<InodeId>,
     ) -> S3Result<Option<String>> {
         let state = self.versioning(bucket).await?;
         if state != Versioning::Off {
@@ -343,19 +346,38 @@ impl Store {
                 ));
             };
             return self
-                .publish_version(bucket, key, staged, attr.ino, state, replace)
+                .publish_version(bucket, key, staged, attr.ino, state, replace, expect)
                 .await
                 .map(Some);
         }
-        self.place(bucket, key, |parent, last| MetaOp::Rename {
-            parent: self.staging,
-            name: staged.to_vec(),
-            new_parent: parent,
-            new_name: last,
-            mode: if replace {
-                RenameMode::Replace
-            } else {
-                RenameMode::NoReplace
+        let mode = if replace {
+            RenameMode::Replace
+        } else {
+            RenameMode::NoReplace
+        };
+        self.place(bucket, key, |parent, last| match expect {
+            Some(ino) => MetaOp::Steps {
+                steps: vec![
+                    Step::Expect {
+                        parent,
+                        name: last.clone(),
+                        ino,
+                    },
+                    Step::Rename {
+                        parent: self.staging,
+                        name: staged.to_vec(),
+                        new_parent: parent,
+                        new_name: last,
+                        mode,
+                    },
+                ],
+            },
+            None => MetaOp::Rename {
+                parent: self.staging,
+                name: staged.to_vec(),
+                new_parent: parent,
+                new_name: last,
+                mode,
             },
         })
         .await
@@ -387,10 +409,17 @@ impl Store {
                 format!("the object's metadata does not fit: {total} bytes"),
             ));
         }
-        let xattrs: Vec<(Vec<u8>, Vec<u8>)> = xattrs
+        let state = self.versioning(bucket).await?;
+        let mut xattrs: Vec<(Vec<u8>, Vec<u8>)> = xattrs
             .into_iter()
             .map(|(name, value)| (name.into_bytes(), value))
             .collect();
+        if state == Versioning::Enabled {
+            xattrs.push((
+                crate::versions::XATTR_VERSION_ID.as_bytes().to_vec(),
+                crate::versions::new_version_id().into_bytes(),
+            ));
+        }
         let op = |parent: InodeId, name: Vec<u8>, replace: bool| MetaOp::PutInline {
             staging: self.staging,
             temp: format!("{:032x}", rand::random::<u128>()).into_bytes(),
@@ -404,7 +433,6 @@ impl Store {
             xattrs: xattrs.clone(),
             replace,
         };
-        let state = self.versioning(bucket).await?;
         if state != Versioning::Off {
             let staged = format!("{:032x}", rand::random::<u128>()).into_bytes();
             let reply = self
@@ -413,7 +441,7 @@ impl Store {
                 .map_err(s3_error)?;
             let attr = tessera_client::path::attr_of(reply).map_err(s3_error)?;
             let published = self
-                .publish_version(bucket, key, &staged, attr.ino, state, replace)
+                .publish_version(bucket, key, &staged, attr.ino, state, replace, None)
                 .await;
             return match published {
                 Ok(id) => Ok((attr, Some(id))),
@@ -466,6 +494,10 @@ impl Store {
                 Err(err) if err.code == ErrorCode::NotDir => {
                     Err(key_conflict(key, "lies below an existing object"))
                 }
+                Err(err) if err.code == ErrorCode::Busy => Err(error(
+                    S3ErrorCode::PreconditionFailed,
+                    format!("If-Match: object {key:?} changed during the upload"),
+                )),
                 Err(err) if err.code == ErrorCode::AlreadyExists => Err(error(
                     S3ErrorCode::PreconditionFailed,
                     format!("If-None-Match: * and object {key:?} exists"),

@@ -289,7 +289,9 @@ impl Store {
     /// current version of `key`, keeping the version it replaces in the
     /// store (or, when versioning is suspended, replacing the `null`
     /// version). Returns the new version's id. `replace: false` is
-    /// `If-None-Match: *`.
+    /// `If-None-Match: *`; `expect` is `If-Match`'s object, which must
+    /// still be the current version when the command applies.
+    #[allow(clippy::too_many_arguments)]
     pub async fn publish_version(
         &self,
         bucket: &Attr,
@@ -298,21 +300,28 @@ impl Store {
         staged_ino: InodeId,
         state: Versioning,
         replace: bool,
+        expect: Option<InodeId>,
     ) -> S3Result<String> {
+        // The id the staged file already carries (its writer set it with
+        // its other metadata, saving a commit), or a new one.
         let id = match state {
-            Versioning::Enabled => new_version_id(),
+            Versioning::Enabled => match self.version_id_of(staged_ino).await.map_err(s3_error)? {
+                id if id != NULL => id,
+                _ => {
+                    let id = new_version_id();
+                    self.call(MetaOp::SetXattr {
+                        ino: staged_ino,
+                        name: XATTR_VERSION_ID.as_bytes().to_vec(),
+                        value: id.as_bytes().to_vec(),
+                        mode: XattrMode::Either,
+                    })
+                    .await
+                    .map_err(s3_error)?;
+                    id
+                }
+            },
             _ => NULL.to_string(),
         };
-        if state == Versioning::Enabled {
-            self.call(MetaOp::SetXattr {
-                ino: staged_ino,
-                name: XATTR_VERSION_ID.as_bytes().to_vec(),
-                value: id.as_bytes().to_vec(),
-                mode: XattrMode::Either,
-            })
-            .await
-            .map_err(s3_error)?;
-        }
         let mut parts = names::key_parts(key)?;
         let Some(last) = parts.pop() else {
             return Err(error(S3ErrorCode::InvalidArgument, "the key is empty"));
@@ -331,6 +340,16 @@ impl Store {
                 return Err(error(S3ErrorCode::InternalError, "no version store"));
             };
             let mut steps = Vec::new();
+            if let Some(ino) = expect {
+                let Some(current) = current.as_ref().filter(|c| c.attr.ino == ino) else {
+                    return Err(changed(key));
+                };
+                steps.push(Step::Expect {
+                    parent: current.parent,
+                    name: current.name.clone(),
+                    ino,
+                });
+            }
             let mut mode = RenameMode::NoReplace;
             if state == Versioning::Suspended {
                 // The null version is replaced wherever it is.
@@ -368,6 +387,7 @@ impl Store {
             });
             match self.call(MetaOp::Steps { steps }).await {
                 Ok(_) => return Ok(id),
+                Err(err) if err.code == ErrorCode::Busy => return Err(changed(key)),
                 // Another writer moved the key meanwhile: look again.
                 Err(err)
                     if matches!(err.code, ErrorCode::NotFound | ErrorCode::AlreadyExists)
@@ -692,6 +712,13 @@ impl Store {
             })
             .collect())
     }
+}
+
+fn changed(key: &str) -> s3s::S3Error {
+    error(
+        S3ErrorCode::PreconditionFailed,
+        format!("If-Match: object {key:?} changed during the upload"),
+    )
 }
 
 fn version(id: String, attr: Attr, record: Option<Vec<u8>>, at: (InodeId, Vec<u8>)) -> Version {

@@ -571,6 +571,15 @@ impl Namespace {
                             mode,
                         } => self.rename(*parent, name, *new_parent, new_name, *mode, now_ns)?,
                         Step::Unlink { parent, name } => self.unlink(*parent, name, now_ns)?,
+                        Step::Expect { parent, name, ino } => {
+                            if self.child(*parent, name) != Some(*ino) {
+                                return Err(err(
+                                    ErrorCode::Busy,
+                                    format!("{parent}/{} is no longer {ino}", shown(name)),
+                                ));
+                            }
+                            MetaReply::Done
+                        }
                     };
                 }
                 Ok(MetaReply::Done)

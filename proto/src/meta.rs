@@ -171,6 +171,14 @@ pub enum Step {
         parent: InodeId,
         name: Vec<u8>,
     },
+    /// Fails the command with `Busy` unless `parent`'s entry `name` is the
+    /// inode `ino`: a write conditional on the object it replaces
+    /// (`If-Match`) checks it in the same command as the rename.
+    Expect {
+        parent: InodeId,
+        name: Vec<u8>,
+        ino: InodeId,
+    },
 }
 
 /// Most steps one [`MetaOp::Steps`] takes.

@@ -866,6 +866,37 @@ LIST_EXTRAS = [
 ]
 
 
+@check("conditional_writes")
+def check_conditional_writes():
+    """If-Match and If-None-Match: * on PutObject and CompleteMultipartUpload, as S3 has them since 2024"""
+    c = s3()
+    b = new_bucket("cond-writes")
+    e1 = c.put_object(Bucket=b, Key="k", Body=b"one")["ETag"]
+    e2 = c.put_object(Bucket=b, Key="k", Body=b"two" * 10_000, IfMatch=e1)["ETag"]
+    eq(get_bytes(b, "k"), b"two" * 10_000, "a PUT whose If-Match held")
+    expect_error(412, "PreconditionFailed", c.put_object, Bucket=b, Key="k", Body=b"three", IfMatch=e1)
+    eq(get_bytes(b, "k"), b"two" * 10_000, "after a stale If-Match")
+    expect_error(404, "NoSuchKey", c.put_object, Bucket=b, Key="absent", Body=b"x", IfMatch=e2)
+    expect_error(412, "PreconditionFailed", c.put_object, Bucket=b, Key="k", Body=b"x", IfNoneMatch="*")
+
+    def upload(key):
+        up = c.create_multipart_upload(Bucket=b, Key=key)["UploadId"]
+        etag = c.upload_part(Bucket=b, Key=key, UploadId=up, PartNumber=1, Body=b"p" * 1000)["ETag"]
+        return up, {"Parts": [{"PartNumber": 1, "ETag": etag}]}
+
+    up, parts = upload("k")
+    expect_error(412, "PreconditionFailed", c.complete_multipart_upload, Bucket=b, Key="k", UploadId=up,
+                 MultipartUpload=parts, IfNoneMatch="*")
+    eq(len(c.list_parts(Bucket=b, Key="k", UploadId=up)["Parts"]), 1, "a refused completion leaves the upload")
+    expect_error(412, "PreconditionFailed", c.complete_multipart_upload, Bucket=b, Key="k", UploadId=up,
+                 MultipartUpload=parts, IfMatch=e1)
+    c.complete_multipart_upload(Bucket=b, Key="k", UploadId=up, MultipartUpload=parts, IfMatch=e2)
+    eq(get_bytes(b, "k"), b"p" * 1000, "a completion whose If-Match held")
+    up, parts = upload("fresh")
+    c.complete_multipart_upload(Bucket=b, Key="fresh", UploadId=up, MultipartUpload=parts, IfNoneMatch="*")
+    eq(get_bytes(b, "fresh"), b"p" * 1000, "a completion with If-None-Match: * of a new key")
+
+
 def list_model(keys, prefix, delimiter, start_after):
     """The entries S3 lists, in order: ('k', key) or ('p', common prefix).
 
@@ -1244,6 +1275,61 @@ def check_aws_chunked():
         expect(st == 403 and error_code(body) == "SignatureDoesNotMatch", f"chunk {i} altered: {st} {body[:300]!r}")
         expect_error(404, None, c.head_object, Bucket=b, Key=f"dir/tampered-{i}.bin")
     eq(all_keys(b), ["dir/signed.bin"], "keys after the altered uploads")
+
+
+def form_post(url, fields, data, filename="upload.bin"):
+    """A browser's form upload: multipart/form-data with the policy's fields
+    then the file. Returns (status, headers, body)."""
+    boundary = "----tessera" + os.urandom(8).hex()
+    parts = []
+    for name, value in fields.items():
+        parts.append(
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n".encode()
+        )
+    parts.append(
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n"
+        "Content-Type: application/octet-stream\r\n\r\n".encode()
+        + data
+        + b"\r\n"
+    )
+    parts.append(f"--{boundary}--\r\n".encode())
+    return http("POST", url, b"".join(parts), {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+
+
+@check("post_policy")
+def check_post_policy():
+    """browser POST uploads with a signed policy: accepted within it, refused outside it or when tampered"""
+    c = s3()
+    b = new_bucket("post")
+    data = os.urandom(3000)
+    post = c.generate_presigned_post(
+        b, "uploads/photo.png",
+        Fields={"Content-Type": "image/png", "x-amz-meta-from": "browser"},
+        Conditions=[["starts-with", "$key", "uploads/"], ["content-length-range", 1, 10_000],
+                    {"Content-Type": "image/png"}, {"x-amz-meta-from": "browser"}],
+        ExpiresIn=300,
+    )
+    st, _, body = form_post(post["url"], post["fields"], data, filename="photo.png")
+    expect(st in (200, 201, 204), f"POST upload: {st} {body[:300]!r}")
+    eq(get_bytes(b, "uploads/photo.png"), data, "the POSTed object")
+    h = c.head_object(Bucket=b, Key="uploads/photo.png")
+    eq((h["ContentType"], h["Metadata"].get("from")), ("image/png", "browser"), "the POSTed object's metadata")
+    # Outside the policy: too large, another key prefix, a tampered policy.
+    st, _, body = form_post(post["url"], post["fields"], os.urandom(20_000), filename="big.png")
+    expect(st in (400, 403), f"over the policy's content-length-range: {st} {body[:200]!r}")
+    fields = dict(post["fields"], key="elsewhere/x.png")
+    st, _, body = form_post(post["url"], fields, data)
+    expect(st in (400, 403), f"a key outside the policy: {st} {body[:200]!r}")
+    # S3's ${filename} is not substituted here: refused, not stored as is.
+    named = c.generate_presigned_post(b, "uploads/${filename}", Conditions=[["starts-with", "$key", "uploads/"]])
+    st, _, body = form_post(named["url"], named["fields"], data, filename="x.png")
+    expect(st == 501, f"a ${{filename}} key: {st} {body[:200]!r}")
+    fields = dict(post["fields"])
+    sig = "x-amz-signature" if "x-amz-signature" in fields else "signature"
+    fields[sig] = fields[sig][:-1] + ("0" if fields[sig][-1] != "0" else "1")
+    st, _, body = form_post(post["url"], fields, data, filename="tampered.png")
+    expect(st == 403, f"a tampered signature: {st} {body[:200]!r}")
+    eq(all_keys(b), ["uploads/photo.png"], "keys after the refused uploads")
 
 
 @check("chunked_no_length")

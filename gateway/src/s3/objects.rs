@@ -10,6 +10,20 @@ impl Gateway {
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
         let promised = promised!(req);
+        // A browser form's upload comes here too. S3 puts the uploaded
+        // file's name in place of `${filename}` in its key; s3s keeps the
+        // name from us, so such a key is refused rather than stored as is.
+        let posted = req
+            .extensions
+            .get::<crate::auth::RequestInfo>()
+            .and_then(|info| info.operation())
+            .is_some_and(|op| op == "PostObject");
+        if posted && req.input.key.contains("${filename}") {
+            return Err(error(
+                S3ErrorCode::NotImplemented,
+                "a form upload's key may not use ${filename} here; name the whole key in the form's key field",
+            ));
+        }
         let input = req.input;
         let bucket = self.store.bucket(&input.bucket).await?;
         if names::marker_parts(&input.key).is_some() {
@@ -34,14 +48,18 @@ impl Gateway {
                 ));
             }
         };
+        // If-Match: the object it names must still be the one replaced
+        // when the new one is renamed in, checked in that same command.
+        let mut expect = None;
         if let Some(condition) = &input.if_match {
-            let (_, etag, _) = self.stat_object(&input.bucket, &input.key).await?;
+            let (attr, etag, _) = self.stat_object(&input.bucket, &input.key).await?;
             if !etag_matches(condition, &etag) {
                 return Err(error(
                     S3ErrorCode::PreconditionFailed,
                     "If-Match does not match the object's ETag",
                 ));
             }
+            expect = Some(attr.ino);
         }
         let meta = object_meta!(input);
         // A body within the inline limit becomes the object in one commit;
@@ -57,7 +75,7 @@ impl Gateway {
         let may_fit = input
             .content_length
             .is_none_or(|length| usize::try_from(length).is_ok_and(|length| length <= limit));
-        if limit > 0 && may_fit {
+        if limit > 0 && may_fit && expect.is_none() {
             let (bytes, whole) = read_prefix(&mut body, limit).await?;
             if whole {
                 let (etag, version_id) = self
@@ -111,7 +129,7 @@ impl Gateway {
                 (&staged, &name),
                 meta.xattrs(),
                 &etag,
-                replace,
+                (replace, expect),
             )
             .await?;
         Ok(S3Response::new(PutObjectOutput {
@@ -467,7 +485,7 @@ impl Gateway {
                 (&staged, &name),
                 xattrs,
                 &source_etag,
-                true,
+                (true, None),
             )
             .await?;
         Ok(S3Response::new(CopyObjectOutput {
@@ -492,14 +510,24 @@ impl Gateway {
         staged: (&Attr, &[u8]),
         mut xattrs: Vec<(String, Vec<u8>)>,
         etag: &str,
-        replace: bool,
+        (replace, expect): (bool, Option<InodeId>),
     ) -> S3Result<(Attr, Option<String>)> {
         let (attr, name) = staged;
         let result = async {
             let written = self.store.getattr(attr.ino).await.map_err(s3_error)?;
             xattrs.push((names::XATTR_ETAG.into(), etag_record(etag, &written)));
+            // A new version's id goes with the rest of its metadata.
+            if self.store.versioning(bucket).await? == Versioning::Enabled {
+                xattrs.push((
+                    crate::versions::XATTR_VERSION_ID.into(),
+                    crate::versions::new_version_id().into_bytes(),
+                ));
+            }
             self.store.set_xattrs(attr.ino, xattrs).await?;
-            let version = self.store.install(bucket, key, name, replace).await?;
+            let version = self
+                .store
+                .install(bucket, key, name, replace, expect)
+                .await?;
             Ok((written, version))
         }
         .await;

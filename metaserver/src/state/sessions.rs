@@ -253,6 +253,7 @@ impl State {
                         Step::Rename { parent, name, .. } | Step::Unlink { parent, name } => {
                             self.ns.child(*parent, name)
                         }
+                        Step::Expect { .. } => None,
                     })
                     .collect();
                 let reply = self.apply_client(op, now_ns)?;

@@ -136,7 +136,8 @@ fn a_write_open_in_a_versioned_bucket_keeps_the_version_it_replaces() {
     let bucket = mkdir(&mut ns, ROOT, "bucket");
     let dir = mkdir(&mut ns, bucket, "photos");
     let file = create(&mut ns, dir, "a.jpg");
-    ns.commit_extents(file, &[ext(0, 100, 9, 0)], 100, T0).unwrap();
+    ns.commit_extents(file, &[ext(0, 100, 9, 0)], 100, T0)
+        .unwrap();
     let set = |ns: &mut Namespace, ino: InodeId, name: &str, value: &str| {
         ns.apply(
             &MetaOp::SetXattr {
@@ -162,25 +163,40 @@ fn a_write_open_in_a_versioned_bucket_keeps_the_version_it_replaces() {
     set(&mut ns, bucket, XATTR_VERSIONING, "Enabled");
     ns.apply(&open(first), T0 + 2).unwrap();
     let store = ns.child(bucket, STORE_DIR).expect("the version store");
-    let key_dir = ns.child(ns.child(store, b"photos").unwrap(), b"a.jpg").unwrap();
-    let kept = ns.child(key_dir, &file_name("null")).expect("the null version kept");
+    let key_dir = ns
+        .child(ns.child(store, b"photos").unwrap(), b"a.jpg")
+        .unwrap();
+    let kept = ns
+        .child(key_dir, &file_name("null"))
+        .expect("the null version kept");
     assert_eq!(ns.layout(kept, 0, u64::MAX), ns.layout(file, 0, u64::MAX));
     assert_eq!(ns.chunk_refs(ChunkId(9)), 2);
-    assert_eq!(ns.attr(kept).unwrap().mtime_ns, ns.attr(file).unwrap().mtime_ns);
-    let xattr = |ns: &Namespace, ino: InodeId, name: &str| match ns.read(&MetaOp::GetXattr {
-        ino,
-        name: n(name),
-    }) {
+    assert_eq!(
+        ns.attr(kept).unwrap().mtime_ns,
+        ns.attr(file).unwrap().mtime_ns
+    );
+    let xattr = |ns: &Namespace, ino: InodeId, name: &str| match ns
+        .read(&MetaOp::GetXattr { ino, name: n(name) })
+    {
         Ok(MetaReply::Xattr(v)) => Some(v),
         _ => None,
     };
-    assert_eq!(xattr(&ns, kept, "user.s3.etag").as_deref(), Some(&b"etag-record"[..]));
+    assert_eq!(
+        xattr(&ns, kept, "user.s3.etag").as_deref(),
+        Some(&b"etag-record"[..])
+    );
     assert_eq!(xattr(&ns, kept, XATTR_VERSION_ID), None);
-    assert_eq!(xattr(&ns, file, XATTR_VERSION_ID).as_deref(), Some(first.as_bytes()));
+    assert_eq!(
+        xattr(&ns, file, XATTR_VERSION_ID).as_deref(),
+        Some(first.as_bytes())
+    );
     // The next write-open keeps the file under the id it took.
     ns.apply(&open(second), T0 + 3).unwrap();
     assert!(ns.child(key_dir, &file_name(first)).is_some());
-    assert_eq!(xattr(&ns, file, XATTR_VERSION_ID).as_deref(), Some(second.as_bytes()));
+    assert_eq!(
+        xattr(&ns, file, XATTR_VERSION_ID).as_deref(),
+        Some(second.as_bytes())
+    );
     // A malformed id is refused and changes nothing.
     let before = ns.records();
     ns.kv_mut().begin();
