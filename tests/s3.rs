@@ -160,7 +160,7 @@ fn s3_clients_against_tessera_dev() {
         assert!(metrics.contains(needle), "metrics lack {needle}");
     }
 
-    standalone_gateway(&dev, &aws, dir.path());
+    standalone_gateway(&dev, &aws, &python, dir.path());
 
     // A restart keeps the key the first start made.
     let before = std::fs::read_to_string(dev.credentials()).expect("credentials");
@@ -173,11 +173,13 @@ fn s3_clients_against_tessera_dev() {
 }
 
 /// `tessera gateway --config F` as its own process over the dev cluster:
-/// the same key works there, it serves what the other gateway wrote, and
-/// SIGTERM stops it cleanly.
-fn standalone_gateway(dev: &Dev, aws: &Path, dir: &Path) {
+/// the same key works there, it serves what the other gateway wrote,
+/// virtual-hosted-style requests under its `domain` reach their buckets,
+/// and SIGTERM stops it cleanly.
+fn standalone_gateway(dev: &Dev, aws: &Path, python: &Path, dir: &Path) {
     let client = std::fs::read_to_string(dev.data.join("client.toml")).expect("client.toml");
-    let mut config = String::from("listen = \"127.0.0.1:31010\"\n[client]\n");
+    let mut config =
+        String::from("listen = \"127.0.0.1:31010\"\ndomain = \"s3.tessera.test\"\n[client]\n");
     for line in client.lines() {
         match line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
             Some(table) => config.push_str(&format!("[client.{table}]\n")),
@@ -221,6 +223,17 @@ fn standalone_gateway(dev: &Dev, aws: &Path, dir: &Path) {
     assert_eq!(got, "through the standalone gateway\n");
     run(&["s3", "rm", "s3://standalone/a/b.txt"]);
     run(&["s3", "rb", "s3://standalone"]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/s3/s3_test.py");
+    let status = Command::new(python)
+        .arg(&script)
+        .args(["--only", "virtual_hosted"])
+        .env("S3_ENDPOINT", "http://127.0.0.1:31010")
+        .env("S3_VIRTUAL_DOMAIN", "s3.tessera.test")
+        .env("AWS_SHARED_CREDENTIALS_FILE", dev.credentials())
+        .env("AWS_CLI", aws)
+        .status()
+        .expect("run the virtual-hosted check");
+    assert!(status.success(), "the virtual-hosted check failed");
     let _ = Command::new("kill")
         .args(["-TERM", &gateway.child.id().to_string()])
         .status();

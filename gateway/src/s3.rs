@@ -71,6 +71,7 @@ macro_rules! object_meta {
 }
 
 // After the macros, which they use (macros are in scope textually).
+mod acl;
 mod buckets;
 mod listing;
 mod markers;

@@ -866,6 +866,51 @@ LIST_EXTRAS = [
 ]
 
 
+@check("virtual_hosted", tessera_only=True)
+def check_virtual_hosted():
+    """virtual-hosted-style addressing under the gateway's domain, beside path style"""
+    domain = os.environ.get("S3_VIRTUAL_DOMAIN")
+    if not domain:
+        raise Skip("S3_VIRTUAL_DOMAIN is not set (the gateway's `domain`)")
+    import socket
+
+    # Names under the domain resolve to the gateway here, as a wildcard
+    # DNS record would make them.
+    port = urllib.parse.urlparse(ENV.endpoint).port
+    real = socket.getaddrinfo
+
+    def resolve(host, *args, **kwargs):
+        if isinstance(host, str) and (host == domain or host.endswith("." + domain)):
+            host = "127.0.0.1"
+        return real(host, *args, **kwargs)
+
+    socket.getaddrinfo = resolve
+    try:
+        v = boto3.session.Session().client(
+            "s3",
+            endpoint_url=f"http://{domain}:{port}",
+            aws_access_key_id=ENV.key,
+            aws_secret_access_key=ENV.secret,
+            config=Config(region_name=REGION, s3={"addressing_style": "virtual"},
+                          retries={"max_attempts": 1, "mode": "standard"}),
+        )
+        b = bucket_name("vhost")
+        v.create_bucket(Bucket=b)
+        with _LOCK:
+            BUCKETS.append(b)
+        v.put_object(Bucket=b, Key="dir/file.txt", Body=b"virtual")
+        eq(v.get_object(Bucket=b, Key="dir/file.txt")["Body"].read(), b"virtual", "GET, virtual-hosted")
+        eq([o["Key"] for o in v.list_objects_v2(Bucket=b)["Contents"]], ["dir/file.txt"], "listing, virtual-hosted")
+        eq(get_bytes(b, "dir/file.txt"), b"virtual", "the same object, path style")
+        url = v.generate_presigned_url("get_object", Params={"Bucket": b, "Key": "dir/file.txt"}, ExpiresIn=60)
+        expect(urllib.parse.urlparse(url).hostname == f"{b}.{domain}", f"a virtual-hosted URL: {url}")
+        st, _, body = http("GET", url)
+        eq((st, body), (200, b"virtual"), "a presigned virtual-hosted GET")
+        v.delete_object(Bucket=b, Key="dir/file.txt")
+    finally:
+        socket.getaddrinfo = real
+
+
 @check("conditional_writes")
 def check_conditional_writes():
     """If-Match and If-None-Match: * on PutObject and CompleteMultipartUpload, as S3 has them since 2024"""
@@ -2589,6 +2634,18 @@ def check_bucket_keys():
     time.sleep(GRANT_WITHDRAWN_S)
     expect_error(403, "AccessDenied", b.get_object, Bucket=mine, Key="k")
     expect(mine not in [x["Name"] for x in b.list_buckets()["Buckets"]], "b no longer lists it")
+    # Grants through S3's ACLs: a key's id is its canonical user id.
+    a.put_bucket_acl(Bucket=mine, GrantRead=f'id="{b_id}"')
+    time.sleep(GRANT_GIVEN_S)
+    eq(get_bytes(mine, "k", client=b), b"from a", "b reads through an ACL grant")
+    grants = a.get_bucket_acl(Bucket=mine)["Grants"]
+    expect(any(g["Grantee"].get("ID") == b_id and g["Permission"] == "READ" for g in grants),
+           f"the bucket's ACL lists b's grant: {grants}")
+    expect_error(400, "InvalidArgument", a.put_bucket_acl, Bucket=mine, GrantRead='id="TK00000000000000NONE"')
+    a.put_bucket_acl(Bucket=mine, ACL="private")
+    time.sleep(GRANT_WITHDRAWN_S)
+    expect_error(403, "AccessDenied", b.get_object, Bucket=mine, Key="k")
+    a.head_bucket(Bucket=mine)  # the caller keeps its own grant
     b.abort_multipart_upload(Bucket=theirs, Key="mp", UploadId=b_upload)
     for made_key in made:
         tessera_admin("key", "delete", made_key["id"])

@@ -206,69 +206,6 @@ impl Gateway {
         }))
     }
 
-    pub(super) async fn handle_put_bucket_acl(
-        &self,
-        req: S3Request<PutBucketAclInput>,
-    ) -> S3Result<S3Response<PutBucketAclOutput>> {
-        let input = req.input;
-        let bucket = self.store.bucket(&input.bucket).await?;
-        let acl = match (
-            input.acl.as_ref().map(|a| a.as_str()),
-            &input.access_control_policy,
-        ) {
-            (Some(acl @ (BucketCannedACL::PRIVATE | BucketCannedACL::PUBLIC_READ)), None) => {
-                acl.to_string()
-            }
-            _ => {
-                return Err(error(
-                    S3ErrorCode::NotImplemented,
-                    "only the canned ACLs private and public-read are supported (x-amz-acl)",
-                ));
-            }
-        };
-        self.store
-            .set_xattrs(
-                bucket.ino,
-                vec![(names::XATTR_ACL.into(), acl.into_bytes())],
-            )
-            .await?;
-        Ok(S3Response::new(PutBucketAclOutput::default()))
-    }
-
-    pub(super) async fn handle_get_bucket_acl(
-        &self,
-        req: S3Request<GetBucketAclInput>,
-    ) -> S3Result<S3Response<GetBucketAclOutput>> {
-        let bucket = self.store.bucket(&req.input.bucket).await?;
-        let all = self.store.xattrs(bucket.ino).await.map_err(s3_error)?;
-        let mut grants = vec![Grant {
-            grantee: Some(Grantee {
-                display_name: Some(OWNER_ID.into()),
-                email_address: None,
-                id: Some(OWNER_ID.into()),
-                type_: Type::from_static(Type::CANONICAL_USER),
-                uri: None,
-            }),
-            permission: Some(Permission::from_static(Permission::FULL_CONTROL)),
-        }];
-        if all.get(names::XATTR_ACL).map(Vec::as_slice) == Some(b"public-read") {
-            grants.push(Grant {
-                grantee: Some(Grantee {
-                    display_name: None,
-                    email_address: None,
-                    id: None,
-                    type_: Type::from_static(Type::GROUP),
-                    uri: Some("http://acs.amazonaws.com/groups/global/AllUsers".into()),
-                }),
-                permission: Some(Permission::from_static(Permission::READ)),
-            });
-        }
-        Ok(S3Response::new(GetBucketAclOutput {
-            grants: Some(grants),
-            owner: Some(owner()),
-        }))
-    }
-
     pub(super) async fn handle_put_bucket_cors(
         &self,
         req: S3Request<PutBucketCorsInput>,
