@@ -2,7 +2,10 @@
 # put and get of one large file under replicas:3 and ec:4+2 on a local
 # cluster of separate processes, next to the local disk's own figures
 # measured in the same run (machines here are shared and noisy: compare the
-# ratios). Prints a markdown table for docs/benchmarks.md.
+# ratios). Prints a markdown table for docs/benchmarks.md, with the CPU
+# each transfer cost per GiB moved: the client's user and system time (GNU
+# time) plus the cluster's processes' (their /proc/PID/stat before and
+# after), since wall time on a shared machine is noisy and CPU time is not.
 #
 #   bench/put_get.sh [--size-mib N] [--dir DIR] [--bin PATH]
 #
@@ -43,12 +46,28 @@ drop_caches() {
     fi
 }
 
-# seconds and peak RSS (KiB) of a command, from GNU time.
+# seconds, peak RSS (KiB) and CPU seconds (user + system) of a command,
+# from GNU time.
 timed() {
     local out
-    out=$(/usr/bin/time -f "%e %M" "$@" 2>&1 >/dev/null | tail -1)
-    echo "$out"
+    out=$(/usr/bin/time -f "%e %M %U %S" "$@" 2>&1 >/dev/null | tail -1)
+    echo "$out" | awk '{ printf "%s %s %.2f\n", $1, $2, $3 + $4 }'
 }
+
+TICKS=$(getconf CLK_TCK)
+# CPU seconds (user + system) the cluster's processes have used so far.
+cluster_cpu() {
+    local total=0 pid
+    for pid in $(pgrep -f -- "$DIR/cluster/" || true); do
+        [[ -r /proc/$pid/stat ]] || continue
+        # Fields 14 and 15 (utime, stime), counted after the command name.
+        total=$((total + $(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$pid/stat")))
+    done
+    awk -v t="$total" -v hz="$TICKS" 'BEGIN { printf "%.2f", t / hz }'
+}
+
+# CPU seconds per GiB of SIZE_MIB moved.
+per_gib() { awk -v c="$1" -v m="$SIZE_MIB" 'BEGIN { printf "%.2f", c * 1024 / m }'; }
 
 mibps() { awk -v s="$1" -v m="$SIZE_MIB" 'BEGIN { printf "%.0f", m / s }'; }
 
@@ -57,9 +76,9 @@ head -c $((SIZE_MIB << 20)) /dev/urandom > "$DIR/source"
 
 echo "== local disk: dd write with fsync, then cold read" >&2
 drop_caches
-read -r dd_w_s _ < <(timed dd if="$DIR/source" of="$DIR/dd-copy" bs=4M conv=fsync)
+read -r dd_w_s _ dd_w_cpu < <(timed dd if="$DIR/source" of="$DIR/dd-copy" bs=4M conv=fsync)
 drop_caches
-read -r dd_r_s _ < <(timed dd if="$DIR/dd-copy" of=/dev/null bs=4M)
+read -r dd_r_s _ dd_r_cpu < <(timed dd if="$DIR/dd-copy" of=/dev/null bs=4M)
 rm -f "$DIR/dd-copy"
 DD_W=$(mibps "$dd_w_s")
 DD_R=$(mibps "$dd_r_s")
@@ -72,8 +91,8 @@ export TESSERA_CONFIG=$DIR/cluster/client.toml
 "$BIN" mkdir /ec >/dev/null
 "$BIN" policy set /ec ec:4+2 >/dev/null
 
-echo "| policy | operation | MiB/s | local disk MiB/s (same run) | ratio | limit on one disk | ratio to limit | client peak RSS |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| policy | operation | MiB/s | local disk MiB/s (same run) | ratio | limit on one disk | ratio to limit | CPU s/GiB: client + servers = total (local dd) | client peak RSS |"
+echo "|---|---|---|---|---|---|---|---|---|"
 for policy in r3 ec; do
     case $policy in
         r3) name=replicas:3; limit_w=$(awk -v d="$DD_W" 'BEGIN { printf "%.0f", d / 3 }') ;;
@@ -81,14 +100,20 @@ for policy in r3 ec; do
     esac
     drop_caches
     cat "$DIR/source" > /dev/null   # the client reads its source from memory
-    read -r put_s put_rss < <(timed "$BIN" put "$DIR/source" "/$policy/file")
+    before=$(cluster_cpu)
+    read -r put_s put_rss put_cpu < <(timed "$BIN" put "$DIR/source" "/$policy/file")
+    put_srv=$(awk -v a="$before" -v b="$(cluster_cpu)" 'BEGIN { printf "%.2f", b - a }')
     drop_caches
-    read -r get_s get_rss < <(timed "$BIN" get "/$policy/file" -)
+    before=$(cluster_cpu)
+    read -r get_s get_rss get_cpu < <(timed "$BIN" get "/$policy/file" -)
+    get_srv=$(awk -v a="$before" -v b="$(cluster_cpu)" 'BEGIN { printf "%.2f", b - a }')
     PUT=$(mibps "$put_s")
     GET=$(mibps "$get_s")
-    awk -v n="$name" -v p="$PUT" -v d="$DD_W" -v l="$limit_w" -v r="$put_rss" 'BEGIN {
-        printf "| %s | put | %d | %d (write, fsync) | %.2f | %d | %.2f | %d MiB |\n", n, p, d, p / d, l, p / l, r / 1024 }'
-    awk -v n="$name" -v g="$GET" -v d="$DD_R" -v r="$get_rss" -v c="$CACHE" 'BEGIN {
-        printf "| %s | get (%s cache) | %d | %d (read) | %.2f | %d | %.2f | %d MiB |\n", n, c, g, d, g / d, d, g / d, r / 1024 }'
+    put_budget="$(per_gib "$put_cpu") + $(per_gib "$put_srv") = $(per_gib "$(awk -v a="$put_cpu" -v b="$put_srv" 'BEGIN { print a + b }')") ($(per_gib "$dd_w_cpu"))"
+    get_budget="$(per_gib "$get_cpu") + $(per_gib "$get_srv") = $(per_gib "$(awk -v a="$get_cpu" -v b="$get_srv" 'BEGIN { print a + b }')") ($(per_gib "$dd_r_cpu"))"
+    awk -v n="$name" -v p="$PUT" -v d="$DD_W" -v l="$limit_w" -v r="$put_rss" -v b="$put_budget" 'BEGIN {
+        printf "| %s | put | %d | %d (write, fsync) | %.2f | %d | %.2f | %s | %d MiB |\n", n, p, d, p / d, l, p / l, b, r / 1024 }'
+    awk -v n="$name" -v g="$GET" -v d="$DD_R" -v r="$get_rss" -v c="$CACHE" -v b="$get_budget" 'BEGIN {
+        printf "| %s | get (%s cache) | %d | %d (read) | %.2f | %d | %.2f | %s | %d MiB |\n", n, c, g, d, g / d, d, g / d, b, r / 1024 }'
     "$BIN" rm "/$policy/file" >/dev/null
 done

@@ -2493,6 +2493,14 @@ def check_versioning():
     r = c.complete_multipart_upload(Bucket=b, Key="mp", UploadId=up,
                                     MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": e}]})
     expect(r.get("VersionId") not in (None, "null"), f"a completion's version id: {r.get('VersionId')}")
+    # A part copied from an older version.
+    up = c.create_multipart_upload(Bucket=b, Key="from-old")["UploadId"]
+    r = c.upload_part_copy(Bucket=b, Key="from-old", UploadId=up, PartNumber=1,
+                           CopySource={"Bucket": b, "Key": "k", "VersionId": "null"})
+    eq(r.get("CopySourceVersionId"), "null", "UploadPartCopy's source version")
+    c.complete_multipart_upload(Bucket=b, Key="from-old", UploadId=up, MultipartUpload={
+        "Parts": [{"PartNumber": 1, "ETag": r["CopyPartResult"]["ETag"]}]})
+    eq(get_bytes(b, "from-old"), b"before versioning", "a part copied from the null version")
     # A write through the mount makes a version, as a PUT does.
     if ENV.mount:
         c.put_object(Bucket=b, Key="mounted.txt", Body=b"from s3")

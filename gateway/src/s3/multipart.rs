@@ -117,18 +117,14 @@ impl Gateway {
                 "copies from access points are not supported",
             ));
         };
-        if version_id.as_deref().is_some_and(|v| v != "null") {
-            return Err(error(
-                S3ErrorCode::InvalidArgument,
-                "objects here have only the version null",
-            ));
-        }
         self.store.bucket(&input.bucket).await?;
         self.may_read_source(key.as_deref(), source_bucket).await?;
         let (dir, _) = self
             .upload_dir(&input.bucket, &input.key, &input.upload_id)
             .await?;
-        let (source, source_etag, _) = self.stat_object(source_bucket, source_key).await?;
+        let (source, source_etag, _, source_version) = self
+            .stat_version(source_bucket, source_key, version_id.as_deref())
+            .await?;
         check_conditions(
             &source_etag,
             source.mtime_ns,
@@ -158,6 +154,7 @@ impl Gateway {
                     last_modified: Some(timestamp(written.mtime_ns)),
                     ..Default::default()
                 }),
+                copy_source_version_id: source_version,
                 ..Default::default()
             })),
             Err(err) => {
