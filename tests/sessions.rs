@@ -467,6 +467,18 @@ fn a_killed_s3_put_leaves_nothing_after_its_session_expires() {
     )
     .unwrap();
     cluster.ok(&["mkdir", "/bkt"]);
+    // A new key reaches only the buckets granted to it.
+    cluster.ok(&[
+        "admin",
+        "key",
+        "allow",
+        key["id"].as_str().unwrap(),
+        "bkt",
+        "--read",
+        "--write",
+        "--config",
+        admin.to_str().unwrap(),
+    ]);
     let gateway = common::Daemon::start(
         &["gateway", "--config", gateway_config.to_str().unwrap()],
         &scratch.path().join("gateway.log"),

@@ -424,15 +424,23 @@ async fn sweep_staging(store: &store::Store) {
     let now = tessera_proto::token::unix_now_ns();
     let mut removed = 0;
     for (entry, attr, _) in entries {
-        if attr.kind == FileKind::File && now - attr.mtime_ns > STAGED_MAX_AGE.as_nanos() as i64 {
-            let unlinked = store
-                .call(MetaOp::Unlink {
-                    parent: store.staging,
-                    name: entry.name,
-                })
-                .await;
-            removed += usize::from(unlinked.is_ok());
+        if now - attr.mtime_ns <= STAGED_MAX_AGE.as_nanos() as i64 {
+            continue;
         }
+        // Files of interrupted uploads, and the empty directory of a
+        // CreateBucket that died before renaming it into place.
+        let op = match attr.kind {
+            FileKind::File => MetaOp::Unlink {
+                parent: store.staging,
+                name: entry.name,
+            },
+            FileKind::Dir => MetaOp::Rmdir {
+                parent: store.staging,
+                name: entry.name,
+            },
+            _ => continue,
+        };
+        removed += usize::from(store.call(op).await.is_ok());
     }
     if removed > 0 {
         tracing::info!(removed, "removed staged files of interrupted uploads");

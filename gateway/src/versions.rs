@@ -335,10 +335,12 @@ impl Store {
                     format!("If-None-Match: * and object {key:?} exists"),
                 ));
             }
-            let store = self.version_dir(bucket, key, true).await?;
-            let Some(store) = store else {
-                return Err(error(S3ErrorCode::InternalError, "no version store"));
-            };
+            // The key's store directory is made only when a version moves
+            // there; a key's first PUT leaves the store alone.
+            let keeps = current
+                .as_ref()
+                .is_some_and(|c| !(state == Versioning::Suspended && c.id == NULL));
+            let store = self.version_dir(bucket, key, keeps).await?;
             let mut steps = Vec::new();
             if let Some(ino) = expect {
                 let Some(current) = current.as_ref().filter(|c| c.attr.ino == ino) else {
@@ -351,24 +353,24 @@ impl Store {
                 });
             }
             let mut mode = RenameMode::NoReplace;
-            if state == Versioning::Suspended {
-                // The null version is replaced wherever it is.
-                if self
+            if state == Versioning::Suspended
+                && let Some(store) = store
+                && self
                     .lookup(store, &file_name(NULL))
                     .await
                     .map_err(s3_error)?
                     .is_some()
-                {
-                    steps.push(Step::Unlink {
-                        parent: store,
-                        name: file_name(NULL),
-                    });
-                }
+            {
+                // The null version is replaced wherever it is.
+                steps.push(Step::Unlink {
+                    parent: store,
+                    name: file_name(NULL),
+                });
             }
             if let Some(current) = &current {
-                if state == Versioning::Suspended && current.id == NULL {
+                if !keeps {
                     mode = RenameMode::Replace;
-                } else {
+                } else if let Some(store) = store {
                     steps.push(Step::Rename {
                         parent: current.parent,
                         name: current.name.clone(),
@@ -611,6 +613,46 @@ impl Store {
             && chain.iter().all(|a| a.kind == FileKind::Dir)
         {
             self.prune(bucket.ino, &chain, &parts).await;
+        }
+        Ok(())
+    }
+
+    /// Removes the bucket's version store if it holds no version: its
+    /// directories, deepest first. Stops at the first version found (the
+    /// bucket is then not empty, and its deletion says so).
+    pub async fn remove_empty_version_store(&self, bucket: &Attr) -> S3Result<()> {
+        let Some(top) = self.lookup(bucket.ino, STORE_DIR).await.map_err(s3_error)? else {
+            return Ok(());
+        };
+        // Directories in walk order; removed in reverse, children first.
+        let mut dirs = vec![(bucket.ino, STORE_DIR.to_vec(), top.ino)];
+        let mut at = 0;
+        while at < dirs.len() {
+            let dir = dirs[at].2;
+            for (entry, attr, _) in self
+                .list_dir(dir, names::XATTR_ETAG)
+                .await
+                .map_err(s3_error)?
+            {
+                if attr.kind != FileKind::Dir {
+                    return Ok(());
+                }
+                dirs.push((dir, entry.name, attr.ino));
+            }
+            at += 1;
+            if dirs.len() > 100_000 {
+                return Ok(());
+            }
+        }
+        for (parent, name, _) in dirs.into_iter().rev() {
+            match self.call(MetaOp::Rmdir { parent, name }).await {
+                Ok(_) => {}
+                // Something arrived meanwhile: the bucket is in use.
+                Err(err) if matches!(err.code, ErrorCode::NotEmpty | ErrorCode::NotFound) => {
+                    return Ok(());
+                }
+                Err(err) => return Err(s3_error(err)),
+            }
         }
         Ok(())
     }

@@ -2422,6 +2422,13 @@ def check_versioning():
     v2 = c.put_object(Bucket=b, Key="k", Body=b"two")["VersionId"]
     expect(v1 and v2 and len({v1, v2, "null"}) == 3, f"version ids {v1} {v2}")
     eq(c.get_object(Bucket=b, Key="k")["VersionId"], v2, "GET's version id")
+    if ENV.mount:
+        # A key's first version moves nothing, so it makes no store directory.
+        c.put_object(Bucket=b, Key="first-only", Body=b"1")
+        store = os.path.join(ENV.mount.encode(), b.encode(), b"\xffversions")
+        expect(os.path.isdir(os.path.join(store, b"k")), "the version store holds k's versions")
+        expect(not os.path.exists(os.path.join(store, b"first-only")), "a first version made a store directory")
+        c.delete_object(Bucket=b, Key="first-only", VersionId=c.head_object(Bucket=b, Key="first-only")["VersionId"])
     eq(get_bytes(b, "k"), b"two", "the current version")
     eq(get_bytes(b, "k", VersionId=v1), b"one", "an older version")
     eq(get_bytes(b, "k", VersionId="null"), b"before versioning", "the null version")

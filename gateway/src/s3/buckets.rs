@@ -159,7 +159,10 @@ impl Gateway {
         req: S3Request<DeleteBucketInput>,
     ) -> S3Result<S3Response<DeleteBucketOutput>> {
         let bucket = req.input.bucket;
-        self.store.bucket(&bucket).await?;
+        let attr = self.store.bucket(&bucket).await?;
+        // A version store left with no version in it (directories of a
+        // write that failed) does not keep the bucket from going.
+        self.store.remove_empty_version_store(&attr).await?;
         match self
             .store
             .call(MetaOp::Rmdir {
@@ -172,7 +175,7 @@ impl Gateway {
             Err(err) if err.code == ErrorCode::NotEmpty => Err(error(
                 S3ErrorCode::BucketNotEmpty,
                 format!(
-                    "bucket {bucket:?} still holds objects (or directories made through the mount)"
+                    "bucket {bucket:?} still holds objects, object versions or delete markers (or directories made through the mount)"
                 ),
             )),
             Err(err) if err.code == ErrorCode::NotFound => Err(error(
