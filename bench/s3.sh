@@ -7,6 +7,15 @@
 #
 #   bench/s3.sh [--quick] [--big-mib N] [--big16-mib N] [--small-count N]
 #               [--dir DIR] [--bin PATH] [--port P] [--python PATH]
+#   bench/s3.sh --workload versions [--quick] [--versions N]
+#               [--object-mib N] [--overwrites N] [...]
+#
+# `--workload versions` measures what object versions cost instead
+# (bench/s3_versions.py): 1,000 versions of a 64 MiB object made by
+# CopyObject onto itself in a versioned bucket against the disk of one copy,
+# restoring an old version by a copy with its versionId, and a small-object
+# overwrite in a versioned bucket beside an unversioned one and the local
+# disk.
 #
 # Large objects: one of --big-mib (1024) at concurrency 1 and 16 of
 # --big16-mib (256) at concurrency 16, each a single PutObject and a single
@@ -21,16 +30,19 @@ DIR=/var/tmp/tessera-bench-s3
 BIN=${TESSERA_BIN:-}
 PORT=23700
 PY=${TESSERA_PYTHON:-}
+WORKLOAD=put-get
 ARGS=()
 while [[ $# -gt 0 ]]; do
     case $1 in
         --quick) ARGS+=(--quick); shift ;;
         --big-mib|--big16-mib|--small-count) ARGS+=("$1" "$2"); shift 2 ;;
+        --versions|--object-mib|--overwrites) ARGS+=("$1" "$2"); shift 2 ;;
+        --workload) WORKLOAD=$2; shift 2 ;;
         --dir) DIR=$2; shift 2 ;;
         --bin) BIN=$2; shift 2 ;;
         --port) PORT=$2; shift 2 ;;
         --python) PY=$2; shift 2 ;;
-        *) echo "usage: $0 [--quick] [--big-mib N] [--big16-mib N] [--small-count N] [--dir DIR] [--bin PATH] [--port P] [--python PATH]" >&2; exit 2 ;;
+        *) echo "usage: $0 [--workload put-get|versions] [--quick] [--big-mib N] [--big16-mib N] [--small-count N] [--versions N] [--object-mib N] [--overwrites N] [--dir DIR] [--bin PATH] [--port P] [--python PATH]" >&2; exit 2 ;;
     esac
 done
 HERE=$(cd "$(dirname "$0")/.." && pwd)
@@ -86,5 +98,10 @@ if [[ -z $ready ]]; then
     exit 1
 fi
 
-"$PY" "$HERE/bench/s3_bench.py" --endpoint "http://127.0.0.1:$PORT" \
+case $WORKLOAD in
+    put-get) SCRIPT=("$HERE/bench/s3_bench.py") ;;
+    versions) SCRIPT=("$HERE/bench/s3_versions.py" --data "$DIR/data") ;;
+    *) echo "--workload takes put-get or versions" >&2; exit 2 ;;
+esac
+"$PY" "${SCRIPT[@]}" --endpoint "http://127.0.0.1:$PORT" \
     --credentials "$DIR/data/s3-credentials" --local "$DIR/local" ${ARGS[@]+"${ARGS[@]}"}

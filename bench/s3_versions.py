@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """What object versions cost on the Tessera gateway (run by
-bench/s3_versions.sh, which starts `tessera dev --s3`).
+bench/s3.sh --workload versions, which starts `tessera dev --s3`).
 
 - Disk: one object of --object-mib MiB in a versioned bucket, then
   --versions CopyObject calls of it onto itself (each a new version); the

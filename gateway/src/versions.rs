@@ -337,10 +337,8 @@ impl Store {
             }
             // The key's store directory is made only when a version moves
             // there; a key's first PUT leaves the store alone.
-            let keeps = current
-                .as_ref()
-                .is_some_and(|c| !(state == Versioning::Suspended && c.id == NULL));
-            let store = self.version_dir(bucket, key, keeps).await?;
+            let moves = current.as_ref().is_some_and(|c| keeps(state, c));
+            let store = self.version_dir(bucket, key, moves).await?;
             let mut steps = Vec::new();
             if let Some(ino) = expect {
                 let Some(current) = current.as_ref().filter(|c| c.attr.ino == ino) else {
@@ -352,34 +350,13 @@ impl Store {
                     ino,
                 });
             }
-            let mut mode = RenameMode::NoReplace;
-            if state == Versioning::Suspended
-                && let Some(store) = store
-                && self
-                    .lookup(store, &file_name(NULL))
-                    .await
-                    .map_err(s3_error)?
-                    .is_some()
-            {
-                // The null version is replaced wherever it is.
-                steps.push(Step::Unlink {
-                    parent: store,
-                    name: file_name(NULL),
-                });
-            }
-            if let Some(current) = &current {
-                if !keeps {
-                    mode = RenameMode::Replace;
-                } else if let Some(store) = store {
-                    steps.push(Step::Rename {
-                        parent: current.parent,
-                        name: current.name.clone(),
-                        new_parent: store,
-                        new_name: file_name(&current.id),
-                        mode: RenameMode::Replace,
-                    });
-                }
-            }
+            steps.extend(self.make_room(state, current.as_ref(), store).await?);
+            // Suspended, a null current version is replaced by the rename.
+            let mode = if current.as_ref().is_some_and(|c| !keeps(state, c)) {
+                RenameMode::Replace
+            } else {
+                RenameMode::NoReplace
+            };
             steps.push(Step::Rename {
                 parent: self.staging,
                 name: staged.to_vec(),
@@ -407,6 +384,45 @@ impl Store {
             S3ErrorCode::ServiceUnavailable,
             format!("{key:?} kept changing under concurrent writes; retry"),
         ))
+    }
+
+    /// The steps that make room for a new latest version of a key: the
+    /// `null` version dropped from the store when versioning is suspended
+    /// (it is about to be replaced), and the current version moved into the
+    /// store when it is kept (see [`keeps`]; the caller drops one it does
+    /// not keep).
+    async fn make_room(
+        &self,
+        state: Versioning,
+        current: Option<&Current>,
+        store: Option<InodeId>,
+    ) -> S3Result<Vec<Step>> {
+        let mut steps = Vec::new();
+        let Some(store) = store else {
+            return Ok(steps);
+        };
+        if state == Versioning::Suspended
+            && self
+                .lookup(store, &file_name(NULL))
+                .await
+                .map_err(s3_error)?
+                .is_some()
+        {
+            steps.push(Step::Unlink {
+                parent: store,
+                name: file_name(NULL),
+            });
+        }
+        if let Some(current) = current.filter(|c| keeps(state, c)) {
+            steps.push(Step::Rename {
+                parent: current.parent,
+                name: current.name.clone(),
+                new_parent: store,
+                new_name: file_name(&current.id),
+                mode: RenameMode::Replace,
+            });
+        }
+        Ok(steps)
     }
 
     /// DELETE of a key without a version id in a versioned bucket: the
@@ -453,34 +469,12 @@ impl Store {
             let Some(store) = self.version_dir(bucket, key, true).await? else {
                 return Err(error(S3ErrorCode::InternalError, "no version store"));
             };
-            let mut steps = Vec::new();
-            if state == Versioning::Suspended
-                && self
-                    .lookup(store, &file_name(NULL))
-                    .await
-                    .map_err(s3_error)?
-                    .is_some()
-            {
+            let mut steps = self.make_room(state, current.as_ref(), Some(store)).await?;
+            if let Some(current) = current.as_ref().filter(|c| !keeps(state, c)) {
                 steps.push(Step::Unlink {
-                    parent: store,
-                    name: file_name(NULL),
+                    parent: current.parent,
+                    name: current.name.clone(),
                 });
-            }
-            if let Some(current) = &current {
-                if state == Versioning::Suspended && current.id == NULL {
-                    steps.push(Step::Unlink {
-                        parent: current.parent,
-                        name: current.name.clone(),
-                    });
-                } else {
-                    steps.push(Step::Rename {
-                        parent: current.parent,
-                        name: current.name.clone(),
-                        new_parent: store,
-                        new_name: file_name(&current.id),
-                        mode: RenameMode::Replace,
-                    });
-                }
             }
             steps.push(Step::Rename {
                 parent: self.staging,
@@ -754,6 +748,13 @@ impl Store {
             })
             .collect())
     }
+}
+
+/// Whether a new latest version keeps the current one as an older
+/// version: always, but for a `null` current version while versioning is
+/// suspended, which the new `null` version replaces.
+fn keeps(state: Versioning, current: &Current) -> bool {
+    !(state == Versioning::Suspended && current.id == NULL)
 }
 
 fn changed(key: &str) -> s3s::S3Error {

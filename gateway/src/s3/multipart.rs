@@ -477,37 +477,15 @@ impl Gateway {
         // Checked before the parts are spent, so a conflict leaves the
         // upload whole for a retry once the conflict is gone.
         self.store.check_installable(&bucket, &input.key).await?;
-        // Conditions, as on PUT: checked here before the parts are spent,
-        // and again (If-Match, If-None-Match: *) by the rename itself.
-        let replace = match &input.if_none_match {
-            None => true,
-            Some(condition) if condition.is_any() => {
-                if self.store.object(&bucket, &input.key).await.is_ok() {
-                    return Err(error(
-                        S3ErrorCode::PreconditionFailed,
-                        "If-None-Match: * and the object exists",
-                    ));
-                }
-                false
-            }
-            Some(_) => {
-                return Err(error(
-                    S3ErrorCode::NotImplemented,
-                    "a completion's If-None-Match takes only *",
-                ));
-            }
-        };
-        let mut expect = None;
-        if let Some(condition) = &input.if_match {
-            let (attr, current, _) = self.stat_object(&input.bucket, &input.key).await?;
-            if !etag_matches(condition, &current) {
-                return Err(error(
-                    S3ErrorCode::PreconditionFailed,
-                    "If-Match does not match the object's ETag",
-                ));
-            }
-            expect = Some(attr.ino);
-        }
+        let (replace, expect) = self
+            .write_conditions(
+                &bucket,
+                &input.bucket,
+                &input.key,
+                input.if_none_match.as_ref(),
+                input.if_match.as_ref(),
+            )
+            .await?;
 
         let (staged, name) = self.store.create_staged().await?;
         for batch in sources.chunks(CONCAT_BATCH) {

@@ -30,37 +30,15 @@ impl Gateway {
             return self.put_marker(&bucket, input).await;
         }
         names::key_parts(&input.key)?;
-        let replace = match &input.if_none_match {
-            None => true,
-            Some(condition) if condition.is_any() => {
-                if self.store.object(&bucket, &input.key).await.is_ok() {
-                    return Err(error(
-                        S3ErrorCode::PreconditionFailed,
-                        "If-None-Match: * and the object exists",
-                    ));
-                }
-                false
-            }
-            Some(_) => {
-                return Err(error(
-                    S3ErrorCode::NotImplemented,
-                    "a PUT's If-None-Match takes only *",
-                ));
-            }
-        };
-        // If-Match: the object it names must still be the one replaced
-        // when the new one is renamed in, checked in that same command.
-        let mut expect = None;
-        if let Some(condition) = &input.if_match {
-            let (attr, etag, _) = self.stat_object(&input.bucket, &input.key).await?;
-            if !etag_matches(condition, &etag) {
-                return Err(error(
-                    S3ErrorCode::PreconditionFailed,
-                    "If-Match does not match the object's ETag",
-                ));
-            }
-            expect = Some(attr.ino);
-        }
+        let (replace, expect) = self
+            .write_conditions(
+                &bucket,
+                &input.bucket,
+                &input.key,
+                input.if_none_match.as_ref(),
+                input.if_match.as_ref(),
+            )
+            .await?;
         let meta = object_meta!(input);
         // A body within the inline limit becomes the object in one commit;
         // a larger one streams into a staged file that a rename installs.
@@ -535,6 +513,50 @@ impl Gateway {
             self.store.discard(self.store.staging, name).await;
         }
         result
+    }
+
+    /// A write's conditions (PutObject, CompleteMultipartUpload), as S3
+    /// has them since 2024: whether it may replace an object (`false` for
+    /// `If-None-Match: *`), and the object `If-Match` named, which the
+    /// publishing rename checks again in its own command. Checked here
+    /// first, so a completion that fails them keeps its parts.
+    pub(super) async fn write_conditions(
+        &self,
+        bucket: &Attr,
+        bucket_name: &str,
+        key: &str,
+        if_none_match: Option<&ETagCondition>,
+        if_match: Option<&ETagCondition>,
+    ) -> S3Result<(bool, Option<InodeId>)> {
+        let replace = match if_none_match {
+            None => true,
+            Some(condition) if condition.is_any() => {
+                if self.store.object(bucket, key).await.is_ok() {
+                    return Err(error(
+                        S3ErrorCode::PreconditionFailed,
+                        "If-None-Match: * and the object exists",
+                    ));
+                }
+                false
+            }
+            Some(_) => {
+                return Err(error(
+                    S3ErrorCode::NotImplemented,
+                    "a write's If-None-Match takes only *",
+                ));
+            }
+        };
+        let Some(condition) = if_match else {
+            return Ok((replace, None));
+        };
+        let (attr, etag, _) = self.stat_object(bucket_name, key).await?;
+        if !etag_matches(condition, &etag) {
+            return Err(error(
+                S3ErrorCode::PreconditionFailed,
+                "If-Match does not match the object's ETag",
+            ));
+        }
+        Ok((replace, Some(attr.ino)))
     }
 
     /// The object with its ETag and metadata.

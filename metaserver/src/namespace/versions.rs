@@ -87,35 +87,28 @@ impl Namespace {
                 None => self.mkdir(dir, &name, 0o755, 0, 0, now_ns)?.ino,
             };
         }
+        // Already kept under this id (a write-open without a write since):
+        // the file's bytes are that version's, and it only takes the new id.
         let kept_name = file_name(&current);
-        if self.child(dir, &kept_name).is_some() {
-            // Already kept under this id (a write-open without a write
-            // since): the file's bytes are that version's.
-            self.set_xattr(
-                ino,
-                XATTR_VERSION_ID.as_bytes(),
-                version_id.as_bytes(),
-                XattrMode::Either,
-                now_ns,
-            )?;
-            return Ok(());
+        if self.child(dir, &kept_name).is_none() {
+            let new = NewInode {
+                kind: FileKind::File,
+                mode: node.mode,
+                uid: node.uid,
+                gid: node.gid,
+                rdev: 0,
+                target: Vec::new(),
+            };
+            let kept = self.insert_new(dir, &kept_name, new, now_ns)?.ino;
+            self.clone_file(ino, kept, now_ns)?;
+            let xattrs = self.xattrs(ino);
+            if !xattrs.is_empty() {
+                self.set_xattrs(kept, &xattrs, now_ns)?;
+            }
+            // The version keeps the time it was last written: its
+            // Last-Modified.
+            self.update(kept, |n| n.mtime_ns = node.mtime_ns);
         }
-        let new = NewInode {
-            kind: FileKind::File,
-            mode: node.mode,
-            uid: node.uid,
-            gid: node.gid,
-            rdev: 0,
-            target: Vec::new(),
-        };
-        let kept = self.insert_new(dir, &kept_name, new, now_ns)?.ino;
-        self.clone_file(ino, kept, now_ns)?;
-        let xattrs = self.xattrs(ino);
-        if !xattrs.is_empty() {
-            self.set_xattrs(kept, &xattrs, now_ns)?;
-        }
-        // The version keeps the time it was last written: its Last-Modified.
-        self.update(kept, |n| n.mtime_ns = node.mtime_ns);
         self.set_xattr(
             ino,
             XATTR_VERSION_ID.as_bytes(),
