@@ -92,6 +92,29 @@ impl Gateway {
         Gateway { store, region }
     }
 
+    /// The bucket, key and version a copy reads (CopyObject,
+    /// UploadPartCopy); the bucket's read grant is checked here, since the
+    /// access check saw only the target's bucket.
+    async fn copy_source<'a>(
+        &self,
+        key: Option<&str>,
+        source: &'a CopySource,
+    ) -> S3Result<(&'a str, &'a str, Option<&'a str>)> {
+        let CopySource::Bucket {
+            bucket,
+            key: source_key,
+            version_id,
+        } = source
+        else {
+            return Err(error(
+                S3ErrorCode::NotImplemented,
+                "copies from access points are not supported",
+            ));
+        };
+        self.may_read_source(key, bucket).await?;
+        Ok((bucket, source_key, version_id.as_deref()))
+    }
+
     /// A copy reads a second bucket, which the access check (on the
     /// target's bucket) did not see.
     async fn may_read_source(&self, key: Option<&str>, bucket: &str) -> S3Result<()> {

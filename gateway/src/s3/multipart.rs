@@ -106,24 +106,14 @@ impl Gateway {
         let key = req.credentials.as_ref().map(|c| c.access_key.clone());
         let input = req.input;
         check_part_number(input.part_number)?;
-        let CopySource::Bucket {
-            bucket: source_bucket,
-            key: source_key,
-            version_id,
-        } = &input.copy_source
-        else {
-            return Err(error(
-                S3ErrorCode::NotImplemented,
-                "copies from access points are not supported",
-            ));
-        };
+        let (source_bucket, source_key, version_id) =
+            self.copy_source(key.as_deref(), &input.copy_source).await?;
         self.store.bucket(&input.bucket).await?;
-        self.may_read_source(key.as_deref(), source_bucket).await?;
         let (dir, _) = self
             .upload_dir(&input.bucket, &input.key, &input.upload_id)
             .await?;
         let (source, source_etag, _, source_version) = self
-            .stat_version(source_bucket, source_key, version_id.as_deref())
+            .stat_version(source_bucket, source_key, version_id)
             .await?;
         check_conditions(
             &source_etag,

@@ -375,18 +375,8 @@ impl Gateway {
     ) -> S3Result<S3Response<CopyObjectOutput>> {
         let key = req.credentials.as_ref().map(|c| c.access_key.clone());
         let input = req.input;
-        let CopySource::Bucket {
-            bucket: source_bucket,
-            key: source_key,
-            version_id,
-        } = &input.copy_source
-        else {
-            return Err(error(
-                S3ErrorCode::NotImplemented,
-                "copies from access points are not supported",
-            ));
-        };
-        self.may_read_source(key.as_deref(), source_bucket).await?;
+        let (source_bucket, source_key, version_id) =
+            self.copy_source(key.as_deref(), &input.copy_source).await?;
         if names::marker_parts(source_key).is_some() || names::marker_parts(&input.key).is_some() {
             return Err(error(
                 S3ErrorCode::InvalidArgument,
@@ -395,7 +385,7 @@ impl Gateway {
             ));
         }
         let (source, source_etag, source_meta, source_version) = self
-            .stat_version(source_bucket, source_key, version_id.as_deref())
+            .stat_version(source_bucket, source_key, version_id)
             .await?;
         check_conditions(
             &source_etag,
@@ -414,8 +404,8 @@ impl Gateway {
         // the object onto itself must change something.
         if !replace_meta
             && version_id.is_none()
-            && **source_bucket == *input.bucket
-            && **source_key == *input.key
+            && source_bucket == input.bucket
+            && source_key == input.key
         {
             return Err(error(
                 S3ErrorCode::InvalidRequest,
