@@ -19,7 +19,7 @@ use tessera_proto::checksum::{BLOCK_BYTES, block_count};
 use tessera_proto::chunk::{
     CopyPiece, DeletePieces, DeletePiecesReply, INVENTORY_PAGE_MAX, ListPieces, ListPiecesReply,
     PieceInfo, PieceTrailer, ReadPiece, ReadPieceReply, SYNC_PIECES_MAX, SyncPieces,
-    SyncPiecesReply, WritePiece, WritePieceReply, WritePieceStream,
+    SyncPiecesReply, VerifyPiece, VerifyPieceReply, WritePiece, WritePieceReply, WritePieceStream,
 };
 use tessera_proto::error::{Error, ErrorCode};
 use tessera_proto::ids::PieceId;
@@ -163,6 +163,11 @@ impl ChunkService {
         .await
         .map_err(join_error)??;
         let piece_length = reader.length();
+        // The reader checks every block of an aligned range against the
+        // hashes sent with it (end to end, past this server's memory and
+        // the network), so hashing here too would only repeat it. Unaligned
+        // ranges carry no hashes and are checked here.
+        let reader_verifies = !block_hashes.is_empty();
         let end = msg
             .offset
             .checked_add(msg.length)
@@ -210,7 +215,12 @@ impl ChunkService {
             let mut block = first_block;
             while block < end_block {
                 let count = READ_BATCH_BLOCKS.min(end_block - block);
-                let batch = reader.read_blocks(block, count).map(|data| (block, data));
+                let batch = if reader_verifies {
+                    reader.read_unverified(block, count)
+                } else {
+                    reader.read_blocks(block, count)
+                };
+                let batch = batch.map(|data| (block, data));
                 let failed = batch.is_err();
                 if tx.blocking_send(batch).is_err() || failed {
                     return;
@@ -228,6 +238,38 @@ impl ChunkService {
         }
         producer.await.map_err(join_error)?;
         Ok(())
+    }
+
+    /// Checks a range a reader found bad (see [`VerifyPiece`]); the store
+    /// quarantines the piece on a mismatch.
+    async fn verify(&self, msg: VerifyPiece) -> Result<VerifyPieceReply, Error> {
+        self.check_token(&msg.token, msg.piece, Rights::READ)?;
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut reader = store.open_reader(msg.piece)?;
+            let blocks = block_count(reader.length());
+            let first = (msg.offset / BLOCK_BYTES as u64).min(blocks);
+            let end = msg
+                .offset
+                .saturating_add(msg.length)
+                .div_ceil(BLOCK_BYTES as u64)
+                .min(blocks);
+            let mut block = first;
+            while block < end {
+                let count = READ_BATCH_BLOCKS.min(end - block);
+                let data = reader.read_unverified(block, count)?;
+                match reader.verify_blocks(block, &data) {
+                    Ok(()) => block += count,
+                    Err(err) if err.code == ErrorCode::Corrupt => {
+                        return Ok(VerifyPieceReply { intact: false });
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+            Ok(VerifyPieceReply { intact: true })
+        })
+        .await
+        .map_err(join_error)?
     }
 
     pub async fn delete(&self, pieces: Vec<PieceId>) -> Result<DeletePiecesReply, Error> {
@@ -276,6 +318,11 @@ impl Service for ChunkService {
                 .await
             }
             ReadPiece::ID => self.read(call).await,
+            VerifyPiece::ID => {
+                let msg: VerifyPiece = call.decode()?;
+                let reply = self.verify(msg).await?;
+                call.respond(&reply, 0).await
+            }
             DeletePieces::ID => {
                 call.peer()
                     .require_role(&[Role::Meta], DeletePieces::NAME)?;
@@ -338,6 +385,7 @@ impl Service for ChunkService {
             WritePiece::ID => WritePiece::NAME,
             WritePieceStream::ID => WritePieceStream::NAME,
             ReadPiece::ID => ReadPiece::NAME,
+            VerifyPiece::ID => VerifyPiece::NAME,
             DeletePieces::ID => DeletePieces::NAME,
             ListPieces::ID => ListPieces::NAME,
             CopyPiece::ID => CopyPiece::NAME,

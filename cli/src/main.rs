@@ -621,7 +621,23 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
+/// Data moves through buffers of 1 to 4 MiB, allocated and freed at the
+/// rate bytes flow. glibc's defaults hand such buffers back to the kernel
+/// once freed and fault fresh zeroed pages in for the next one: page faults
+/// and page clearing were 8 to 10% of a read's CPU, client and chunkserver
+/// alike. Keeping freed memory in the heap (up to the 32 MiB glibc allows
+/// for the threshold) ends that; peak memory is unchanged.
+fn tune_allocator() {
+    // SAFETY: mallopt only sets allocator parameters, called before any
+    // thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20);
+    }
+}
+
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,6 +7,7 @@
 //! writes `LOCAL.tessera-partial` and renames it likewise.
 
 use anyhow::{Context, Result, bail};
+use bytes::Bytes;
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use tessera_client::{Client, FileReader, FileWriter, path};
 use tessera_proto::error::ErrorCode;
 use tessera_proto::meta::{FileKind, MetaOp, RenameMode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 /// Bytes moved per application read or write.
 const IO_BYTES: usize = 4 * 1024 * 1024;
@@ -335,6 +336,56 @@ async fn put_file(
     result
 }
 
+/// Writes on a thread of its own, taking each buffer as the reader made it:
+/// tokio's stdout and file writers copy every buffer into one of theirs
+/// first, a copy of every byte fetched (7% of a `get`'s CPU in profiles).
+struct Sink {
+    tx: Option<tokio::sync::mpsc::Sender<Bytes>>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Sink {
+    fn start(mut out: Box<dyn Write + Send>) -> Sink {
+        // Two buffers queued: the reader fetches the next while one is
+        // written.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(2);
+        let thread = std::thread::spawn(move || {
+            while let Some(bytes) = rx.blocking_recv() {
+                out.write_all(&bytes)?;
+            }
+            out.flush()
+        });
+        Sink {
+            tx: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    async fn write(&mut self, bytes: Bytes) -> std::io::Result<()> {
+        let sent = match &self.tx {
+            Some(tx) => tx.send(bytes).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            return Ok(());
+        }
+        // The thread stopped: it failed, and says why.
+        self.finish().await
+    }
+
+    /// Waits for everything queued to be written and flushed.
+    async fn finish(&mut self) -> std::io::Result<()> {
+        self.tx = None;
+        let Some(thread) = self.thread.take() else {
+            return Err(std::io::Error::other("the output was already closed"));
+        };
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .map_err(std::io::Error::other)?
+            .map_err(|_| std::io::Error::other("the output thread panicked"))?
+    }
+}
+
 /// Copies cluster file `remote` to local path `local` (`-` for stdout).
 pub async fn get(client: &Arc<Client>, remote: &str, local: &Path) -> Result<()> {
     let attr = path::resolve(client.meta(), remote)
@@ -355,15 +406,15 @@ pub async fn get(client: &Arc<Client>, remote: &str, local: &Path) -> Result<()>
         std::path::PathBuf::from(name)
     };
     let result = async {
-        let mut out: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = if to_stdout {
-            Box::new(tokio::io::stdout())
+        let out: Box<dyn Write + Send> = if to_stdout {
+            Box::new(std::io::stdout())
         } else {
             Box::new(
-                tokio::fs::File::create(&partial)
-                    .await
+                std::fs::File::create(&partial)
                     .with_context(|| format!("create {}", partial.display()))?,
             )
         };
+        let mut out = Sink::start(out);
         let size = reader.size();
         let mut progress = Progress::new(format!("get {remote}"), size);
         let mut offset = 0u64;
@@ -375,16 +426,16 @@ pub async fn get(client: &Arc<Client>, remote: &str, local: &Path) -> Result<()>
             if bytes.is_empty() {
                 bail!("read {remote}: the file ended at {offset} of {size} bytes; it changed during the copy");
             }
-            out.write_all(&bytes)
+            let len = bytes.len() as u64;
+            out.write(bytes)
                 .await
                 .with_context(|| format!("write {}", local.display()))?;
-            offset += bytes.len() as u64;
-            progress.advance(bytes.len() as u64);
+            offset += len;
+            progress.advance(len);
         }
-        out.flush()
+        out.finish()
             .await
             .with_context(|| format!("write {}", local.display()))?;
-        drop(out);
         if !to_stdout {
             tokio::fs::rename(&partial, local)
                 .await

@@ -6,7 +6,9 @@ use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_proto::checksum::{BLOCK_BYTES, PieceHasher};
-use tessera_proto::chunk::{PieceTrailer, READ_VERIFIED_MAX_BYTES, ReadPiece, WritePieceStream};
+use tessera_proto::chunk::{
+    PieceTrailer, READ_VERIFIED_MAX_BYTES, ReadPiece, VerifyPiece, WritePieceStream,
+};
 use tessera_proto::error::{Error, ErrorCode};
 use tessera_proto::ids::{NodeId, PieceId};
 use tessera_proto::meta::{ChunkPlacement, PieceLocation};
@@ -273,6 +275,41 @@ pub(crate) async fn read_piece(
     result
 }
 
+/// Has the server check a block this reader found bad, so it quarantines
+/// its copy and repair replaces it (the server does not hash what it sends
+/// with hashes). In the background: the caller is already reading another
+/// copy, and a failed check changes nothing for it.
+fn ask_to_verify(
+    client: &Arc<Client>,
+    peer: tessera_proto::rpc::Peer,
+    piece: PieceId,
+    token: tessera_proto::token::Token,
+    offset: u64,
+    length: u64,
+) {
+    let rpc = client.rpc().clone();
+    tokio::spawn(async move {
+        let request = VerifyPiece {
+            piece,
+            offset,
+            length,
+            token,
+        };
+        match rpc.call(peer, &request, CallOptions::default()).await {
+            Ok(reply) if !reply.intact => {
+                tracing::warn!(%piece, %peer, "the chunkserver confirmed a bad block and quarantined its copy")
+            }
+            Ok(_) => tracing::warn!(
+                %piece, %peer,
+                "bytes failed their checksum on the way here but are intact on the chunkserver"
+            ),
+            Err(err) => {
+                tracing::warn!(%piece, %peer, error = %err, "could not have the chunkserver check a bad block")
+            }
+        }
+    });
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn read_verified(
     client: &Arc<Client>,
@@ -339,6 +376,8 @@ async fn read_verified(
         }
         for (i, (data, expected)) in blocks.zip(&reply.block_hashes).enumerate() {
             if blake3::hash(data).as_bytes() != expected {
+                let bad_at = at + i as u64 * block;
+                ask_to_verify(client, peer, piece, placement.token, bad_at, block);
                 return Err(Error::new(
                     ErrorCode::ChecksumMismatch,
                     format!(

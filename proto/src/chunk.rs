@@ -91,6 +91,34 @@ impl Method for ReadPiece {
     type Response = ReadPieceReply;
 }
 
+/// Checks `[offset, offset + length)` of a sealed piece against its stored
+/// block hashes, quarantining the piece on a mismatch. Aligned reads are
+/// checked by the reader alone (the server sends the hashes, not its own
+/// verdict), so a reader that finds bad bytes sends this to have the server
+/// see them too, and repair replace the piece without waiting for the
+/// scrubber. Needs `READ`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VerifyPiece {
+    pub piece: PieceId,
+    pub offset: u64,
+    pub length: u64,
+    pub token: Token,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VerifyPieceReply {
+    /// Every block of the range matched; `false` means the piece is now
+    /// quarantined.
+    pub intact: bool,
+}
+
+impl Method for VerifyPiece {
+    const ID: u16 = 107;
+    const NAME: &'static str = "verify_piece";
+    const IDEMPOTENT: bool = true;
+    type Response = VerifyPieceReply;
+}
+
 /// Deletes pieces. Only a metaserver may call it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DeletePieces {
@@ -425,6 +453,7 @@ mod tests {
             WritePiece::ID,
             WritePieceStream::ID,
             ReadPiece::ID,
+            VerifyPiece::ID,
             DeletePieces::ID,
             ListPieces::ID,
             CopyPiece::ID,
