@@ -14,8 +14,9 @@
 #         SIZE_MIB through the mount, per policy; local: the same on a folder.
 #   get   `tessera put` from the page cache and cold `tessera get` to
 #         /dev/null; local: dd with conv=fsync and a cold dd read.
-#   s3    `aws s3 cp` up and down (its default multipart settings);
-#         local: cp with a sync, and a cold cp to /dev/null.
+#   s3    `aws s3 cp` up and down, file to object and back to a file (its
+#         default multipart settings); local: cp with a sync, and a cold cp
+#         to another file.
 #   rand  fio 4 KiB random read and write for RUNTIME seconds over a
 #         SIZE_MIB file, at queue depth 1 (one psync job) and 16 (sixteen
 #         psync jobs: FUSE serves each thread's call on its own), caches
@@ -212,13 +213,15 @@ if want s3; then
     cat "$DIR/source" > /dev/null
     LW=$(measure cp_sync "$DIR/source" "$LOCAL/cp.dat")
     drop_caches
-    LR=$(measure cp "$LOCAL/cp.dat" /dev/null)
-    rm -f "$LOCAL/cp.dat"
+    LR=$(measure cp "$LOCAL/cp.dat" "$LOCAL/cp-back.dat")
+    rm -f "$LOCAL/cp.dat" "$LOCAL/cp-back.dat"
     for p in rep3 ec42; do
         cat "$DIR/source" > /dev/null
         W=$(measure s3 cp "$DIR/source" "s3://$p/object")
         drop_caches
-        R=$(measure s3 cp "s3://$p/object" -)
+        R=$(measure s3 cp "s3://$p/object" "$LOCAL/s3-back.dat")
+        cmp -s "$DIR/source" "$LOCAL/s3-back.dat" || { echo "S3 GET of $p returned other bytes" >&2; exit 1; }
+        rm -f "$LOCAL/s3-back.dat"
         s3 rm "s3://$p/object"
         row "S3 PUT, $p" "$BYTES" "$W" "$LW"
         row "S3 GET, $p (cold)" "$BYTES" "$R" "$LR"

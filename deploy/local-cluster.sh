@@ -163,8 +163,6 @@ chunk_addr() { echo "127.0.0.1:$((BASE_PORT + 100 + $1 - 1))"; }
 meta_metrics() { echo "127.0.0.1:$((BASE_PORT + 2000 + $1 - 1))"; }
 chunk_metrics() { echo "127.0.0.1:$((BASE_PORT + 2100 + $1 - 1))"; }
 
-MTU=65527 # loopback: one QUIC packet may fill a whole UDP datagram
-
 tls_section() {
     cat <<EOF
 [tls]
@@ -192,9 +190,6 @@ write_client_config() {
         echo "meta = $(meta_list)"
         echo
         tls_section "$cert"
-        echo
-        echo "[transport]"
-        echo "mtu_upper_bound_bytes = $MTU"
     } >"$path"
 }
 
@@ -216,9 +211,6 @@ default_policy = "replicas:$replicas"
 chunk_heartbeat_interval_ms = 1000
 
 $(tls_section "$name")
-
-[transport]
-mtu_upper_bound_bytes = $MTU
 ${META_TOML:+
 # From --meta-toml.
 $META_TOML}
@@ -241,9 +233,6 @@ heartbeat_interval_ms = 1000
 ${SYNC_INTERVAL_MS:+sync_interval_ms = $SYNC_INTERVAL_MS}
 
 $(tls_section "$name")
-
-[transport]
-mtu_upper_bound_bytes = $MTU
 
 [[disks]]
 path = $(toml_str "$DIR/$name/disk")

@@ -35,6 +35,11 @@ pub const OPEN_LAYOUT_BYTES: u64 = LAYOUT_SPAN_BYTES;
 /// Layouts are fetched again after this long, well before their read
 /// tokens (ten minutes) expire.
 const LAYOUT_MAX_AGE: Duration = Duration::from_secs(240);
+/// Spans of layout one reader keeps: random reads over a file of up to
+/// this many spans (8 GiB) make no layout call once each span is known,
+/// where one span alone made every read in another half of a 2 GiB file
+/// ask the metaserver again.
+const LAYOUT_SPANS_KEPT: usize = 8;
 
 struct Layout {
     start: u64,
@@ -65,20 +70,31 @@ pub struct FileReader {
     client: Arc<Client>,
     ino: InodeId,
     size: u64,
-    layout: Option<Layout>,
+    /// Newest last; at most [`LAYOUT_SPANS_KEPT`].
+    layouts: Vec<Layout>,
     windows: BTreeMap<u64, Window>,
     next_offset: u64,
+    /// Readahead stops here (see [`FileReader::read_ahead_until`]).
+    ahead_limit: u64,
 }
 
 impl FileReader {
+    /// Bounds readahead at `end`: the caller reads no further (an S3 ranged
+    /// GET). Without it, each 8 MiB part of a parallel download fetched the
+    /// 64 MiB after it as well, nine times the bytes asked for.
+    pub fn read_ahead_until(&mut self, end: u64) {
+        self.ahead_limit = end;
+    }
+
     pub async fn open(client: Arc<Client>, ino: InodeId) -> Result<FileReader, Error> {
         let mut reader = FileReader {
             client,
             ino,
             size: 0,
-            layout: None,
+            layouts: Vec::new(),
             windows: BTreeMap::new(),
             next_offset: 0,
+            ahead_limit: u64::MAX,
         };
         reader.fetch_layout(0, WINDOW_BYTES).await?;
         Ok(reader)
@@ -108,7 +124,7 @@ impl FileReader {
             client,
             ino,
             size,
-            layout: Some(Layout {
+            layouts: vec![Layout {
                 start: 0,
                 end: OPEN_LAYOUT_BYTES,
                 inline: Bytes::from(inline),
@@ -118,9 +134,10 @@ impl FileReader {
                     .into_iter()
                     .map(|placement| (placement.chunk, Arc::new(placement)))
                     .collect(),
-            }),
+            }],
             windows: BTreeMap::new(),
             next_offset: 0,
+            ahead_limit: u64::MAX,
         })
     }
 
@@ -174,27 +191,34 @@ impl FileReader {
             }
             at = page_end;
         };
-        self.layout = Some(Layout {
+        // The file's size and inline bytes are as of this answer: older
+        // spans may disagree, so only this one is kept if they do.
+        let layout = Layout {
             start,
             end: covered_end,
             inline: inline_bytes,
             fetched: Instant::now(),
             extents,
             chunks,
-        });
+        };
+        self.layouts
+            .retain(|kept| kept.inline == layout.inline && kept.fetched.elapsed() < LAYOUT_MAX_AGE);
+        if self.layouts.len() >= LAYOUT_SPANS_KEPT {
+            self.layouts.remove(0);
+        }
+        self.layouts.push(layout);
         Ok(())
     }
 
     /// The segments of file range `[start, end)`, and the inline bytes
     /// under them.
     async fn plan(&mut self, start: u64, end: u64) -> Result<(Vec<Segment>, Bytes), Error> {
-        let fresh = self.layout.as_ref().is_some_and(|l| {
-            l.start <= start && end <= l.end && l.fetched.elapsed() < LAYOUT_MAX_AGE
-        });
-        if !fresh {
+        let covers =
+            |l: &Layout| l.start <= start && end <= l.end && l.fetched.elapsed() < LAYOUT_MAX_AGE;
+        if !self.layouts.iter().any(covers) {
             self.fetch_layout(start, end).await?;
         }
-        let Some(layout) = &self.layout else {
+        let Some(layout) = self.layouts.iter().rev().find(|l| covers(l)) else {
             return Err(Error::internal("layout missing"));
         };
         let mut segments = Vec::new();
@@ -278,7 +302,17 @@ impl FileReader {
         }
         let first = offset / WINDOW_BYTES;
         let last = (end - 1) / WINDOW_BYTES;
-        let sequential = offset == self.next_offset || self.windows.contains_key(&first);
+        // The kernel sends a mount's readahead as several requests at once,
+        // and they reach here in any order: a read of the window just
+        // behind the newest, or just past the furthest, is still the
+        // sequential stream, not a jump that should drop every window
+        // fetched ahead (measured: a mount's sequential read fetched each
+        // byte several times over when it did).
+        let near = match (self.windows.keys().next(), self.windows.keys().next_back()) {
+            (Some(low), Some(high)) => first + 1 >= *low && first <= high + 1,
+            _ => false,
+        };
+        let sequential = offset == self.next_offset || near;
         self.next_offset = end;
         if !sequential {
             self.windows.clear();
@@ -286,11 +320,19 @@ impl FileReader {
             return fetch(&self.client, offset, end, segments, inline).await;
         }
         let ahead = (self.client.io().readahead_bytes / WINDOW_BYTES).max(1);
-        let stop = self.size.div_ceil(WINDOW_BYTES);
+        let stop = self
+            .size
+            .min(self.ahead_limit.max(end))
+            .div_ceil(WINDOW_BYTES);
         for index in first..(last + 1 + ahead).min(stop) {
             self.spawn_window(index).await?;
         }
-        let stale: Vec<u64> = self.windows.range(..first).map(|(i, _)| *i).collect();
+        // One window behind the read is kept for requests that arrive late.
+        let stale: Vec<u64> = self
+            .windows
+            .range(..first.saturating_sub(1))
+            .map(|(i, _)| *i)
+            .collect();
         for index in stale {
             if let Some(Window::Pending(task)) = self.windows.remove(&index) {
                 task.abort();

@@ -178,6 +178,7 @@ impl Gateway {
         }
         let mut md5 = Md5::new();
         let end = end.unwrap_or_else(|| reader.size());
+        reader.read_ahead_until(end);
         let mut offset = start;
         while offset < end {
             let bytes = reader
@@ -404,6 +405,7 @@ pub(crate) fn stream_body(
     pin: Option<Pin>,
 ) -> StreamingBlob {
     let (tx, rx) = mpsc::channel(2);
+    reader.read_ahead_until(end);
     tokio::spawn(async move {
         let _pin = pin;
         let mut at = start;

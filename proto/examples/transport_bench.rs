@@ -89,7 +89,7 @@ fn parse_args() -> Args {
     while let Some(flag) = it.next() {
         let mut value = || it.next().cloned().unwrap_or_default();
         match flag.as_str() {
-            "--mtu" => options.mtu_upper_bound_bytes = value().parse().expect("--mtu N"),
+            "--mtu" => options.mtu_upper_bound_bytes = Some(value().parse().expect("--mtu N")),
             "--gso" => options.segmentation_offload = value().parse().expect("--gso true|false"),
             "--stream-window" => options.stream_window_bytes = value().parse().expect("bytes"),
             "--conn-window" => options.connection_window_bytes = value().parse().expect("bytes"),
@@ -159,7 +159,9 @@ async fn serve(args: Args) {
     .expect("quic crypto");
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(
-        args.options.transport_config().expect("transport"),
+        args.options
+            .transport_config(Some(localhost.ip()))
+            .expect("transport"),
     ));
     let quic = args
         .options
@@ -343,8 +345,8 @@ async fn bench(args: Args) {
     let o = &args.options;
     println!(
         "settings: mtu_upper_bound={} gso={} stream_window={} MiB conn_window={} MiB send_window={} MiB connections_per_peer={} size={} GiB",
-        o.mtu_upper_bound_bytes,
-        o.effective_segmentation_offload(),
+        o.mtu_bound_for(Some(localhost.ip())),
+        o.segmentation_offload,
         o.stream_window_bytes / MIB,
         o.connection_window_bytes / MIB,
         o.send_window_bytes / MIB,

@@ -707,3 +707,173 @@ async fn framed_bulk_of_unknown_length_ends_with_a_trailer() {
     let err = raw_exchange(&connection, &bytes, true).await;
     assert_eq!(err.code, ErrorCode::Malformed, "{err}");
 }
+
+/// Two network namespaces joined by a veth pair, removed on drop.
+struct NamespacePair {
+    names: [String; 2],
+}
+
+impl NamespacePair {
+    /// Namespaces `<tag>-a` (10.213.N.1) and `<tag>-b` (10.213.N.2) over a
+    /// link with `mtu`. Needs root and iproute2.
+    fn new(tag: &str, subnet: u8, mtu: u32) -> NamespacePair {
+        let names = [format!("{tag}-a"), format!("{tag}-b")];
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .expect("run ip (iproute2)");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {} (network namespaces need root)",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        for name in &names {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", name])
+                .output();
+            run(&["netns", "add", name]);
+        }
+        let pair = NamespacePair { names };
+        let (a, b) = (&pair.names[0], &pair.names[1]);
+        let (va, vb) = (format!("{tag}a"), format!("{tag}b"));
+        run(&["link", "add", &va, "type", "veth", "peer", "name", &vb]);
+        let mtu = mtu.to_string();
+        for (ns, dev, host) in [(a, &va, 1), (b, &vb, 2)] {
+            run(&["link", "set", dev, "netns", ns]);
+            run(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("10.213.{subnet}.{host}/24"),
+                "dev",
+                dev,
+            ]);
+            run(&["-n", ns, "link", "set", dev, "mtu", &mtu, "up"]);
+            run(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        pair
+    }
+
+    /// Runs `work` on a thread inside namespace `index` (sockets it binds
+    /// live there), with a tokio runtime of its own.
+    fn run_in<T: Send + 'static>(
+        &self,
+        index: usize,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = format!("/var/run/netns/{}", self.names[index]);
+        std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            let file = std::fs::File::open(&path).expect("open the namespace");
+            // SAFETY: setns on this thread only, with a namespace file
+            // descriptor that stays open for the call.
+            let done = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(done, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            work()
+        })
+    }
+}
+
+impl Drop for NamespacePair {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", name])
+                .output();
+        }
+    }
+}
+
+/// The default transport settings where they will run: two hosts on a
+/// 1,500-byte Ethernet link. The bound read from the interfaces is 1,452
+/// bytes for the network peer, and calls with bulk both ways (8 MiB and
+/// more, through segmentation offload) arrive whole; a bound set above what
+/// the path carries costs lost probes, never the data.
+#[test]
+fn bulk_travels_between_hosts_on_a_1500_byte_link_with_the_defaults() {
+    let pair = NamespacePair::new(&format!("tq{}", std::process::id() % 10_000), 7, 1500);
+    let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("ca");
+    tls::ca_init(&ca_dir).unwrap();
+    tls::ca_issue(&ca_dir, Role::Chunk, "chunk-1").unwrap();
+    tls::ca_issue(&ca_dir, Role::Client, "client-1").unwrap();
+    let key = TokenKey::load(&ca_dir.join(tls::TOKEN_KEY_FILE)).unwrap();
+
+    // The server: its own runtime inside namespace a, until told to stop.
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let server_ca = ca_dir.clone();
+    let server = pair.run_in(0, move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async move {
+            let identity = Identity::load_from_dir(&server_ca, "chunk-1").unwrap();
+            let service = Arc::new(TestService {
+                key,
+                flaky_calls: AtomicU32::new(0),
+            });
+            let server = RpcServer::start(
+                &identity,
+                &TransportOptions::default(),
+                "10.213.7.1:0".parse().unwrap(),
+                service,
+                RpcMetrics::unregistered(),
+            )
+            .unwrap();
+            addr_tx.send(server.local_addr().unwrap()).unwrap();
+            tokio::task::spawn_blocking(move || stop_rx.recv())
+                .await
+                .unwrap()
+                .ok();
+            server.shutdown().await;
+        });
+    });
+    let addr = addr_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("server address");
+
+    let client_ca = ca_dir.clone();
+    let client = pair.run_in(1, move || {
+        let mtus = tessera_proto::rpc::InterfaceMtus::read();
+        assert_eq!(mtus.network, Some(1500), "{mtus:?}");
+        assert_eq!(
+            TransportOptions::default().mtu_bound_for(Some(addr.ip())),
+            1452
+        );
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async move {
+            let identity = Identity::load_from_dir(&client_ca, "client-1").unwrap();
+            let pinned_too_high = TransportOptions {
+                mtu_upper_bound_bytes: Some(8952),
+                ..TransportOptions::default()
+            };
+            for options in [TransportOptions::default(), pinned_too_high] {
+                let client =
+                    RpcClient::new(&identity, &options, "10.213.7.2:0".parse().unwrap()).unwrap();
+                let peer = Peer::new(addr, Role::Chunk);
+                for len in [1usize, 1500, 8 * 1024 * 1024 + 7, 24 * 1024 * 1024] {
+                    let body = pattern(len, 5);
+                    let (reply, back) = client
+                        .call_bulk(
+                            peer,
+                            &echo("across"),
+                            Bytes::from(body.clone()),
+                            len,
+                            CallOptions::with_timeout(Duration::from_secs(60)),
+                        )
+                        .await
+                        .unwrap_or_else(|err| panic!("{len} bytes with {options:?}: {err}"));
+                    assert_eq!(reply.hash, *blake3::hash(&body).as_bytes());
+                    assert!(back == body, "{len} bytes came back different");
+                }
+            }
+        });
+    });
+    let result = client.join();
+    let _ = stop_tx.send(());
+    server.join().expect("server thread");
+    result.expect("client thread");
+    drop(pair);
+}

@@ -81,7 +81,10 @@ struct PeerSlot {
 
 struct Inner {
     endpoint: quinn::Endpoint,
+    /// For loopback peers.
     config: quinn::ClientConfig,
+    /// For every other peer.
+    network_config: quinn::ClientConfig,
     options: TransportOptions,
     pool: Mutex<HashMap<Peer, Arc<PeerSlot>>>,
 }
@@ -112,13 +115,23 @@ impl RpcClient {
     ) -> Result<RpcClient, Error> {
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
             .map_err(|err| Error::internal(format!("QUIC client crypto: {err}")))?;
-        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        config.transport_config(Arc::new(options.transport_config()?));
+        let crypto = Arc::new(crypto);
+        // Loopback peers and network peers get their own packet-size bound
+        // (see `TransportOptions::mtu_bound_for`).
+        let mut config = quinn::ClientConfig::new(crypto.clone());
+        config.transport_config(Arc::new(
+            options.transport_config(Some(std::net::Ipv4Addr::LOCALHOST.into()))?,
+        ));
+        let mut network_config = quinn::ClientConfig::new(crypto);
+        network_config.transport_config(Arc::new(
+            options.transport_config(Some(std::net::Ipv4Addr::UNSPECIFIED.into()))?,
+        ));
         let endpoint = options.bind(bind_addr, None)?;
         Ok(RpcClient {
             inner: Arc::new(Inner {
                 endpoint,
                 config,
+                network_config,
                 options: options.clone(),
                 pool: Mutex::new(HashMap::new()),
             }),
@@ -154,10 +167,14 @@ impl RpcClient {
             return Ok(existing.clone());
         }
         let label = peer.to_string();
+        let config = match peer.addr.ip().is_loopback() {
+            true => self.inner.config.clone(),
+            false => self.inner.network_config.clone(),
+        };
         let connecting = self
             .inner
             .endpoint
-            .connect_with(self.inner.config.clone(), peer.addr, peer.role.dns_name())
+            .connect_with(config, peer.addr, peer.role.dns_name())
             .map_err(|err| Error::new(ErrorCode::Unavailable, format!("dial {label}: {err}")))?;
         let connection = connecting
             .await

@@ -9,14 +9,16 @@
 mod bulk;
 mod client;
 mod metrics;
+mod netif;
 mod server;
 mod transport;
 
 pub use bulk::{BulkReader, BulkWriter};
 pub use client::{CallOptions, OutgoingCall, Peer, Response, RpcClient};
 pub use metrics::RpcMetrics;
+pub use netif::InterfaceMtus;
 pub use server::{Call, PeerInfo, RpcServer, Service};
-pub use transport::{GSO_MTU_MAX_BYTES, TransportOptions};
+pub use transport::TransportOptions;
 
 use crate::error::{Error, ErrorCode};
 

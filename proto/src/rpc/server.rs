@@ -196,7 +196,8 @@ impl RpcServer {
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server_crypto(identity)?)
             .map_err(|err| Error::internal(format!("QUIC server crypto: {err}")))?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        config.transport_config(Arc::new(options.transport_config()?));
+        let peers = (!addr.ip().is_unspecified()).then_some(addr.ip());
+        config.transport_config(Arc::new(options.transport_config(peers)?));
         let endpoint = options.bind(addr, Some(config))?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let in_flight = Arc::new(InFlight::default());

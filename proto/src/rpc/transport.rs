@@ -2,13 +2,17 @@
 //!
 //! Every knob here was measured on loopback (see `docs/benchmarks.md`); the
 //! defaults are safe on any network: the MTU search starts at QUIC's 1,200
-//! bytes and only climbs as far as probes succeed, so a larger upper bound
-//! costs nothing where the path is smaller.
+//! bytes and only climbs as far as probes succeed, up to what the machine's
+//! interfaces allow for the peer (loopback's 64 KiB for a loopback peer,
+//! the largest other interface's MTU for the rest), so loopback, Ethernet
+//! and jumbo frames each get large packets without configuration.
 
+use super::netif::{GsoLimited, InterfaceMtus, UDP_PAYLOAD_MAX_BYTES};
 use crate::error::{Error, ErrorCode};
 use crate::limits::STREAMS_PER_CONNECTION_DEFAULT;
 use serde::{Deserialize, Serialize};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Transport settings, part of every daemon's configuration as `[transport]`.
@@ -25,12 +29,13 @@ pub struct TransportOptions {
     pub connection_window_bytes: u64,
     /// Unacknowledged bytes a sender keeps in flight per connection.
     pub send_window_bytes: u64,
-    /// Largest UDP payload this endpoint accepts and MTU discovery may reach.
-    /// 1,452 fits Ethernet; loopback and jumbo-frame networks allow more.
-    pub mtu_upper_bound_bytes: u16,
-    /// Let the kernel split large sends into packets (GSO). Left off
-    /// whatever this says when `mtu_upper_bound_bytes` exceeds
-    /// [`GSO_MTU_MAX_BYTES`].
+    /// Largest UDP payload MTU discovery may reach. Unset (the default), it
+    /// is read from the interfaces: loopback's MTU for loopback peers, the
+    /// largest other interface's for the rest, less 48 bytes of headers.
+    /// Set it to cap packets below what the interfaces claim (a tunnel
+    /// whose MTU the interface does not show).
+    pub mtu_upper_bound_bytes: Option<u16>,
+    /// Let the kernel split large sends into packets (GSO).
     pub segmentation_offload: bool,
     /// QUIC connections a client keeps to each peer; calls are spread over
     /// them round-robin.
@@ -48,7 +53,7 @@ impl Default for TransportOptions {
             stream_window_bytes: 8 * 1024 * 1024,
             connection_window_bytes: 64 * 1024 * 1024,
             send_window_bytes: 64 * 1024 * 1024,
-            mtu_upper_bound_bytes: 1452,
+            mtu_upper_bound_bytes: None,
             segmentation_offload: true,
             connections_per_peer: 1,
             idle_timeout_ms: 30_000,
@@ -57,26 +62,26 @@ impl Default for TransportOptions {
     }
 }
 
-/// Largest MTU bound that keeps UDP segmentation offload usable. quinn 0.11
-/// puts up to 10 packets in one GSO batch and the kernel refuses a batch over
-/// 64 KiB, so with larger packets every batch fails, MTU probes are lost and
-/// quinn falls back to 1,200-byte packets (measured: see
-/// `docs/benchmarks.md`). Above this bound GSO is left off.
-pub const GSO_MTU_MAX_BYTES: u16 = 6_500;
+/// The UDP payload bound when neither configuration nor the interfaces say:
+/// a 1,500-byte Ethernet MTU less IPv6 and UDP headers.
+const FALLBACK_PAYLOAD_BYTES: u16 = 1452;
 
 impl TransportOptions {
-    /// Settings for networks where every hop is loopback: 64 KiB packets,
-    /// which cut per-packet costs (the bound on loopback) by a factor of 40.
+    /// Settings for networks where every hop is loopback. Loopback's MTU is
+    /// read from the interface like any other; kept for callers that name
+    /// the single-machine case.
     pub fn loopback() -> TransportOptions {
-        TransportOptions {
-            mtu_upper_bound_bytes: 65_527,
-            ..TransportOptions::default()
-        }
+        TransportOptions::default()
     }
 
-    /// Whether GSO is actually used: asked for, and safe at this MTU bound.
-    pub fn effective_segmentation_offload(&self) -> bool {
-        self.segmentation_offload && self.mtu_upper_bound_bytes <= GSO_MTU_MAX_BYTES
+    /// The UDP payload bound for a path to `peer` (`None`: any peer, as a
+    /// server's socket serves them all).
+    pub fn mtu_bound_for(&self, peer: Option<IpAddr>) -> u16 {
+        self.mtu_upper_bound_bytes.unwrap_or_else(|| {
+            InterfaceMtus::read()
+                .udp_payload_bound(peer)
+                .unwrap_or(FALLBACK_PAYLOAD_BYTES)
+        })
     }
 
     pub fn validate(&self) -> Result<(), Error> {
@@ -89,7 +94,10 @@ impl TransportOptions {
         if self.streams_per_connection == 0 {
             return invalid("streams_per_connection must be at least 1");
         }
-        if !(1200..=65_527).contains(&self.mtu_upper_bound_bytes) {
+        if self
+            .mtu_upper_bound_bytes
+            .is_some_and(|bound| !(1200..=UDP_PAYLOAD_MAX_BYTES).contains(&bound))
+        {
             return invalid("mtu_upper_bound_bytes must lie between 1200 and 65527");
         }
         if self.connections_per_peer == 0 || self.connections_per_peer > 64 {
@@ -107,7 +115,8 @@ impl TransportOptions {
         Ok(())
     }
 
-    pub fn transport_config(&self) -> Result<quinn::TransportConfig, Error> {
+    /// Transport settings for connections to `peer` (`None`: any peer).
+    pub fn transport_config(&self, peer: Option<IpAddr>) -> Result<quinn::TransportConfig, Error> {
         self.validate()?;
         let varint = |value: u64, what: &str| {
             quinn::VarInt::from_u64(value).map_err(|_| {
@@ -127,7 +136,7 @@ impl TransportOptions {
                 "connection_window_bytes",
             )?)
             .send_window(self.send_window_bytes)
-            .enable_segmentation_offload(self.effective_segmentation_offload())
+            .enable_segmentation_offload(self.segmentation_offload)
             .keep_alive_interval(Some(Duration::from_millis(self.keep_alive_ms)))
             .max_idle_timeout(Some(
                 quinn::IdleTimeout::try_from(Duration::from_millis(self.idle_timeout_ms)).map_err(
@@ -140,15 +149,18 @@ impl TransportOptions {
                 )?,
             ));
         let mut mtu = quinn::MtuDiscoveryConfig::default();
-        mtu.upper_bound(self.mtu_upper_bound_bytes);
+        mtu.upper_bound(self.mtu_bound_for(peer));
         config.mtu_discovery_config(Some(mtu));
         Ok(config)
     }
 
-    fn endpoint_config(&self) -> Result<quinn::EndpointConfig, Error> {
+    fn endpoint_config(&self, addr: SocketAddr) -> Result<quinn::EndpointConfig, Error> {
+        // What this socket accepts: any peer's packets when it listens on
+        // every interface, loopback's when it listens there.
+        let peer = (!addr.ip().is_unspecified()).then_some(addr.ip());
         let mut config = quinn::EndpointConfig::default();
         config
-            .max_udp_payload_size(self.mtu_upper_bound_bytes.max(1472))
+            .max_udp_payload_size(self.mtu_bound_for(peer).max(1472))
             .map_err(|err| Error::new(ErrorCode::InvalidArgument, format!("transport: {err}")))?;
         Ok(config)
     }
@@ -163,8 +175,17 @@ impl TransportOptions {
             .map_err(|err| Error::io(&format!("bind UDP {addr}"), &err))?;
         let runtime = quinn::default_runtime()
             .ok_or_else(|| Error::internal("no async runtime for QUIC; start inside tokio"))?;
-        quinn::Endpoint::new(self.endpoint_config()?, server, socket, runtime)
-            .map_err(|err| Error::io(&format!("start QUIC endpoint on {addr}"), &err))
+        let socket = runtime
+            .wrap_udp_socket(socket)
+            .map_err(|err| Error::io(&format!("set up UDP {addr}"), &err))?;
+        let socket = Arc::new(GsoLimited::new(socket));
+        quinn::Endpoint::new_with_abstract_socket(
+            self.endpoint_config(addr)?,
+            server,
+            socket,
+            runtime,
+        )
+        .map_err(|err| Error::io(&format!("start QUIC endpoint on {addr}"), &err))
     }
 }
 
@@ -174,17 +195,21 @@ mod tests {
 
     #[test]
     fn defaults_are_valid_and_bad_values_refused() {
-        TransportOptions::default().transport_config().unwrap();
-        TransportOptions::loopback().transport_config().unwrap();
-        assert!(TransportOptions::default().effective_segmentation_offload());
-        assert!(!TransportOptions::loopback().effective_segmentation_offload());
+        TransportOptions::default().transport_config(None).unwrap();
+        let pinned = TransportOptions {
+            mtu_upper_bound_bytes: Some(8952),
+            ..Default::default()
+        };
+        pinned.transport_config(None).unwrap();
+        assert_eq!(pinned.mtu_bound_for(Some([10, 0, 0, 1].into())), 8952);
+        assert!(TransportOptions::default().mtu_bound_for(Some([127, 0, 0, 1].into())) >= 1452);
         let bad = [
             TransportOptions {
                 streams_per_connection: 0,
                 ..Default::default()
             },
             TransportOptions {
-                mtu_upper_bound_bytes: 100,
+                mtu_upper_bound_bytes: Some(100),
                 ..Default::default()
             },
             TransportOptions {
