@@ -329,6 +329,18 @@ fn drop_page_cache() {
     std::fs::write("/proc/sys/vm/drop_caches", "3").expect("drop the page cache (needs root)");
 }
 
+/// Stops `tessera dev` (and so its mount) if a test fails before it does.
+struct DevGuard(Option<std::process::Child>);
+
+impl Drop for DevGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// One read: where, how long, and whether it covers the flipped byte.
 struct Probe {
     offset: u64,
@@ -353,7 +365,7 @@ fn a_flipped_byte_is_never_returned_by_the_mount_get_or_s3() {
         common::free_port(),
         common::free_port(),
     );
-    let dev = start_dev_with(
+    let mut dev = DevGuard(Some(start_dev_with(
         &dir,
         port,
         metrics,
@@ -363,7 +375,7 @@ fn a_flipped_byte_is_never_returned_by_the_mount_get_or_s3() {
             "--s3",
             &format!("127.0.0.1:{s3}"),
         ],
-    );
+    )));
     let size: u64 = 3 << 20;
     let data = common::pattern(11, size as usize);
     cli(&dir, &["mkdir", "/vbucket"]);
@@ -552,5 +564,5 @@ fn a_flipped_byte_is_never_returned_by_the_mount_get_or_s3() {
             );
         }
     }
-    interrupt(dev);
+    interrupt(dev.0.take().expect("dev"));
 }
