@@ -2,16 +2,19 @@
 //! reads and streamed writes.
 //!
 //! A read checks every block against the hashes the source sends with a
-//! block-aligned range, as a client's read does: the source's own check
-//! guards its disk, this one guards its memory and the network, so a copy
-//! or a rebuild never seals bytes nobody verified end to end.
+//! block-aligned range, as a client's read does: the source sends such
+//! blocks unhashed, so this check is the end-to-end one (its disk, its
+//! memory, the network), and a copy or a rebuild never seals bytes nobody
+//! verified. A block that fails is sent back to the source to check
+//! (`VerifyPiece`), which quarantines its piece if its disk holds it bad.
 
 use bytes::Bytes;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tessera_proto::checksum::{BLOCK_BYTES, HASH_BYTES, block_count};
 use tessera_proto::chunk::{
-    PieceTrailer, READ_VERIFIED_MAX_BYTES, ReadPiece, WritePieceReply, WritePieceStream,
+    PieceTrailer, READ_VERIFIED_MAX_BYTES, ReadPiece, VerifyPiece, WritePieceReply,
+    WritePieceStream,
 };
 use tessera_proto::error::{Error, ErrorCode};
 use tessera_proto::ids::PieceId;
@@ -112,10 +115,22 @@ pub async fn read_verified(
         .enumerate()
     {
         if blake3::hash(data).as_bytes() != expected {
+            let request = VerifyPiece {
+                piece,
+                offset: offset + i as u64 * block,
+                length: block,
+                token,
+            };
+            let client = client.clone();
+            tokio::spawn(async move {
+                if let Err(err) = client.call(peer, &request, CallOptions::default()).await {
+                    tracing::warn!(%piece, %peer, error = %err, "could not have the source check a bad block");
+                }
+            });
             return Err(Error::new(
                 ErrorCode::ChecksumMismatch,
                 format!(
-                    "block {} of {piece} from {peer} does not match its hash; the bytes were damaged on the way",
+                    "block {} of {piece} from {peer} does not match its hash; the source was asked to check its copy",
                     offset / block + i as u64
                 ),
             ));
