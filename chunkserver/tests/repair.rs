@@ -19,7 +19,7 @@ use tessera_proto::checksum::checksum_of;
 use tessera_proto::chunk::{
     ChunkCommand, CopyPiece, Heartbeat, HeartbeatReply, InventoryReport, JobResult, PieceInfo,
     PieceSource, PieceTarget, ReadPiece, RebuildPieces, RegisterChunkserver, RegisterReply,
-    WritePiece,
+    VerifyPiece, WritePiece,
 };
 use tessera_proto::config::{LogConfig, NodeConfig, TlsFiles};
 use tessera_proto::error::{Error, ErrorCode};
@@ -608,11 +608,31 @@ async fn repair_jobs_and_the_heartbeat_contract() {
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[4096 + 1000] ^= 1;
     std::fs::write(&path, bytes).unwrap();
+    // An aligned read carries the block hashes and is checked by its
+    // reader, not the server; the reader's `VerifyPiece` has the server
+    // find the damage.
+    let verify = VerifyPiece {
+        piece: id(replica, 0),
+        offset: 0,
+        length: replica_data.len() as u64,
+        token: h.token(replica, Rights::READ),
+    };
+    let peer = Peer::new(h.node("chunk-a").server.addr(), Role::Chunk);
+    let reply = h
+        .client
+        .call(
+            peer,
+            &verify,
+            CallOptions::with_timeout(Duration::from_secs(60)),
+        )
+        .await
+        .unwrap();
+    assert!(!reply.intact, "the flipped byte was not found");
     let err = h
         .read("chunk-a", id(replica, 0), replica_data.len() as u64)
         .await
         .unwrap_err();
-    assert_eq!(err.code, ErrorCode::Corrupt, "{err}");
+    assert_eq!(err.code, ErrorCode::NotFound, "{err}");
     h.wait("a to report the corrupt piece", || {
         h.meta
             .beats("chunk-a")
