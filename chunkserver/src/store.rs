@@ -1120,7 +1120,7 @@ impl PieceReader {
 
     /// Checks blocks starting at `first` against the stored hashes; a
     /// mismatch quarantines the piece and fails with `Corrupt`.
-    pub fn verify_blocks(&mut self, first: u64, data: &[u8]) -> Result<(), Error> {
+    fn verify_blocks(&mut self, first: u64, data: &[u8]) -> Result<(), Error> {
         self.load_hashes()?;
         let hashes = self
             .hashes
