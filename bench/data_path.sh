@@ -7,7 +7,7 @@
 # `tessera gateway`; directories (and buckets) /rep3 (replicas:3) and /ec42 (ec:4+2).
 #
 #   bench/data_path.sh [--size-mib N] [--runtime S] [--dir DIR] [--bin PATH]
-#                      [--only seq,get,s3,rand]
+#                      [--only seq,get,s3,rand] [--mfs MOUNTPOINT]
 #
 # Rows:
 #   seq   fio sequential write (1 MiB blocks, fsync at end) and cold read of
@@ -20,7 +20,9 @@
 #   rand  fio 4 KiB random read and write for RUNTIME seconds over a
 #         SIZE_MIB file, at queue depth 1 (one psync job) and 16 (sixteen
 #         psync jobs: FUSE serves each thread's call on its own), caches
-#         dropped first; replicas:3.
+#         dropped first; replicas:3. With --mfs, each also runs on that
+#         MooseFS mount (the yardstick: ../shared/tools/moosefs_up.sh with
+#         MFS_GOAL=3) in the same run, as rows of their own.
 #
 # CPU per GiB is the whole machine's busy time (user, system, irq and
 # softirq from /proc/stat: the client, the daemons, the kernel and the
@@ -37,14 +39,16 @@ RUNTIME=15
 DIR=/var/tmp/tessera-bench-data-path
 BIN=${TESSERA_BIN:-}
 ONLY=seq,get,s3,rand
+MFS=
 while [[ $# -gt 0 ]]; do
     case $1 in
         --size-mib) SIZE_MIB=$2; shift 2 ;;
+        --mfs) MFS=$2; shift 2 ;;
         --runtime) RUNTIME=$2; shift 2 ;;
         --dir) DIR=$2; shift 2 ;;
         --bin) BIN=$2; shift 2 ;;
         --only) ONLY=$2; shift 2 ;;
-        *) echo "usage: $0 [--size-mib N] [--runtime S] [--dir DIR] [--bin PATH] [--only seq,get,s3,rand]" >&2; exit 2 ;;
+        *) echo "usage: $0 [--size-mib N] [--runtime S] [--dir DIR] [--bin PATH] [--only seq,get,s3,rand] [--mfs MOUNTPOINT]" >&2; exit 2 ;;
     esac
 done
 HERE=$(cd "$(dirname "$0")/.." && pwd)
@@ -249,6 +253,7 @@ if want rand; then
     echo "== 4 KiB random I/O, $RUNTIME s each, over a $SIZE_MIB MiB file" >&2
     cp "$DIR/source" "$LOCAL/rand.dat"
     cp "$DIR/source" "$MNT/rep3/rand.dat"
+    if [[ -n $MFS ]]; then cp "$DIR/source" "$MFS/rand.dat"; fi
     sync
     for rw in randread randwrite; do
         for jobs in 1 16; do
@@ -256,9 +261,15 @@ if want rand; then
             read -r iops bytes _ c t < <(fio_rand "$MNT/rep3/rand.dat" "$rw" "$jobs")
             ROWS+=("| mount, rep3: 4 KiB $rw, qd $jobs | $iops IOPS | $liops IOPS | $(ratio "$iops" "$liops") | $(per_gib "$c" "$bytes") ($(per_gib "$t" "$bytes")) | $(per_gib "$lc" "$lbytes") |")
             echo "   4 KiB $rw qd $jobs: $iops IOPS (local $liops)" >&2
+            if [[ -n $MFS ]]; then
+                read -r miops mbytes _ mc _ < <(fio_rand "$MFS/rand.dat" "$rw" "$jobs")
+                ROWS+=("| MooseFS mount, goal 3: 4 KiB $rw, qd $jobs | $miops IOPS | $liops IOPS | $(ratio "$miops" "$liops") | $(per_gib "$mc" "$mbytes") | $(per_gib "$lc" "$lbytes") |")
+                echo "   MooseFS 4 KiB $rw qd $jobs: $miops IOPS" >&2
+            fi
         done
     done
     rm -f "$LOCAL/rand.dat" "$MNT/rep3/rand.dat"
+    if [[ -n $MFS ]]; then rm -f "$MFS/rand.dat"; fi
 fi
 
 echo "| workload | Tessera | local disk | ratio | CPU s/GiB, machine (Tessera's processes) | local CPU s/GiB |"

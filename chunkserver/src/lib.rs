@@ -19,6 +19,7 @@
 
 pub mod changes;
 pub mod copy;
+pub mod hash_cache;
 pub mod heartbeat;
 pub mod jobs;
 pub mod local_write;

@@ -11,15 +11,16 @@
 
 use crate::jobs::JobRunner;
 use crate::local_write::{LocalWrite, join_error};
-use crate::store::Store;
+use crate::store::{PieceReader, Store};
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Instant;
-use tessera_proto::checksum::{BLOCK_BYTES, block_count};
+use tessera_proto::checksum::{BLOCK_BYTES, RANGE_UNIT_BYTES, block_count, range_proof};
 use tessera_proto::chunk::{
     CopyPiece, DeletePieces, DeletePiecesReply, INVENTORY_PAGE_MAX, ListPieces, ListPiecesReply,
-    PieceInfo, PieceTrailer, ReadPiece, ReadPieceReply, SYNC_PIECES_MAX, SyncPieces,
-    SyncPiecesReply, VerifyPiece, VerifyPieceReply, WritePiece, WritePieceReply, WritePieceStream,
+    PieceInfo, PieceTrailer, READ_RANGE_MAX_BYTES, ReadPiece, ReadPieceReply, ReadRange,
+    ReadRangeReply, SYNC_PIECES_MAX, SyncPieces, SyncPiecesReply, VerifyPiece, VerifyPieceReply,
+    WritePiece, WritePieceReply, WritePieceStream,
 };
 use tessera_proto::error::{Error, ErrorCode};
 use tessera_proto::ids::PieceId;
@@ -152,9 +153,58 @@ impl ChunkService {
     }
 
     async fn serve_read(&self, call: &mut Call, msg: &ReadPiece) -> Result<(), Error> {
-        let store = self.store.clone();
         let piece = msg.piece;
         let (offset, length) = (msg.offset, msg.length);
+        let disk = self.store.disk_of(piece).ok_or_else(|| {
+            Error::new(
+                ErrorCode::NotFound,
+                format!("piece {piece} is not stored here"),
+            )
+        })?;
+        let permit = disk
+            .io_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::internal("disk slots closed"))?;
+        if length <= READ_BATCH_BLOCKS * BLOCK_BYTES as u64 {
+            // A small read (a random read's block) is one blocking step:
+            // open, hashes and bytes together, where handing each to its
+            // own blocking task cost two thread hand-offs per request.
+            let store = self.store.clone();
+            let (piece_length, block_hashes, bytes) = tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                let mut reader = store.open_reader(piece)?;
+                let hashes = reader.hashes_for(offset, length)?;
+                let end = read_end(&reader, offset, length)?;
+                let mut bytes = Bytes::new();
+                if length > 0 {
+                    let (first, count) = blocks_of(offset, end, reader.length());
+                    let data = if hashes.is_empty() {
+                        reader.read_blocks(first, count)?
+                    } else {
+                        reader.read_unverified(first, count)?
+                    };
+                    bytes = slice_batch(data, first, offset, end);
+                }
+                Ok::<_, Error>((reader.length(), hashes, bytes))
+            })
+            .await
+            .map_err(join_error)??;
+            call.respond(
+                &ReadPieceReply {
+                    piece_length,
+                    block_hashes,
+                },
+                length,
+            )
+            .await?;
+            if length > 0 {
+                call.response_bulk()?.write_bytes(bytes).await?;
+            }
+            return Ok(());
+        }
+        let store = self.store.clone();
         let (reader, block_hashes) = tokio::task::spawn_blocking(move || {
             let mut reader = store.open_reader(piece)?;
             let hashes = reader.hashes_for(offset, length)?;
@@ -168,47 +218,18 @@ impl ChunkService {
         // the network), so hashing here too would only repeat it. Unaligned
         // ranges carry no hashes and are checked here.
         let reader_verifies = !block_hashes.is_empty();
-        let end = msg
-            .offset
-            .checked_add(msg.length)
-            .filter(|end| *end <= piece_length);
-        let Some(end) = end else {
-            return Err(Error::new(
-                ErrorCode::OutOfRange,
-                format!(
-                    "read of {} bytes at {} lies past the end of piece {piece} ({piece_length} bytes)",
-                    msg.length, msg.offset
-                ),
-            ));
-        };
+        let end = read_end(&reader, offset, length)?;
         call.respond(
             &ReadPieceReply {
                 piece_length,
                 block_hashes,
             },
-            msg.length,
+            length,
         )
         .await?;
-        if msg.length == 0 {
-            return Ok(());
-        }
-        let disk = self.store.disk_of(piece).ok_or_else(|| {
-            Error::new(
-                ErrorCode::NotFound,
-                format!("piece {piece} was deleted during the read"),
-            )
-        })?;
-        let first_block = msg.offset / BLOCK_BYTES as u64;
-        let end_block = end
-            .div_ceil(BLOCK_BYTES as u64)
-            .min(block_count(piece_length));
+        let (first_block, block_total) = blocks_of(offset, end, piece_length);
+        let end_block = first_block + block_total;
         let (tx, mut rx) = mpsc::channel::<Result<(u64, Vec<u8>), Error>>(READ_AHEAD_BATCHES);
-        let permit = disk
-            .io_slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Error::internal("disk slots closed"))?;
         let producer = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let mut reader = reader;
@@ -230,14 +251,111 @@ impl ChunkService {
         });
         while let Some(batch) = rx.recv().await {
             let (block, data) = batch?;
-            let batch_start = block * BLOCK_BYTES as u64;
-            let from = msg.offset.saturating_sub(batch_start) as usize;
-            let to = ((end - batch_start) as usize).min(data.len());
-            let bytes = Bytes::from(data).slice(from..to);
+            let bytes = slice_batch(data, block, offset, end);
             call.response_bulk()?.write_bytes(bytes).await?;
         }
         producer.await.map_err(join_error)?;
         Ok(())
+    }
+
+    /// Serves a [`ReadRange`]: the touched blocks are read whole, since the
+    /// proof of a part needs the rest, and only the range is sent.
+    async fn read_range(&self, call: &mut Call) -> Result<(), Error> {
+        let msg: ReadRange = call.decode()?;
+        self.check_token(&msg.token, msg.piece, Rights::READ)?;
+        let (piece, offset, length) = (msg.piece, msg.offset, msg.length);
+        if length == 0
+            || length > READ_RANGE_MAX_BYTES
+            || !offset.is_multiple_of(RANGE_UNIT_BYTES as u64)
+        {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "read_range of {length} bytes at {offset}: ranges start on a {RANGE_UNIT_BYTES}-byte boundary and hold 1 to {READ_RANGE_MAX_BYTES} bytes"
+                ),
+            ));
+        }
+        let disk = self.store.disk_of(piece).ok_or_else(|| {
+            Error::new(
+                ErrorCode::NotFound,
+                format!("piece {piece} is not stored here"),
+            )
+        })?;
+        let permit = disk
+            .io_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::internal("disk slots closed"))?;
+        let metrics = self.store.metrics().clone();
+        metrics.reads_in_flight.inc();
+        let started = Instant::now();
+        let store = self.store.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let mut reader = store.open_reader(piece)?;
+            let end = read_end(&reader, offset, length)?;
+            let piece_length = reader.length();
+            if !(end.is_multiple_of(RANGE_UNIT_BYTES as u64) || end == piece_length) {
+                return Err(Error::new(
+                    ErrorCode::InvalidArgument,
+                    format!(
+                        "read_range ending at {end} of piece {piece}: ranges end on a {RANGE_UNIT_BYTES}-byte boundary or at the piece's end ({piece_length})"
+                    ),
+                ));
+            }
+            let (first, count) = blocks_of(offset, end, piece_length);
+            let block = BLOCK_BYTES as u64;
+            let aligned_start = first * block;
+            let aligned_end = ((first + count) * block).min(piece_length);
+            let block_hashes = reader.hashes_for(aligned_start, aligned_end - aligned_start)?;
+            let data = reader.read_unverified(first, count)?;
+            let mut proofs = Vec::with_capacity(count as usize);
+            for (i, bytes) in data.chunks(BLOCK_BYTES).enumerate() {
+                let start = aligned_start + i as u64 * block;
+                let from = (offset.max(start) - start) as usize;
+                let to = (end.min(start + bytes.len() as u64) - start) as usize;
+                if from == 0 && to == bytes.len() {
+                    proofs.push(Vec::new());
+                    continue;
+                }
+                let proof = range_proof(bytes, from, to).ok_or_else(|| {
+                    Error::internal(format!("no proof for bytes {from}..{to} of a block"))
+                })?;
+                proofs.push(proof);
+            }
+            let bytes = slice_batch(data, first, offset, end);
+            Ok::<_, Error>((
+                ReadRangeReply {
+                    piece_length,
+                    block_hashes,
+                    proofs,
+                },
+                bytes,
+            ))
+        })
+        .await
+        .map_err(join_error)
+        .and_then(|read| read);
+        let result = match read {
+            Ok((reply, bytes)) => match call.respond(&reply, length).await {
+                Ok(()) => match call.response_bulk() {
+                    Ok(bulk) => bulk.write_bytes(bytes).await,
+                    Err(err) => Err(err),
+                },
+                Err(err) => Err(err),
+            },
+            Err(err) => Err(err),
+        };
+        metrics.reads_in_flight.dec();
+        if result.is_ok() {
+            metrics.reads.inc();
+            metrics.bytes_read.inc_by(length);
+            metrics
+                .read_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
+        result
     }
 
     /// Checks a range a reader found bad (see [`VerifyPiece`]); the store
@@ -317,6 +435,7 @@ impl Service for ChunkService {
                 .await
             }
             ReadPiece::ID => self.read(call).await,
+            ReadRange::ID => self.read_range(call).await,
             VerifyPiece::ID => {
                 let msg: VerifyPiece = call.decode()?;
                 let reply = self.verify(msg).await?;
@@ -384,6 +503,7 @@ impl Service for ChunkService {
             WritePiece::ID => WritePiece::NAME,
             WritePieceStream::ID => WritePieceStream::NAME,
             ReadPiece::ID => ReadPiece::NAME,
+            ReadRange::ID => ReadRange::NAME,
             VerifyPiece::ID => VerifyPiece::NAME,
             DeletePieces::ID => DeletePieces::NAME,
             ListPieces::ID => ListPieces::NAME,
@@ -392,4 +512,40 @@ impl Service for ChunkService {
             _ => "unknown",
         }
     }
+}
+
+/// The end of a read of `length` bytes at `offset`, which must lie within
+/// the piece.
+fn read_end(reader: &PieceReader, offset: u64, length: u64) -> Result<u64, Error> {
+    offset
+        .checked_add(length)
+        .filter(|end| *end <= reader.length())
+        .ok_or_else(|| {
+            Error::new(
+                ErrorCode::OutOfRange,
+                format!(
+                    "read of {length} bytes at {offset} lies past the end of piece {} ({} bytes)",
+                    reader.piece(),
+                    reader.length()
+                ),
+            )
+        })
+}
+
+/// The first block and the number of blocks covering `[offset, end)`.
+fn blocks_of(offset: u64, end: u64, piece_length: u64) -> (u64, u64) {
+    let first = offset / BLOCK_BYTES as u64;
+    let end_block = end
+        .div_ceil(BLOCK_BYTES as u64)
+        .min(block_count(piece_length));
+    (first, end_block.saturating_sub(first))
+}
+
+/// The part of a batch of whole blocks starting at block `first` that lies
+/// within `[offset, end)`.
+fn slice_batch(data: Vec<u8>, first: u64, offset: u64, end: u64) -> Bytes {
+    let batch_start = first * BLOCK_BYTES as u64;
+    let from = (offset.saturating_sub(batch_start) as usize).min(data.len());
+    let to = (end.saturating_sub(batch_start) as usize).clamp(from, data.len());
+    Bytes::from(data).slice(from..to)
 }

@@ -25,6 +25,7 @@
 //! hash of its block matched.
 
 use crate::changes::{ChangeLog, Changes};
+use crate::hash_cache::{HASH_CACHE_BYTES, HashCache};
 use crate::metrics::ChunkMetrics;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
@@ -32,7 +33,9 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tessera_proto::checksum::{BLOCK_BYTES, HASH_BYTES, PieceHasher, block_count};
+use tessera_proto::checksum::{
+    BLOCK_BYTES, HASH_BYTES, PieceHasher, block_count, piece_checksum_of_table,
+};
 use tessera_proto::chunk::{DiskReport, PieceInfo, READ_VERIFIED_MAX_BYTES};
 use tessera_proto::error::{Error, ErrorCode};
 use tessera_proto::ids::{ChunkId, PieceId};
@@ -263,6 +266,7 @@ pub struct Store {
     /// twice over; a requested sync waits for a pass in progress, which is
     /// what a group commit of seals needs anyway.
     flushing: Mutex<()>,
+    hash_tables: Mutex<HashCache>,
 }
 
 impl Store {
@@ -312,6 +316,7 @@ impl Store {
             metrics,
             deferred_sync: std::sync::atomic::AtomicBool::new(false),
             flushing: Mutex::new(()),
+            hash_tables: Mutex::new(HashCache::new(HASH_CACHE_BYTES)),
         };
         store.refresh_gauges();
         Ok(store)
@@ -319,6 +324,12 @@ impl Store {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn hash_tables(&self) -> MutexGuard<'_, HashCache> {
+        self.hash_tables
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -594,6 +605,7 @@ impl Store {
                 .unsynced_pieces
                 .set(state.unsynced.len() as i64);
         }
+        self.hash_tables().remove(piece);
         Ok(true)
     }
 
@@ -651,6 +663,7 @@ impl Store {
         if let Err(err) = std::fs::rename(&from, &to) {
             tracing::error!(%piece, error = %err, "could not move a corrupt piece to quarantine; it stays out of the inventory");
         }
+        self.hash_tables().remove(piece);
         let mut state = self.lock();
         if let Some(entry) = state.sealed.remove(&piece) {
             disk.pieces.fetch_sub(1, Ordering::Relaxed);
@@ -686,8 +699,9 @@ impl Store {
             store: self.clone(),
             piece,
             length: entry.length,
+            checksum: entry.checksum,
             file,
-            hashes: None,
+            hashes: self.hash_tables().get(piece),
         })
     }
 }
@@ -959,6 +973,9 @@ impl PieceWrite {
             checksum,
         };
         {
+            // A piece sealed again under the same id (a repair back onto
+            // a server that once held it) must not meet the old table.
+            self.store.hash_tables().remove(self.piece);
             let mut state = self.store.lock();
             state.writing.remove(&self.piece);
             state.sealed.insert(
@@ -1011,8 +1028,11 @@ pub struct PieceReader {
     store: Arc<Store>,
     piece: PieceId,
     length: u64,
+    /// The piece checksum the inventory holds, which a table read from disk
+    /// must match before it is used or kept.
+    checksum: [u8; HASH_BYTES],
     file: File,
-    hashes: Option<Vec<u8>>,
+    hashes: Option<Arc<[u8]>>,
 }
 
 impl PieceReader {
@@ -1034,6 +1054,22 @@ impl PieceReader {
             .seek(SeekFrom::Start(HEADER_BYTES + self.length))
             .and_then(|_| self.file.read_exact(&mut table))
             .map_err(|err| self.failure("read checksums of", err))?;
+        if piece_checksum_of_table(&table) != self.checksum {
+            self.store.metrics.checksum_failures.inc();
+            self.store.quarantine(
+                self.piece,
+                "its block hash table does not match its checksum",
+            );
+            return Err(Error::new(
+                ErrorCode::Corrupt,
+                format!(
+                    "piece {} has a damaged checksum table; the piece was quarantined, read another replica",
+                    self.piece
+                ),
+            ));
+        }
+        let table: Arc<[u8]> = Arc::from(table);
+        self.store.hash_tables().insert(self.piece, table.clone());
         self.hashes = Some(table);
         Ok(())
     }
@@ -1355,6 +1391,45 @@ mod tests {
         );
         assert_eq!(s.take_corrupt(10), vec![piece(7)]);
         assert_eq!(s.piece_count(), 0);
+    }
+
+    #[test]
+    fn hash_tables_are_checked_when_loaded_and_kept_until_their_piece_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let data: Vec<u8> = (0..2 * BLOCK_BYTES + 10).map(|i| (i % 13) as u8).collect();
+        write(&s, piece(8), &data).unwrap();
+        write(&s, piece(9), &data).unwrap();
+        let table_bytes = 3 * HASH_BYTES;
+        let mut reader = s.open_reader(piece(8)).unwrap();
+        assert_eq!(reader.hashes_for(0, BLOCK_BYTES as u64).unwrap().len(), 1);
+        assert_eq!(s.hash_tables().bytes(), table_bytes);
+        // A later reader takes the kept table, even with the file's table
+        // gone bad since (it was checked when it was loaded).
+        let path = s.disks[0].piece_path(piece(8));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[HEADER_BYTES as usize + data.len() + 3] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        let mut reader = s.open_reader(piece(8)).unwrap();
+        reader.read_blocks(0, 3).unwrap();
+        s.delete(piece(8)).unwrap();
+        assert_eq!(s.hash_tables().bytes(), 0, "a deleted piece's table goes");
+
+        // A table that does not match the piece checksum quarantines the
+        // piece when it is loaded, before any block is judged by it.
+        let path = s.disks[0].piece_path(piece(9));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[HEADER_BYTES as usize + data.len() + HASH_BYTES + 7] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        let mut reader = s.open_reader(piece(9)).unwrap();
+        let err = reader.hashes_for(0, BLOCK_BYTES as u64).unwrap_err();
+        assert_eq!(err.code, ErrorCode::Corrupt, "{err}");
+        assert_eq!(s.take_corrupt(10), vec![piece(9)]);
+        assert_eq!(s.hash_tables().bytes(), 0);
+        assert_eq!(
+            s.open_reader(piece(9)).err().map(|e| e.code),
+            Some(ErrorCode::NotFound)
+        );
     }
 
     #[test]

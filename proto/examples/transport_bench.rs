@@ -1,7 +1,8 @@
 //! Transport benchmark: 1 GiB over one stream and over 8 streams through the
-//! RPC layer, through bare quinn with the same settings, and over plain TCP,
-//! all in one run against a server in a separate process; then small-call
-//! round trips per second at concurrency 1 and 64.
+//! RPC layer, through bare quinn with the same settings, over plain TCP and
+//! over TCP with rustls (the same certificates, TLS 1.3 and cipher suites as
+//! the QUIC connections), all in one run against a server in a separate
+//! process; then small-call round trips per second at concurrency 1 and 64.
 //!
 //! Run: `cargo run --release -p tessera-proto --example transport_bench -- [--mtu N]
 //! [--gso true|false] [--stream-window BYTES] [--conn-window BYTES]
@@ -153,6 +154,35 @@ async fn serve(args: Args) {
         }
     });
 
+    // TCP with TLS: blocking threads, one per connection, as a TCP bulk
+    // channel beside QUIC would need at the least.
+    let tls_listener = std::net::TcpListener::bind(localhost).expect("bind tcp+tls");
+    let tls_addr = tls_listener.local_addr().expect("tcp+tls addr");
+    let tls_config = Arc::new(tls::server_crypto(&identity).expect("server crypto"));
+    std::thread::spawn(move || {
+        for stream in tls_listener.incoming() {
+            let Ok(stream) = stream else { break };
+            let config = tls_config.clone();
+            std::thread::spawn(move || {
+                let _ = stream.set_nodelay(true);
+                let Ok(connection) = rustls::ServerConnection::new(config) else {
+                    return;
+                };
+                let mut tls = rustls::StreamOwned::new(connection, stream);
+                let mut buf = vec![0u8; PIECE_BYTES];
+                let mut total = 0u64;
+                loop {
+                    match std::io::Read::read(&mut tls, &mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => total += n as u64,
+                    }
+                }
+                let _ = tls.write_all(&total.to_le_bytes());
+                let _ = tls.flush();
+            });
+        }
+    });
+
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(
         tls::server_crypto(&identity).expect("server crypto"),
     )
@@ -198,7 +228,7 @@ async fn serve(args: Args) {
     )
     .expect("rpc server");
     let rpc_addr = rpc.local_addr().expect("rpc addr");
-    println!("{tcp_addr} {quic_addr} {rpc_addr}");
+    println!("{tcp_addr} {quic_addr} {rpc_addr} {tls_addr}");
     let _ = std::io::stdout().flush();
     // Run until the parent closes our stdin.
     tokio::task::spawn_blocking(|| {
@@ -229,6 +259,37 @@ async fn tcp_upload(addr: SocketAddr, bytes: u64, piece: Bytes) -> u64 {
     let mut ack = [0u8; 8];
     stream.read_exact(&mut ack).await.expect("tcp ack");
     u64::from_le_bytes(ack)
+}
+
+/// Uploads over TCP with TLS on a blocking thread (rustls is synchronous).
+async fn tls_upload(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    bytes: u64,
+    piece: Bytes,
+) -> u64 {
+    tokio::task::spawn_blocking(move || {
+        let stream = std::net::TcpStream::connect(addr).expect("tcp+tls connect");
+        stream.set_nodelay(true).expect("nodelay");
+        let name = rustls_pki_types::ServerName::try_from(Role::Chunk.dns_name())
+            .expect("server name")
+            .to_owned();
+        let connection = rustls::ClientConnection::new(config, name).expect("tls client");
+        let mut tls = rustls::StreamOwned::new(connection, stream);
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(piece.len() as u64) as usize;
+            tls.write_all(&piece[..n]).expect("tcp+tls write");
+            left -= n as u64;
+        }
+        tls.conn.send_close_notify();
+        tls.flush().expect("tcp+tls flush");
+        let mut ack = [0u8; 8];
+        std::io::Read::read_exact(&mut tls, &mut ack).expect("tcp+tls ack");
+        u64::from_le_bytes(ack)
+    })
+    .await
+    .expect("tcp+tls thread")
 }
 
 async fn quinn_upload(connection: quinn::Connection, bytes: u64, piece: Bytes) -> u64 {
@@ -329,7 +390,7 @@ async fn bench(args: Args) {
         .split_whitespace()
         .map(|a| a.parse().expect("server address"))
         .collect();
-    let (tcp_addr, quic_addr, rpc_addr) = (addrs[0], addrs[1], addrs[2]);
+    let (tcp_addr, quic_addr, rpc_addr, tls_addr) = (addrs[0], addrs[1], addrs[2], addrs[3]);
 
     let identity = Identity::load_from_dir(&ca_dir, "bench-client").expect("client identity");
     let localhost: SocketAddr = "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!());
@@ -365,11 +426,19 @@ async fn bench(args: Args) {
         rpc_upload(rpc.clone(), rpc_peer, 16 * MIB, piece.clone()).await;
     }
     tcp_upload(tcp_addr, 16 * MIB, piece.clone()).await;
+    let tls_config = Arc::new(tls::client_crypto(&identity).expect("client crypto"));
+    tls_upload(tls_addr, tls_config.clone(), 16 * MIB, piece.clone()).await;
 
     let mut rows = Vec::new();
     for streams in [1u64, 8] {
         let p = piece.clone();
         let tcp = parallel(total, streams, move |n| tcp_upload(tcp_addr, n, p.clone())).await;
+        let p = piece.clone();
+        let c = tls_config.clone();
+        let tls_time = parallel(total, streams, move |n| {
+            tls_upload(tls_addr, c.clone(), n, p.clone())
+        })
+        .await;
         let p = piece.clone();
         let b = bare.clone();
         let quinn_time = parallel(total, streams, move |n| {
@@ -390,6 +459,7 @@ async fn bench(args: Args) {
         rows.push((
             streams,
             gib_per_s(total, tcp),
+            gib_per_s(total, tls_time),
             gib_per_s(total, quinn_time),
             gib_per_s(total, rpc_time),
         ));
@@ -402,14 +472,15 @@ async fn bench(args: Args) {
 
     println!();
     println!(
-        "| streams | TCP GiB/s | bare quinn GiB/s | RPC GiB/s | quinn / TCP | RPC / TCP | RPC / quinn |"
+        "| streams | TCP GiB/s | TCP+TLS GiB/s | bare quinn GiB/s | RPC GiB/s | quinn / TCP | RPC / TCP | RPC / TCP+TLS | RPC / quinn |"
     );
-    println!("|---|---|---|---|---|---|---|");
-    for (streams, tcp, quinn, rpc_rate) in &rows {
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (streams, tcp, tcp_tls, quinn, rpc_rate) in &rows {
         println!(
-            "| {streams} | {tcp:.2} | {quinn:.2} | {rpc_rate:.2} | {:.2} | {:.2} | {:.2} |",
+            "| {streams} | {tcp:.2} | {tcp_tls:.2} | {quinn:.2} | {rpc_rate:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
             quinn / tcp,
             rpc_rate / tcp,
+            rpc_rate / tcp_tls,
             rpc_rate / quinn
         );
     }

@@ -119,6 +119,45 @@ impl Method for VerifyPiece {
     type Response = VerifyPieceReply;
 }
 
+/// Reads a small range of a sealed piece with what proves it end to end
+/// without the rest of its blocks: the hash of each block it touches and,
+/// for a block it covers in part, the chaining values of BLAKE3's tree
+/// around the range ([`crate::checksum::range_proof`]). A 4 KiB random read
+/// then moves 4 KiB instead of its whole 64 KiB block, and the reader still
+/// checks every byte it returns. `offset` lies on a
+/// [`crate::checksum::RANGE_UNIT_BYTES`] boundary, the end on one or at the
+/// piece's end, and the range spans at most [`READ_RANGE_MAX_BYTES`]. The
+/// response bulk is the range's bytes. Needs `READ`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReadRange {
+    pub piece: PieceId,
+    pub offset: u64,
+    pub length: u64,
+    pub token: Token,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReadRangeReply {
+    /// The whole piece's length.
+    pub piece_length: u64,
+    /// Hash of each block the range touches, in order.
+    pub block_hashes: Vec<[u8; 32]>,
+    /// One per touched block: the proof of the part the range covers, empty
+    /// for a block it covers whole.
+    pub proofs: Vec<Vec<[u8; 32]>>,
+}
+
+/// Largest [`ReadRange`]: sixteen blocks, so the server reads it in one
+/// step.
+pub const READ_RANGE_MAX_BYTES: u64 = 16 * crate::checksum::BLOCK_BYTES as u64;
+
+impl Method for ReadRange {
+    const ID: u16 = 108;
+    const NAME: &'static str = "read_range";
+    const IDEMPOTENT: bool = true;
+    type Response = ReadRangeReply;
+}
+
 /// Deletes pieces. Only a metaserver may call it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DeletePieces {
