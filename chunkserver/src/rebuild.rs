@@ -435,18 +435,16 @@ async fn read_local(
     from: u64,
     to: u64,
 ) -> Result<Bytes, Error> {
-    let disk = store.disk_of(piece).ok_or_else(|| {
-        Error::new(
-            ErrorCode::NotFound,
-            format!("{piece} was deleted here during the rebuild"),
-        )
+    let permit = store.read_slot(piece).await.map_err(|err| {
+        if err.code == ErrorCode::NotFound {
+            Error::new(
+                ErrorCode::NotFound,
+                format!("{piece} was deleted here during the rebuild"),
+            )
+        } else {
+            err
+        }
     })?;
-    let permit = disk
-        .io_slots
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|_| Error::internal("disk slots closed"))?;
     let store = store.clone();
     tokio::task::spawn_blocking(move || {
         let _permit = permit;

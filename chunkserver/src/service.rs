@@ -155,18 +155,7 @@ impl ChunkService {
     async fn serve_read(&self, call: &mut Call, msg: &ReadPiece) -> Result<(), Error> {
         let piece = msg.piece;
         let (offset, length) = (msg.offset, msg.length);
-        let disk = self.store.disk_of(piece).ok_or_else(|| {
-            Error::new(
-                ErrorCode::NotFound,
-                format!("piece {piece} is not stored here"),
-            )
-        })?;
-        let permit = disk
-            .io_slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Error::internal("disk slots closed"))?;
+        let permit = self.store.read_slot(piece).await?;
         if length <= READ_BATCH_BLOCKS * BLOCK_BYTES as u64 {
             // A small read (a random read's block) is one blocking step:
             // open, hashes and bytes together, where handing each to its
@@ -275,18 +264,7 @@ impl ChunkService {
                 ),
             ));
         }
-        let disk = self.store.disk_of(piece).ok_or_else(|| {
-            Error::new(
-                ErrorCode::NotFound,
-                format!("piece {piece} is not stored here"),
-            )
-        })?;
-        let permit = disk
-            .io_slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Error::internal("disk slots closed"))?;
+        let permit = self.store.read_slot(piece).await?;
         let metrics = self.store.metrics().clone();
         metrics.reads_in_flight.inc();
         let started = Instant::now();

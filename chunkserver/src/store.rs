@@ -513,6 +513,25 @@ impl Store {
         self.disks.get(disk).cloned()
     }
 
+    /// A slot for blocking work on the disk holding `piece`, waited for;
+    /// `NotFound` when no disk here holds it.
+    pub async fn read_slot(
+        &self,
+        piece: PieceId,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
+        let disk = self.disk_of(piece).ok_or_else(|| {
+            Error::new(
+                ErrorCode::NotFound,
+                format!("piece {piece} is not stored here"),
+            )
+        })?;
+        disk.io_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::internal("disk slots closed"))
+    }
+
     /// Picks a disk and creates the temporary file for a new piece. Refuses a
     /// piece that is sealed or being written, and a write that would cut
     /// into every disk's reserve.

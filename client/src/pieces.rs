@@ -311,6 +311,31 @@ fn ask_to_verify(
     });
 }
 
+/// A read's reply names the piece length the chunk map has and carries the
+/// bytes asked for; anything else is a different piece or a cut reply.
+fn check_lengths(
+    peer: tessera_proto::rpc::Peer,
+    piece: PieceId,
+    piece_len: u64,
+    held: u64,
+    got: usize,
+    asked: u64,
+) -> Result<(), Error> {
+    if held != piece_len {
+        return Err(Error::new(
+            ErrorCode::LengthMismatch,
+            format!("{peer} holds piece {piece} with {held} bytes; the chunk map says {piece_len}"),
+        ));
+    }
+    if got as u64 != asked {
+        return Err(Error::new(
+            ErrorCode::Truncated,
+            format!("{peer} sent {got} of {asked} bytes of piece {piece}"),
+        ));
+    }
+    Ok(())
+}
+
 /// Reads `[offset, offset + length)` of a piece, aligned to
 /// [`RANGE_UNIT_BYTES`], with a [`ReadRange`]: only those bytes travel, and
 /// each is checked against its block's hash through the proof the server
@@ -340,24 +365,14 @@ async fn read_proven(
         .rpc()
         .call_bulk(peer, &request, Bytes::new(), length as usize, options)
         .await?;
-    if reply.piece_length != piece_len {
-        return Err(Error::new(
-            ErrorCode::LengthMismatch,
-            format!(
-                "{peer} holds piece {piece} with {} bytes; the chunk map says {piece_len}",
-                reply.piece_length
-            ),
-        ));
-    }
-    if bytes.len() as u64 != length {
-        return Err(Error::new(
-            ErrorCode::Truncated,
-            format!(
-                "{peer} sent {} of {length} bytes of piece {piece}",
-                bytes.len()
-            ),
-        ));
-    }
+    check_lengths(
+        peer,
+        piece,
+        piece_len,
+        reply.piece_length,
+        bytes.len(),
+        length,
+    )?;
     let block = BLOCK_BYTES as u64;
     let end = offset + length;
     let first = offset / block;
@@ -458,25 +473,14 @@ async fn read_verified(
             .rpc()
             .call_bulk(peer, &request, Bytes::new(), (to - at) as usize, options)
             .await?;
-        if reply.piece_length != piece_len {
-            return Err(Error::new(
-                ErrorCode::LengthMismatch,
-                format!(
-                    "{peer} holds piece {piece} with {} bytes; the chunk map says {piece_len}",
-                    reply.piece_length
-                ),
-            ));
-        }
-        if bytes.len() as u64 != to - at {
-            return Err(Error::new(
-                ErrorCode::Truncated,
-                format!(
-                    "{peer} sent {} of {} bytes of piece {piece}",
-                    bytes.len(),
-                    to - at
-                ),
-            ));
-        }
+        check_lengths(
+            peer,
+            piece,
+            piece_len,
+            reply.piece_length,
+            bytes.len(),
+            to - at,
+        )?;
         let blocks = bytes.chunks(BLOCK_BYTES);
         if reply.block_hashes.len() != blocks.len() {
             return Err(Error::new(
