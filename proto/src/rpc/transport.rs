@@ -7,7 +7,7 @@
 //! the largest other interface's MTU for the rest), so loopback, Ethernet
 //! and jumbo frames each get large packets without configuration.
 
-use super::netif::{GsoLimited, InterfaceMtus, UDP_PAYLOAD_MAX_BYTES};
+use super::netif::{GsoLimited, InterfaceMtus, UDP_PAYLOAD_MAX_BYTES, size_buffers};
 use crate::error::{Error, ErrorCode};
 use crate::limits::STREAMS_PER_CONNECTION_DEFAULT;
 use serde::{Deserialize, Serialize};
@@ -44,6 +44,11 @@ pub struct TransportOptions {
     pub idle_timeout_ms: u64,
     /// Keep-alive interval that keeps pooled connections from idling out.
     pub keep_alive_ms: u64,
+    /// UDP receive and send buffer asked for each endpoint's socket. Without
+    /// `CAP_NET_ADMIN` the kernel caps it at `net.core.rmem_max` and
+    /// `wmem_max` (docs/operations.md has the sysctl); a smaller buffer
+    /// than this is logged at start.
+    pub socket_buffer_bytes: u32,
 }
 
 impl Default for TransportOptions {
@@ -58,9 +63,15 @@ impl Default for TransportOptions {
             connections_per_peer: 1,
             idle_timeout_ms: 30_000,
             keep_alive_ms: 5_000,
+            socket_buffer_bytes: SOCKET_BUFFER_DEFAULT_BYTES,
         }
     }
 }
+
+/// Room for a few hundred 64 KiB datagrams: measured on loopback, 4 MiB
+/// still dropped one datagram in a hundred under a 1 GiB read from three
+/// chunkservers, 16 MiB one in a thousand (docs/benchmarks.md).
+const SOCKET_BUFFER_DEFAULT_BYTES: u32 = 16 * 1024 * 1024;
 
 /// The UDP payload bound when neither configuration nor the interfaces say:
 /// a 1,500-byte Ethernet MTU less IPv6 and UDP headers.
@@ -111,6 +122,9 @@ impl TransportOptions {
         }
         if self.keep_alive_ms == 0 || self.keep_alive_ms >= self.idle_timeout_ms {
             return invalid("keep_alive_ms must be non-zero and below idle_timeout_ms");
+        }
+        if !(64 * 1024..=1024 * 1024 * 1024).contains(&self.socket_buffer_bytes) {
+            return invalid("socket_buffer_bytes must lie between 64 KiB and 1 GiB");
         }
         Ok(())
     }
@@ -173,6 +187,18 @@ impl TransportOptions {
     ) -> Result<quinn::Endpoint, Error> {
         let socket = std::net::UdpSocket::bind(addr)
             .map_err(|err| Error::io(&format!("bind UDP {addr}"), &err))?;
+        let buffers = size_buffers(&socket, self.socket_buffer_bytes);
+        if buffers.receive.min(buffers.send) < self.socket_buffer_bytes {
+            tracing::warn!(
+                %addr,
+                receive = buffers.receive,
+                send = buffers.send,
+                asked = self.socket_buffer_bytes,
+                "UDP socket buffers are smaller than asked: bulk transfers will drop packets \
+                 and slow down; raise net.core.rmem_max and net.core.wmem_max \
+                 (docs/operations.md)"
+            );
+        }
         let runtime = quinn::default_runtime()
             .ok_or_else(|| Error::internal("no async runtime for QUIC; start inside tokio"))?;
         let socket = runtime
@@ -222,6 +248,10 @@ mod tests {
             },
             TransportOptions {
                 keep_alive_ms: 60_000,
+                ..Default::default()
+            },
+            TransportOptions {
+                socket_buffer_bytes: 4096,
                 ..Default::default()
             },
         ];
