@@ -659,7 +659,13 @@ impl FileWriter {
                 Health::Cut => self.start_seal().await?,
                 Health::Good if full => self.start_seal().await?,
                 Health::Good => {
-                    if open.sink.accepted >= CHUNK_BYTES / 2 && self.next.is_none() {
+                    // Halfway to either limit, the next chunk is asked for in
+                    // the background, so the write that fills this one does
+                    // not wait for a metaserver round trip (small random
+                    // writes fill a chunk by extents, long before its bytes).
+                    let halfway = open.sink.accepted >= CHUNK_BYTES / 2
+                        || open.extents.len() >= EXTENTS_PER_CHUNK_MAX / 2;
+                    if halfway && self.next.is_none() {
                         self.next = Some(self.spawn_allocation());
                     }
                 }
