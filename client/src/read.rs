@@ -76,6 +76,11 @@ pub struct FileReader {
     next_offset: u64,
     /// Readahead stops here (see [`FileReader::read_ahead_until`]).
     ahead_limit: u64,
+    /// A layout page came back full: the file has many small extents (left
+    /// by random writes), so layouts are asked for the range a read needs,
+    /// not a whole span. A span's 512 extents, each with its placement and
+    /// token, cost the metaserver milliseconds per random read.
+    fragmented: bool,
 }
 
 impl FileReader {
@@ -95,6 +100,7 @@ impl FileReader {
             windows: BTreeMap::new(),
             next_offset: 0,
             ahead_limit: u64::MAX,
+            fragmented: false,
         };
         reader.fetch_layout(0, WINDOW_BYTES).await?;
         Ok(reader)
@@ -102,7 +108,7 @@ impl FileReader {
 
     /// A reader over the layout an `OpenRead` answered with (asked for
     /// [`OPEN_LAYOUT_BYTES`]), so the first read makes no layout call. A
-    /// layout cut short by the extent cap is fetched again as `open` would.
+    /// layout cut short by the extent cap covers up to its last extent.
     pub async fn opened(
         client: Arc<Client>,
         ino: InodeId,
@@ -117,16 +123,18 @@ impl FileReader {
         else {
             return Err(Error::internal(format!("open answered {layout:?}")));
         };
-        if extents.len() >= LAYOUT_EXTENTS_MAX {
-            return FileReader::open(client, ino).await;
-        }
+        let fragmented = extents.len() >= LAYOUT_EXTENTS_MAX;
+        let end = match extents.last() {
+            Some(last) if fragmented => last.offset + last.length,
+            _ => OPEN_LAYOUT_BYTES,
+        };
         Ok(FileReader {
             client,
             ino,
             size,
             layouts: vec![Layout {
                 start: 0,
-                end: OPEN_LAYOUT_BYTES,
+                end,
                 inline: Bytes::from(inline),
                 fetched: Instant::now(),
                 extents,
@@ -138,6 +146,7 @@ impl FileReader {
             windows: BTreeMap::new(),
             next_offset: 0,
             ahead_limit: u64::MAX,
+            fragmented,
         })
     }
 
@@ -151,7 +160,10 @@ impl FileReader {
     }
 
     async fn fetch_layout(&mut self, start: u64, end: u64) -> Result<(), Error> {
-        let want_end = end.max(start.saturating_add(LAYOUT_SPAN_BYTES));
+        let want_end = match self.fragmented {
+            true => end,
+            false => end.max(start.saturating_add(LAYOUT_SPAN_BYTES)),
+        };
         let mut extents = Vec::new();
         let mut chunks = HashMap::new();
         let mut inline_bytes;
@@ -178,6 +190,7 @@ impl FileReader {
             self.size = size;
             inline_bytes = Bytes::from(inline);
             let full = page.len() >= LAYOUT_EXTENTS_MAX;
+            self.fragmented |= full;
             let page_end = page.last().map(|e| e.offset + e.length).unwrap_or(at);
             extents.extend(page);
             for placement in placements {
