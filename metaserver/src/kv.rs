@@ -517,14 +517,14 @@ impl Kv {
 
 /// The smallest key above every key starting with `prefix`: the end of a
 /// prefix scan.
-/// Merges overlay records over stored ones, both in scan order (ascending
-/// when `forward`, else descending): an overlay record hides the stored
-/// one with its key, and an overlay deletion hides it without a record.
 /// Overlay records that delete: each may hide one stored record.
 fn deletions(overlay: &[(&Vec<u8>, &Option<Vec<u8>>)]) -> usize {
     overlay.iter().filter(|(_, value)| value.is_none()).count()
 }
 
+/// Merges overlay records over stored ones, both in scan order (ascending
+/// when `forward`, else descending): an overlay record hides the stored
+/// one with its key, and an overlay deletion hides it without a record.
 fn merge(
     overlay: Vec<(&Vec<u8>, &Option<Vec<u8>>)>,
     stored: Vec<Record>,

@@ -68,9 +68,10 @@ impl Default for TransportOptions {
     }
 }
 
-/// Room for a few hundred 64 KiB datagrams: measured on loopback, 4 MiB
-/// still dropped one datagram in a hundred under a 1 GiB read from three
-/// chunkservers, 16 MiB one in a thousand (docs/benchmarks.md).
+/// Room for a few hundred 64 KiB datagrams: measured on loopback under a
+/// 1 GiB read from three chunkservers, 4 MiB still dropped one or two
+/// datagrams in a hundred, 16 MiB about one in a thousand or none
+/// (docs/benchmarks.md).
 const SOCKET_BUFFER_DEFAULT_BYTES: u32 = 16 * 1024 * 1024;
 
 /// The UDP payload bound when neither configuration nor the interfaces say:
